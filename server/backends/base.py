@@ -1,0 +1,43 @@
+"""The seam between the scorer and an inference engine.
+
+A backend answers one question: the log-probabilities of given candidate tokens at
+given positions of given token sequences. It knows nothing of rubrics, labels or
+rewards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from server.scoring import TokenReads
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    model: str
+    dtype: str
+    device: str
+    max_context: int
+
+
+class Backend(Protocol):
+    """A labeler engine. ``tokenizer`` is the Hugging Face tokenizer of its model."""
+
+    info: BackendInfo
+    tokenizer: object
+
+    async def read_logprobs(self, batch: Sequence[TokenReads]) -> list[list[np.ndarray]]:
+        """For each sequence, for each of its reads, the candidates' log-probabilities.
+
+        Must not block the event loop.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the engine."""
+        ...

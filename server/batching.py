@@ -1,0 +1,161 @@
+"""Micro-batching: one worker coalesces sequences from concurrent requests.
+
+Requests put their sequences on a bounded queue and await futures. The worker takes
+as many as fit one batch (by count and by padded tokens), runs them in one backend
+call, and resolves each future with its own result. It waits up to ``max_wait_s``
+for company only when it was idle, so under load batches form while the previous one
+runs and no latency is added. A full queue rejects at once (429), never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from server.errors import Overloaded
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Pending(Generic[T, R]):
+    payload: T
+    tokens: int
+    future: asyncio.Future[R]
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """Reported after every batch (for metrics)."""
+
+    items: int
+    padded_tokens: int
+    seconds: float
+
+
+class MicroBatcher(Generic[T, R]):
+    def __init__(
+        self,
+        run: Callable[[list[T]], Awaitable[Sequence[R]]],
+        *,
+        tokens_of: Callable[[T], int],
+        max_items: int,
+        max_tokens: int,
+        max_wait_s: float,
+        max_queue: int,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ):
+        self._run = run
+        self._tokens_of = tokens_of
+        self.max_items = max_items
+        self.max_tokens = max_tokens
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self._on_batch = on_batch
+        self._queue: collections.deque[_Pending[T, R]] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._worker: asyncio.Task | None = None
+        self._recent_batch_s = 0.5  # smoothed, for Retry-After
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name="drlaif-batcher")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(RuntimeError("the server is shutting down"))
+
+    async def submit(self, payloads: Sequence[T]) -> list[R]:
+        """Queue payloads and wait for their results, in order. Raises Overloaded when full."""
+        if self._worker is None:
+            raise RuntimeError("MicroBatcher.start() was not called")
+        if len(self._queue) + len(payloads) > self.max_queue:
+            batches_ahead = math.ceil((len(self._queue) + len(payloads)) / self.max_items)
+            retry = max(1, math.ceil(batches_ahead * self._recent_batch_s))
+            raise Overloaded(
+                f"the scoring queue is full ({len(self._queue)} of {self.max_queue} waiting); "
+                f"retry in about {retry}s",
+                retry_after_s=retry,
+            )
+        loop = asyncio.get_running_loop()
+        pendings = [_Pending(p, self._tokens_of(p), loop.create_future()) for p in payloads]
+        self._queue.extend(pendings)
+        self._wakeup.set()
+        try:
+            return list(await asyncio.gather(*(p.future for p in pendings)))
+        except BaseException:
+            for p in pendings:  # a disconnected client's leftovers need no computing
+                p.future.cancel()
+            raise
+
+    def _take_batch(self) -> list[_Pending[T, R]]:
+        batch: list[_Pending[T, R]] = []
+        longest = 0
+        while self._queue and len(batch) < self.max_items:
+            head = self._queue[0]
+            if head.future.done():  # cancelled by its request
+                self._queue.popleft()
+                continue
+            widest = max(longest, head.tokens)
+            if batch and widest * (len(batch) + 1) > self.max_tokens:
+                break
+            batch.append(self._queue.popleft())
+            longest = widest
+        return batch
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                # Idle until now: give concurrent requests a moment to join this batch.
+                deadline = loop.time() + self.max_wait_s
+                while len(self._queue) < self.max_items and loop.time() < deadline:
+                    self._wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), deadline - loop.time())
+                    except TimeoutError:
+                        break
+            batch = self._take_batch()
+            if not batch:
+                continue
+            started = loop.time()
+            try:
+                results = await self._run([p.payload for p in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"backend returned {len(results)} results for {len(batch)} inputs")
+            except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
+                log.exception("batch of %d failed", len(batch))
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            elapsed = loop.time() - started
+            self._recent_batch_s = 0.8 * self._recent_batch_s + 0.2 * elapsed
+            for p, result in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(result)
+            if self._on_batch is not None:
+                self._on_batch(BatchStats(len(batch), max(p.tokens for p in batch) * len(batch), elapsed))

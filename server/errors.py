@@ -1,0 +1,41 @@
+"""Errors a client can cause, each with the HTTP status it maps to."""
+
+from __future__ import annotations
+
+
+class DrlaifError(Exception):
+    """Base for errors that become a JSON error response."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class UnknownRubric(DrlaifError):
+    status_code = 422
+    code = "unknown_rubric"
+
+
+class InputTooLong(DrlaifError):
+    status_code = 413
+    code = "input_too_long"
+
+
+class Overloaded(DrlaifError):
+    status_code = 429
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class NotReady(DrlaifError):
+    status_code = 503
+    code = "not_ready"
+
+    def __init__(self, message: str = "the labeler is still loading; retry shortly"):
+        super().__init__(message, headers={"Retry-After": "5"})
