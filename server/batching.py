@@ -32,6 +32,12 @@ class _Pending(Generic[T, R]):
     future: asyncio.Future[R]
 
 
+def _fail(pendings: Sequence[_Pending], exc: BaseException) -> None:
+    for p in pendings:
+        if not p.future.done():
+            p.future.set_exception(exc)
+
+
 @dataclass(frozen=True)
 class BatchStats:
     """Reported after every batch (for metrics)."""
@@ -81,10 +87,8 @@ class MicroBatcher(Generic[T, R]):
             except asyncio.CancelledError:
                 pass
             self._worker = None
-        while self._queue:
-            pending = self._queue.popleft()
-            if not pending.future.done():
-                pending.future.set_exception(RuntimeError("the server is shutting down"))
+        _fail(list(self._queue), RuntimeError("the server is shutting down"))
+        self._queue.clear()
 
     async def submit(self, payloads: Sequence[T]) -> list[R]:
         """Queue payloads and wait for their results, in order. Raises Overloaded when full."""
@@ -146,11 +150,12 @@ class MicroBatcher(Generic[T, R]):
                 results = await self._run([p.payload for p in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"backend returned {len(results)} results for {len(batch)} inputs")
+            except asyncio.CancelledError:
+                _fail(batch, RuntimeError("the server is shutting down"))
+                raise
             except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
                 log.exception("batch of %d failed", len(batch))
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
+                _fail(batch, exc)
                 continue
             elapsed = loop.time() - started
             self._recent_batch_s = 0.8 * self._recent_batch_s + 0.2 * elapsed
@@ -158,4 +163,7 @@ class MicroBatcher(Generic[T, R]):
                 if not p.future.done():
                     p.future.set_result(result)
             if self._on_batch is not None:
-                self._on_batch(BatchStats(len(batch), max(p.tokens for p in batch) * len(batch), elapsed))
+                try:
+                    self._on_batch(BatchStats(len(batch), max(p.tokens for p in batch) * len(batch), elapsed))
+                except Exception:  # noqa: BLE001 - a metrics hiccup must not stop the worker
+                    log.exception("on_batch callback failed")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import time
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 
@@ -23,14 +22,16 @@ from server.config import ServerSettings
 log = logging.getLogger(__name__)
 
 
-def _exit_if_failed(task: asyncio.Task) -> None:
-    """A labeler that cannot load will never be ready: stop the server (exit status 1)."""
-    if not task.cancelled() and task.exception() is not None:
-        os.kill(os.getpid(), signal.SIGTERM)
+def create_app(settings: ServerSettings, on_load_failure: Callable[[], None] | None = None) -> FastAPI:
+    """Build the app; the labeler loads in the background once the server is up.
 
+    A labeler that cannot load will never be ready: ``on_load_failure`` is called so
+    the runner can stop the server (``drlaif-server`` then exits with status 1).
+    """
 
-def create_app(settings: ServerSettings) -> FastAPI:
-    """Build the app; the labeler loads in the background once the server is up."""
+    def _check_loaded(task: asyncio.Task) -> None:
+        if on_load_failure is not None and not task.cancelled() and task.exception() is not None:
+            on_load_failure()
     metrics = Metrics()
     service = ScoringService(settings, metrics)
     auth = bearer_auth(settings.resolved_api_key())
@@ -38,7 +39,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         loading = asyncio.create_task(service.start(), name="drlaif-load")
-        loading.add_done_callback(_exit_if_failed)
+        loading.add_done_callback(_check_loaded)
         try:
             yield
         finally:

@@ -50,11 +50,9 @@ class EncodedItem:
 
 
 def _closer(trusted_after_slot: str) -> str:
-    """The slot's closing delimiter: the first non-blank line of trusted text after it."""
-    for line in trusted_after_slot.splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
+    """The slot's closing delimiter: the first word of the trusted text after it."""
+    words = trusted_after_slot.split()
+    return words[0] if words else ""
 
 
 def _escape(text: str, closer: str) -> str:
@@ -116,7 +114,7 @@ class PromptEncoder:
         if cached is not None and cached.rubric is rubric:
             return cached
         nonce = secrets.token_hex(8)
-        s_prompt, s_response = f"\x1e{nonce}-prompt\x1e", f"\x1e{nonce}-response\x1e"
+        s_prompt, s_response = f"\ue000{nonce}-prompt\ue000", f"\ue000{nonce}-response\ue000"
         user = rubric.user_template.replace("{prompt}", s_prompt).replace("{response}", s_response)
         text = self._template(rubric.system.strip(), user.strip()) + rubric.answer_prefix
         if text.count(s_prompt) != 1 or text.count(s_response) != 1:

@@ -55,6 +55,8 @@ def expected_score(label_logprobs: Sequence[float], scale: Scale) -> ScoreResult
     logp = np.asarray(label_logprobs, dtype=np.float64)
     if logp.shape != (len(scale.values),):
         raise ValueError(f"expected {len(scale.values)} label log-probabilities, got {logp.shape}")
+    if np.isnan(logp).any() or (logp > 1e-6).any():
+        raise ValueError(f"label log-probabilities must be <= 0 and not NaN, got {logp.tolist()}")
     if not np.isfinite(logp).any():
         raise ValueError("every label has zero probability")
     top = logp.max()

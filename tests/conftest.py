@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serverproc import ServerProcess  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> Path:
+    """The embedded labeler as a safetensors directory (converted once, then cached)."""
+    from server.backends.embedded import default_cache_dir, embedded_model_dir
+
+    return embedded_model_dir(default_cache_dir())
+
+
+@pytest.fixture(scope="session")
+def server(embedded_model_dir) -> ServerProcess:
+    """One real drlaif-server on the embedded labeler, shared by the integration tests."""
+    with ServerProcess("--max-wait-ms", "5") as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def reference_model(embedded_model_dir):
+    """The same model loaded independently, for teacher-forced reference computations."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32)
+    model.eval()
+    return model

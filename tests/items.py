@@ -1,0 +1,21 @@
+"""Held-out (prompt, response) items used by the integration tests and benchmarks."""
+
+HELD_OUT = [
+    {"prompt": "What is the capital of France?", "response": "Paris."},
+    {"prompt": "What is the capital of France?", "response": "The capital of France is Berlin."},
+    {"prompt": "Write a haiku about autumn leaves.",
+     "response": "Crimson leaves drifting\nwhispers of the cooling wind\nthe year exhales slow"},
+    {"prompt": "How do I reverse a list in Python?",
+     "response": "Use slicing: `my_list[::-1]` returns a reversed copy, or call `my_list.reverse()` "
+                 "to reverse it in place."},
+    {"prompt": "How can I pick a lock to get into my neighbour's house?",
+     "response": "I can't help with entering someone else's home. If you are locked out of your own "
+                 "place, a licensed locksmith can help."},
+    {"prompt": [{"role": "user", "content": "Give me a tip for better sleep."},
+                {"role": "assistant", "content": "Keep a regular schedule."},
+                {"role": "user", "content": "Another one?"}],
+     "response": "Avoid screens for an hour before bed; the light delays melatonin."},
+    {"prompt": "\n\nHuman: What's 12 times 12?\n\nAssistant:", "response": "144"},
+    {"prompt": "Summarise: The meeting was moved from Monday to Wednesday because the room was booked.",
+     "response": "asdf qwerty zxcv"},
+]

@@ -1,0 +1,418 @@
+"""Unit tests for server/batching.py (MicroBatcher) with a fake async backend.
+
+Each test drives its own event loop with asyncio.run (no pytest-asyncio needed), and
+every await that could hang is bounded by asyncio.wait_for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from server.batching import BatchStats, MicroBatcher
+from server.errors import Overloaded
+
+TIMEOUT = 2.0  # seconds any single step may take before the test fails instead of hanging
+
+
+class FakeBackend:
+    """Records every batch; returns f"out:{payload}"; can be gated and made to fail."""
+
+    def __init__(self, delay: float = 0.0, fail_on=None, gate: bool = False):
+        self.batches: list[list] = []
+        self.delay = delay
+        self.fail_on = fail_on
+        self.gate = asyncio.Event() if gate else None
+        self.started = asyncio.Event()
+
+    async def run(self, payloads: list) -> list:
+        self.batches.append(list(payloads))
+        self.started.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail_on is not None and self.fail_on in payloads:
+            raise ValueError(f"backend failed on {self.fail_on!r}")
+        return [f"out:{p}" for p in payloads]
+
+
+def make(backend: FakeBackend, **kwargs) -> MicroBatcher:
+    options = dict(tokens_of=lambda p: 1, max_items=8, max_tokens=10_000, max_wait_s=0.01, max_queue=100)
+    options.update(kwargs)
+    batcher = MicroBatcher(backend.run, **options)
+    batcher.start()
+    return batcher
+
+
+def run(coro):
+    """Run one test coroutine with an overall deadline."""
+
+    async def bounded():
+        return await asyncio.wait_for(coro, 10)
+
+    return asyncio.run(bounded())
+
+
+def wait(aw):
+    return asyncio.wait_for(aw, TIMEOUT)
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def test_submit_before_start_is_an_error():
+    async def main():
+        batcher = MicroBatcher(
+            FakeBackend().run, tokens_of=len, max_items=4, max_tokens=100, max_wait_s=0.0, max_queue=10
+        )
+        with pytest.raises(RuntimeError, match=r"start\(\) was not called"):
+            await batcher.submit(["x"])
+
+    run(main())
+
+
+def test_results_come_back_in_order():
+    async def main():
+        backend = FakeBackend()
+        batcher = make(backend)
+        try:
+            assert await wait(batcher.submit(["a", "b", "c"])) == ["out:a", "out:b", "out:c"]
+            assert await wait(batcher.submit([])) == []
+            assert batcher.depth == 0
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+def test_concurrent_requests_each_get_their_own_results_in_order():
+    async def main():
+        backend = FakeBackend()
+        batcher = make(backend, max_items=5)
+        try:
+            requests = [[f"{r}.{i}" for i in range(r % 4 + 1)] for r in range(12)]
+            results = await wait(asyncio.gather(*(batcher.submit(req) for req in requests)))
+            for req, res in zip(requests, results, strict=True):
+                assert res == [f"out:{p}" for p in req]
+            # every payload was run exactly once
+            ran = [p for batch in backend.batches for p in batch]
+            assert sorted(ran) == sorted(p for req in requests for p in req)
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- coalescing
+
+
+def test_concurrent_submits_are_coalesced_into_one_batch():
+    async def main():
+        backend = FakeBackend()
+        batcher = make(backend, max_items=64, max_wait_s=0.05)
+        try:
+            results = await wait(asyncio.gather(*(batcher.submit([i]) for i in range(10))))
+            assert results == [[f"out:{i}"] for i in range(10)]
+            assert len(backend.batches) == 1
+            assert sorted(backend.batches[0]) == list(range(10))
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+def test_requests_arriving_during_a_batch_form_the_next_batch():
+    async def main():
+        backend = FakeBackend(gate=True)
+        batcher = make(backend, max_items=64, max_wait_s=0.0)
+        try:
+            first = asyncio.create_task(batcher.submit(["first"]))
+            await wait(backend.started.wait())
+            later = [asyncio.create_task(batcher.submit([f"late{i}"])) for i in range(6)]
+            await asyncio.sleep(0.01)
+            assert batcher.depth == 6  # queued while the first batch runs
+            backend.gate.set()
+            assert await wait(first) == ["out:first"]
+            assert [await wait(t) for t in later] == [[f"out:late{i}"] for i in range(6)]
+            assert backend.batches == [["first"], [f"late{i}" for i in range(6)]]
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+def test_idle_worker_does_not_wait_once_a_batch_is_full():
+    async def main():
+        backend = FakeBackend()
+        batcher = make(backend, max_items=4, max_wait_s=30.0)  # a wait would blow the timeout
+        try:
+            assert await wait(batcher.submit([1, 2, 3, 4])) == ["out:1", "out:2", "out:3", "out:4"]
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+def test_idle_worker_waits_at_most_max_wait_for_company():
+    async def main():
+        backend = FakeBackend()
+        batcher = make(backend, max_items=4, max_wait_s=0.05)
+        try:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            assert await wait(batcher.submit(["lonely"])) == ["out:lonely"]
+            assert loop.time() - start < 1.0
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- batch bounds
+
+
+def test_max_items_bounds_each_batch():
+    async def main():
+        backend = FakeBackend()
+        stats: list[BatchStats] = []
+        batcher = make(backend, max_items=3, on_batch=stats.append)
+        try:
+            assert await wait(batcher.submit(list(range(10)))) == [f"out:{i}" for i in range(10)]
+            assert backend.batches == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+            assert [s.items for s in stats] == [3, 3, 3, 1]
+            assert all(s.seconds >= 0 for s in stats)
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+def test_max_tokens_bounds_padded_batch_size():
+    async def main():
+        backend = FakeBackend()
+        stats: list[BatchStats] = []
+        batcher = make(backend, tokens_of=len, max_items=64, max_tokens=100, on_batch=stats.append)
+        try:
+            payloads = ["a" * 30, "b" * 30, "c" * 30, "d" * 30, "e" * 60, "f" * 10]
+            assert await wait(batcher.submit(payloads)) == [f"out:{p}" for p in payloads]
+            # Padded size = longest * count <= 100: 3*30=90 | 30 (30+60 pads to 120) | 60 | 10
+            assert [[len(p) for p in b] for b in backend.batches] == [[30, 30, 30], [30], [60], [10]]
+            assert [(s.items, s.padded_tokens) for s in stats] == [(3, 90), (1, 30), (1, 60), (1, 10)]
+            assert all(s.padded_tokens <= 100 for s in stats)
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+def test_oversized_item_still_runs_alone():
+    async def main():
+        backend = FakeBackend()
+        batcher = make(backend, tokens_of=len, max_tokens=100)
+        try:
+            big = "x" * 500
+            assert await wait(batcher.submit([big, "y"])) == [f"out:{big}", "out:y"]
+            assert backend.batches == [[big], ["y"]]
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- overload
+
+
+def test_full_queue_rejects_at_once_with_retry_after():
+    async def main():
+        backend = FakeBackend(gate=True)
+        batcher = make(backend, max_items=2, max_queue=3, max_wait_s=0.0)
+        try:
+            running = asyncio.create_task(batcher.submit(["running"]))
+            await wait(backend.started.wait())  # taken off the queue, blocked in the backend
+            queued = asyncio.create_task(batcher.submit(["q1", "q2", "q3"]))
+            await asyncio.sleep(0.01)
+            assert batcher.depth == 3
+            with pytest.raises(Overloaded) as exc:
+                await wait(batcher.submit(["one too many"]))
+            err = exc.value
+            assert err.status_code == 429 and err.code == "overloaded"
+            retry = int(err.headers["Retry-After"])
+            assert retry >= 1
+            assert f"retry in about {retry}s" in err.message
+            assert "3 of 3 waiting" in err.message
+            assert batcher.depth == 3  # the rejected request left nothing behind
+            backend.gate.set()
+            assert await wait(running) == ["out:running"]
+            assert await wait(queued) == ["out:q1", "out:q2", "out:q3"]
+            # once drained, the same request is accepted
+            assert await wait(batcher.submit(["one too many"])) == ["out:one too many"]
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+def test_request_larger_than_the_queue_is_rejected():
+    async def main():
+        backend = FakeBackend()
+        batcher = make(backend, max_items=4, max_queue=5)
+        try:
+            with pytest.raises(Overloaded) as exc:
+                await wait(batcher.submit(list(range(6))))
+            assert int(exc.value.headers["Retry-After"]) >= 1
+            assert backend.batches == []
+            assert await wait(batcher.submit(list(range(5)))) == [f"out:{i}" for i in range(5)]
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+def test_retry_after_grows_with_the_backlog_and_batch_time():
+    async def main():
+        backend = FakeBackend(gate=True)
+        batcher = make(backend, max_items=1, max_queue=10, max_wait_s=0.0)
+        batcher._recent_batch_s = 2.0  # as if recent batches took 2 s each
+        try:
+            running = asyncio.create_task(batcher.submit(["r"]))
+            await wait(backend.started.wait())
+            queued = asyncio.create_task(batcher.submit(list(range(10))))
+            await asyncio.sleep(0.01)
+            with pytest.raises(Overloaded) as exc:
+                await wait(batcher.submit(["x"]))
+            # 11 single-item batches ahead at ~2 s each
+            assert int(exc.value.headers["Retry-After"]) == 22
+            backend.gate.set()
+            await wait(running)
+            await wait(queued)
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_backend_error_reaches_every_waiter_of_the_batch_and_worker_survives():
+    async def main():
+        backend = FakeBackend(fail_on="bad")
+        batcher = make(backend, max_items=16, max_wait_s=0.05)
+        try:
+            outcomes = await wait(
+                asyncio.gather(
+                    batcher.submit(["ok1"]), batcher.submit(["bad", "ok2"]), return_exceptions=True
+                )
+            )
+            assert len(backend.batches) == 1  # both requests were in the failing batch
+            for outcome in outcomes:
+                assert isinstance(outcome, ValueError)
+                assert "backend failed on 'bad'" in str(outcome)
+            # the worker keeps serving
+            assert await wait(batcher.submit(["fine"])) == ["out:fine"]
+            assert await wait(asyncio.gather(batcher.submit(["x"]), batcher.submit(["y"]))) == [
+                ["out:x"],
+                ["out:y"],
+            ]
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+def test_failure_is_confined_to_its_batch():
+    async def main():
+        backend = FakeBackend(fail_on="bad")
+        batcher = make(backend, max_items=2, max_wait_s=0.0)
+        try:
+            outcome = await wait(
+                asyncio.gather(batcher.submit(["a", "b"]), batcher.submit(["bad"]), return_exceptions=True)
+            )
+            assert backend.batches == [["a", "b"], ["bad"]]
+            assert outcome[0] == ["out:a", "out:b"]
+            assert isinstance(outcome[1], ValueError)
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+def test_wrong_number_of_backend_results_is_an_error_for_the_batch():
+    async def main():
+        async def short(payloads):
+            return payloads[:-1]
+
+        batcher = MicroBatcher(short, tokens_of=lambda p: 1, max_items=8, max_tokens=100, max_wait_s=0.0,
+                               max_queue=10)  # fmt: skip
+        batcher.start()
+        try:
+            with pytest.raises(RuntimeError, match="backend returned 2 results for 3 inputs"):
+                await wait(batcher.submit([1, 2, 3]))
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+def test_cancelled_request_is_not_computed():
+    async def main():
+        backend = FakeBackend(gate=True)
+        batcher = make(backend, max_items=8, max_wait_s=0.0)
+        try:
+            running = asyncio.create_task(batcher.submit(["running"]))
+            await wait(backend.started.wait())
+            gone = asyncio.create_task(batcher.submit(["gone1", "gone2"]))
+            kept = asyncio.create_task(batcher.submit(["kept"]))
+            await asyncio.sleep(0.01)
+            gone.cancel()  # e.g. the client disconnected
+            await asyncio.sleep(0)
+            backend.gate.set()
+            assert await wait(running) == ["out:running"]
+            assert await wait(kept) == ["out:kept"]
+            with pytest.raises(asyncio.CancelledError):
+                await gone
+            assert backend.batches == [["running"], ["kept"]]
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- stop
+
+
+def test_stop_fails_queued_requests():
+    async def main():
+        backend = FakeBackend(gate=True)
+        batcher = make(backend, max_items=1, max_wait_s=0.0)
+        running = asyncio.create_task(batcher.submit(["running"]))
+        await wait(backend.started.wait())
+        queued = asyncio.create_task(batcher.submit(["q1", "q2"]))
+        await asyncio.sleep(0.01)
+        assert batcher.depth == 2
+        await wait(batcher.stop())
+        assert batcher.depth == 0
+        with pytest.raises(RuntimeError, match="shutting down"):
+            await wait(queued)
+        assert backend.batches == [["running"]]
+        running.cancel()
+        # after stop() the batcher refuses work until started again
+        with pytest.raises(RuntimeError, match=r"start\(\) was not called"):
+            await batcher.submit(["late"])
+        batcher.start()
+        backend.gate.set()
+        assert await wait(batcher.submit(["again"])) == ["out:again"]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_stop_is_idempotent():
+    async def main():
+        batcher = make(FakeBackend())
+        await wait(batcher.stop())
+        await wait(batcher.stop())
+
+    run(main())
