@@ -33,9 +33,14 @@ class ScoredItem:
 @dataclass(frozen=True)
 class BatchingLimits:
     max_items: int
-    max_tokens: int
+    max_tokens: int | None  # None: chosen by device
     max_wait_s: float
     max_queue: int
+
+    def tokens_per_batch(self, device: str, longest_item: int) -> int:
+        """The padded-token budget of one forward pass; always room for the longest item."""
+        default = 4096 if device == "cpu" else 32_768
+        return max(self.max_tokens or default, longest_item)
 
 
 class Scorer:
@@ -53,13 +58,13 @@ class Scorer:
             max_input_tokens = context
         self.encoder = PromptEncoder(backend.tokenizer, max_input_tokens, truncate)
         # Compile every rubric now: a rubric the tokenizer cannot serve fails at startup.
-        for rubric in rubrics:
-            self.encoder.compile(rubric)
+        max_label_tokens = max(self.encoder.compile(rubric).trie.max_label_tokens for rubric in rubrics)
         self.batcher: MicroBatcher[TokenReads, list] = MicroBatcher(
             backend.read_logprobs,
             tokens_of=lambda seq: seq.num_tokens,
             max_items=batching.max_items,
-            max_tokens=batching.max_tokens,
+            max_tokens=batching.tokens_per_batch(backend.info.device,
+                                                 max_input_tokens + max_label_tokens),
             max_wait_s=batching.max_wait_s,
             max_queue=batching.max_queue,
             on_batch=on_batch,

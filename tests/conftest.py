@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serverproc import ServerProcess  # noqa: E402
+from server.process import ServerProcess
 
 
 @pytest.fixture(scope="session")

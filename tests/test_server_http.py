@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from serverproc import ServerProcess
+from server.process import ServerProcess
 
 pytestmark = pytest.mark.slow
 

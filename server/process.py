@@ -1,4 +1,7 @@
-"""Start `drlaif-server` as a real subprocess on a free port, for tests and benchmarks."""
+"""Run `drlaif-server` as a subprocess on a free port and wait until it is ready.
+
+Used by the demo, the benchmarks, the trainer's one-command loop and the tests.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +25,9 @@ def free_port() -> int:
 class ServerProcess:
     """A running drlaif-server; use as a context manager."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, ready_timeout: float = 300):
-        self.port = free_port()
+    def __init__(self, *args: str, env: dict[str, str] | None = None, ready_timeout: float = 600,
+                 port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [sys.executable, "-m", "server.cli", "--port", str(self.port), *args]
         self.env = {**os.environ, **(env or {})}
@@ -32,8 +36,7 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait_ready: bool = True) -> ServerProcess:
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
-                                     cwd=Path(__file__).resolve().parent.parent)
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         if wait_ready:
             self.wait_ready()
         return self
@@ -51,9 +54,10 @@ class ServerProcess:
             time.sleep(0.3)
         raise TimeoutError(f"server not ready after {self.ready_timeout}s:\n{self.output()}")
 
-    def output(self) -> str:
+    def output(self, tail: int = 5000) -> str:
+        """The end of the server's log."""
         self.log.flush()
-        return Path(self.log.name).read_text()[-5000:]
+        return Path(self.log.name).read_text()[-tail:]
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
