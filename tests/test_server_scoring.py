@@ -4,6 +4,7 @@ teacher-forced computation on the same model."""
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 
 import httpx
 import numpy as np
@@ -20,19 +21,24 @@ def _post(server, path, body, **kw):
 
 
 def teacher_forced_distribution(model, input_ids, label_token_ids):
-    """Label probabilities by full teacher forcing, one unpadded sequence per label.
+    """Label probabilities by plain teacher forcing, one label at a time.
 
-    Independent of the server's trie and batching: P_seq(label) is the product of
-    its tokens' conditional probabilities; a label's mass excludes the labels that
-    extend it by more tokens (P(1) = P_seq("1") - P_seq("10")).
+    Independent of the server's trie, padding and batching: the prefix runs once
+    (unpadded, cached), then each label's tokens are fed one by one and P_seq(label)
+    is the product of their conditional probabilities. A label's mass excludes the
+    labels that extend it by more tokens (P(1) = P_seq("1") - P_seq("10")).
     """
-    p_seq = {}
-    for label, ids in label_token_ids.items():
-        seq = torch.tensor([input_ids + ids])
-        with torch.no_grad():
-            logp = torch.log_softmax(model(seq).logits[0].double(), -1)
-        n = len(input_ids)
-        p_seq[label] = float(torch.exp(sum(logp[n - 1 + k, t] for k, t in enumerate(ids))))
+    with torch.no_grad():
+        prefix = model(torch.tensor([input_ids]), use_cache=True)
+        p_seq = {}
+        for label, ids in label_token_ids.items():
+            cache = copy.deepcopy(prefix.past_key_values)
+            logp = torch.log_softmax(prefix.logits[0, -1].double(), -1)
+            total = float(logp[ids[0]])
+            for prev, token in zip(ids, ids[1:]):
+                out = model(torch.tensor([[prev]]), past_key_values=cache, use_cache=True)
+                total += float(torch.log_softmax(out.logits[0, -1].double(), -1)[token])
+            p_seq[label] = float(np.exp(total))
     mass = {}
     for label, ids in label_token_ids.items():
         longer = [other for other, o in label_token_ids.items()

@@ -1,0 +1,577 @@
+"""The reward client (trainer/client.py) over real HTTP.
+
+Two kinds of server:
+- the real drlaif-server on the embedded labeler (session fixture `server`): the client's rewards
+  are the server's, chunked or not, sync or async;
+- `FaultServer`, a small FastAPI app on 127.0.0.1 that speaks /score and /info with a
+  deterministic fake reward and injects scripted faults (error statuses, Retry-After, stalls,
+  malformed answers), to check retries, backoff, deadlines, failover and validation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import math
+import random
+import re
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from items import HELD_OUT
+from server.process import free_port
+from trainer.client import (
+    AsyncRewardClient,
+    RewardClient,
+    RewardClientConfig,
+    RewardServerError,
+    ScoredItem,
+    backoff_delay,
+    parse_retry_after,
+)
+
+# ------------------------------------------------------------------------------------------------
+# A real HTTP server that injects faults
+# ------------------------------------------------------------------------------------------------
+
+# A scripted behaviour for one /score request: return a Response to send it, or None to send
+# the correct answer (after doing whatever the handler did, e.g. sleeping).
+Handler = Callable[[dict], Awaitable[Response | None]]
+
+
+def fake_reward(prompt: object, response: str) -> float:
+    """The fault server's deterministic reward, in [-1, 1], different for different items."""
+    return ((sum(map(ord, response)) + 7 * len(json.dumps(prompt))) % 201 - 100) / 100
+
+
+def fake_answer(body: dict) -> dict:
+    results = []
+    for item in body["items"]:
+        r = fake_reward(item["prompt"], item["response"])
+        results.append({"reward": r, "score": 5.5 + 4.5 * r, "distribution": [0.1] * 10, "label_mass": 0.9,
+                        "input_tokens": 10, "truncated": False})
+    return {"results": results, "rubric": body.get("rubric") or "general", "scale": {"min": 1, "max": 10},
+            "model": "fault-server"}
+
+
+def status(code: int, message: str = "injected fault", retry_after: str | None = None) -> Handler:
+    async def handler(body: dict) -> Response:
+        headers = {"Retry-After": retry_after} if retry_after is not None else None
+        return JSONResponse({"error": {"type": "injected", "message": message}}, status_code=code,
+                            headers=headers)
+    return handler
+
+
+def stall(seconds: float) -> Handler:
+    async def handler(body: dict) -> None:
+        await asyncio.sleep(seconds)
+    return handler
+
+
+def raw(text: str) -> Handler:
+    async def handler(body: dict) -> Response:
+        return Response(text, media_type="application/json")
+    return handler
+
+
+def mangle(fn: Callable[[dict], None]) -> Handler:
+    """Send the correct answer after `fn` broke it in place (json.dumps writes NaN as NaN)."""
+    async def handler(body: dict) -> Response:
+        answer = fake_answer(body)
+        fn(answer)
+        return Response(json.dumps(answer), media_type="application/json")
+    return handler
+
+
+@dataclass
+class Seen:
+    t: float                 # time.monotonic() when the request arrived
+    path: str
+    n_items: int
+    authorization: str | None
+
+
+class FaultServer:
+    """A real uvicorn server in a thread on 127.0.0.1; `plan` scripts the next /score answers."""
+
+    def __init__(self, port: int | None = None, max_items: int = 256, info_status: int = 200):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.max_items = max_items
+        self.info_status = info_status
+        self.plan: collections.deque[Handler] = collections.deque()
+        self.default: Handler | None = None      # when the plan is used up; None: correct answers
+        self.seen: list[Seen] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        app = FastAPI()
+
+        @app.get("/info")
+        async def info(request: Request) -> Response:
+            self._record(request, 0)
+            if self.info_status != 200:
+                return JSONResponse({"detail": "Not Found"}, status_code=self.info_status)
+            return JSONResponse({"model": "fault-server",
+                                 "limits": {"max_items_per_request": self.max_items}})
+
+        @app.post("/score")
+        async def score(request: Request) -> Response:
+            body = await request.json()
+            self._record(request, len(body["items"]))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                handler = self.plan.popleft() if self.plan else self.default
+                if handler is not None and (resp := await handler(body)) is not None:
+                    return resp
+                return JSONResponse(fake_answer(body))
+            finally:
+                self.in_flight -= 1
+
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                     log_level="warning", lifespan="off",
+                                                     timeout_graceful_shutdown=0.2))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def _record(self, request: Request, n_items: int) -> None:
+        self.seen.append(Seen(time.monotonic(), request.url.path, n_items,
+                              request.headers.get("authorization")))
+
+    def scores(self) -> list[Seen]:
+        return [s for s in self.seen if s.path == "/score"]
+
+    def start(self) -> FaultServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"fault server on port {self.port} did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def __enter__(self) -> FaultServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@pytest.fixture
+def fault():
+    with FaultServer() as srv:
+        yield srv
+
+
+PROMPTS = [f"Question number {i}?" for i in range(8)]
+RESPONSES = [f"Answer {i}: " + "word " * i for i in range(8)]
+EXPECTED = [fake_reward(p, r) for p, r in zip(PROMPTS, RESPONSES)]
+
+
+def fast(urls, **kw) -> RewardClientConfig:
+    """Config with short backoffs and deadlines so the fault tests take fractions of a second."""
+    base = dict(backoff_initial_s=0.02, backoff_max_s=0.2, deadline_s=10.0, connect_timeout_s=1.0,
+                read_timeout_s=5.0, api_key_env="DRLAIF_TEST_NO_SUCH_KEY")
+    base.update(kw)
+    return RewardClientConfig(urls=urls if isinstance(urls, list) else [urls], **base)
+
+
+def dead_url() -> str:
+    """A loopback URL with nothing listening: connection refused."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Pure pieces
+# ------------------------------------------------------------------------------------------------
+
+def test_backoff_grows_exponentially_up_to_the_cap_with_full_jitter():
+    caps = [backoff_delay(k, 0.5, 15.0) for k in range(1, 8)]
+    assert caps == [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
+    assert backoff_delay(10_000, 0.5, 15.0) == 15.0  # no float overflow for absurd attempt counts
+    rng = random.Random(0)
+    for k, cap in enumerate(caps, start=1):
+        draws = [backoff_delay(k, 0.5, 15.0, rng) for _ in range(200)]
+        assert all(0.0 <= d <= cap for d in draws)
+        assert max(draws) > 0.8 * cap and min(draws) < 0.2 * cap  # spread over the whole range
+
+
+def test_parse_retry_after():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after("-4") == 0.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    in_10s = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=10), usegmt=True)
+    assert 8.0 <= parse_retry_after(in_10s) <= 10.0
+
+
+def test_config_normalises_and_validates_urls():
+    assert RewardClientConfig(urls="http://a:1/").urls == ["http://a:1"]  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="http://"):
+        RewardClientConfig(urls=["localhost:8000"])
+    with pytest.raises(ValueError, match="at least one"):
+        RewardClientConfig(urls=[])
+    with pytest.raises(ValueError, match="deadline_s"):
+        RewardClientConfig(urls=["http://a"], deadline_s=0)
+
+
+def test_bad_input_is_rejected_before_any_request(fault):
+    with RewardClient(fast(fault.url)) as client:
+        with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+            client.score(["a", "b"], ["x"])
+        with pytest.raises(TypeError, match=r"responses\[0\]"):
+            client.score(["a"], [None])  # type: ignore[list-item]
+        with pytest.raises(TypeError, match=r"prompts\[1\]"):
+            client.score(["a", [{"role": "user"}]], ["x", "y"])  # type: ignore[list-item]
+        assert client.score([], []) == []
+    assert fault.seen == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Fault injection on a real local HTTP server
+# ------------------------------------------------------------------------------------------------
+
+def test_retries_502_503_504_then_returns_the_servers_rewards(fault, caplog):
+    caplog.set_level(logging.WARNING, logger="trainer.client")
+    fault.plan.extend([status(503), status(502), status(504)])
+    with RewardClient(fast(fault.url)) as client:
+        assert client.score(PROMPTS, RESPONSES) == EXPECTED
+    assert len(fault.scores()) == 4
+    warnings = [r.getMessage() for r in caplog.records if r.name == "trainer.client"]
+    assert [re.search(r"HTTP (\d+)", w).group(1) for w in warnings] == ["503", "502", "504"]
+    assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "trainer.client")
+
+
+def test_retries_after_connection_refused_until_the_server_comes_up(caplog):
+    caplog.set_level(logging.WARNING, logger="trainer.client")
+    port = free_port()
+    late = FaultServer(port=port)
+    timer = threading.Timer(0.5, late.start)
+    timer.start()
+    try:
+        with RewardClient(fast(f"http://127.0.0.1:{port}", max_items_per_request=8)) as client:
+            t0 = time.monotonic()
+            assert client.score(PROMPTS, RESPONSES) == EXPECTED
+            assert time.monotonic() - t0 >= 0.4
+    finally:
+        timer.join()
+        late.stop()
+    assert any("ConnectError" in r.getMessage() for r in caplog.records)
+
+
+def test_read_timeout_is_retried(fault):
+    fault.plan.append(stall(3.0))
+    with RewardClient(fast(fault.url, read_timeout_s=0.3)) as client:
+        t0 = time.monotonic()
+        assert client.score(PROMPTS, RESPONSES) == EXPECTED
+        assert time.monotonic() - t0 < 2.0
+    assert len(fault.scores()) == 2
+
+
+def test_429_waits_at_least_retry_after(fault):
+    fault.plan.append(status(429, "the scoring queue is full", retry_after="1"))
+    with RewardClient(fast(fault.url, backoff_initial_s=0.01)) as client:
+        assert client.score(PROMPTS, RESPONSES) == EXPECTED
+    first, second = fault.scores()
+    assert second.t - first.t >= 1.0
+
+
+def test_backoff_between_retries_doubles_up_to_the_cap(fault, caplog):
+    caplog.set_level(logging.WARNING, logger="trainer.client")
+    fault.plan.extend([status(503)] * 5)
+    config = fast(fault.url, backoff_initial_s=0.05, backoff_max_s=0.25, jitter=False)
+    with RewardClient(config) as client:
+        assert client.score(PROMPTS, RESPONSES) == EXPECTED
+    expected = [0.05, 0.1, 0.2, 0.25, 0.25]
+    logged = [float(re.search(r"in ([\d.]+) s", r.getMessage()).group(1))
+              for r in caplog.records if r.name == "trainer.client"]
+    assert logged == expected
+    # And the server really saw the requests that far apart.
+    times = [s.t for s in fault.scores()]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(gaps) == 5
+    for gap, delay in zip(gaps, expected):
+        assert gap >= delay - 0.01
+
+
+def test_deadline_exceeded_raises_within_about_the_deadline(fault):
+    fault.default = status(503, "the labeler is loading", retry_after="0")
+    with RewardClient(fast(fault.url, deadline_s=1.0)) as client:
+        t0 = time.monotonic()
+        with pytest.raises(RewardServerError) as info:
+            client.score(PROMPTS, RESPONSES)
+        elapsed = time.monotonic() - t0
+    assert 0.5 <= elapsed <= 1.6
+    message = str(info.value)
+    assert "deadline" in message and fault.url in message and "HTTP 503" in message
+    assert "the labeler is loading" in message
+    assert info.value.attempts == len(fault.seen) > 2  # /info counts as an attempt too
+
+
+def test_deadline_bounds_a_server_that_never_answers(fault):
+    fault.default = stall(30.0)
+    with RewardClient(fast(fault.url, deadline_s=1.0, read_timeout_s=60.0)) as client:
+        t0 = time.monotonic()
+        with pytest.raises(RewardServerError, match="deadline"):
+            client.score(PROMPTS, RESPONSES)
+        assert time.monotonic() - t0 <= 1.6
+
+
+def test_retry_after_beyond_the_deadline_fails_fast(fault):
+    fault.plan.append(status(429, "busy", retry_after="60"))
+    with RewardClient(fast(fault.url, deadline_s=5.0)) as client:
+        t0 = time.monotonic()
+        with pytest.raises(RewardServerError, match="retry after the deadline"):
+            client.score(PROMPTS, RESPONSES)
+        assert time.monotonic() - t0 < 1.0
+
+
+def test_max_attempts_is_respected(fault):
+    fault.default = status(502)
+    with RewardClient(fast(fault.url, max_attempts=3)) as client:
+        with pytest.raises(RewardServerError, match="after 3 attempts") as info:
+            client.score(PROMPTS, RESPONSES)
+    assert len(fault.scores()) == 3 and info.value.status == 502
+
+
+def test_422_raises_at_once_with_the_servers_message(fault, caplog):
+    caplog.set_level(logging.WARNING, logger="trainer.client")
+    fault.plan.append(status(422, "items.0.response: Field required"))
+    with RewardClient(fast(fault.url, max_items_per_request=8)) as client:
+        with pytest.raises(RewardServerError) as info:
+            client.score(PROMPTS, RESPONSES)
+    assert "422" in str(info.value) and "items.0.response: Field required" in str(info.value)
+    assert info.value.status == 422 and info.value.attempts == 1
+    assert len(fault.scores()) == 1
+    assert not [r for r in caplog.records if r.name == "trainer.client"]  # nothing was retried
+
+
+def test_first_url_dead_all_requests_succeed_via_the_second(fault):
+    config = fast([dead_url(), fault.url], max_items_per_request=2)
+    with RewardClient(config) as client:
+        for _ in range(5):
+            assert client.score(PROMPTS, RESPONSES) == EXPECTED
+    assert len(fault.scores()) == 5 * 4
+
+
+def test_failing_url_is_avoided_while_another_works(fault):
+    with FaultServer() as broken:
+        broken.default = status(503)
+        with RewardClient(fast([broken.url, fault.url], failover_cooldown_s=30)) as client:
+            for _ in range(10):
+                assert client.score(PROMPTS, RESPONSES) == EXPECTED
+        # Round-robin sent the first request there; the cool-down kept the rest away.
+        assert len(broken.scores()) == 1
+    assert len(fault.scores()) == 10
+
+
+def test_round_robin_spreads_requests_over_healthy_urls(fault):
+    with FaultServer() as other:
+        with RewardClient(fast([fault.url, other.url], max_items_per_request=1)) as client:
+            assert client.score(PROMPTS, RESPONSES) == EXPECTED
+        assert len(fault.scores()) == len(other.scores()) == 4
+
+
+@pytest.mark.parametrize("handler, needle", [
+    (mangle(lambda a: a["results"].pop()), "7 results for 8 items"),
+    (mangle(lambda a: a["results"][3].update(reward=math.nan)), "reward nan"),
+    (raw('{"results": [' + ",".join(['{"reward": NaN, "score": 1, "label_mass": 1, "distribution": [1]}'] * 8)
+         + "]}"), "reward nan"),
+    (mangle(lambda a: a["results"][0].update(reward=1.5)), "reward 1.5"),
+    (mangle(lambda a: a["results"][0].update(reward=-1.01)), "reward -1.01"),
+    (mangle(lambda a: a["results"][0].update(reward="0.5")), "reward '0.5'"),
+    (mangle(lambda a: a["results"][0].update(reward=True)), "reward True"),
+    (mangle(lambda a: a["results"][0].pop("reward")), "reward None"),
+    (mangle(lambda a: a["results"][0].update(label_mass=math.inf)), "label_mass inf"),
+    (mangle(lambda a: a.pop("results")), "'results' list"),
+    (mangle(lambda a: a.update(rubric="harmless")), "rubric 'harmless'"),
+    (raw("<html>Bad gateway</html>"), "not JSON"),
+])
+def test_invalid_answers_raise_and_are_never_substituted(fault, handler, needle):
+    fault.plan.append(handler)
+    with RewardClient(fast(fault.url)) as client:
+        with pytest.raises(RewardServerError) as info:
+            client.score(PROMPTS, RESPONSES, rubric="general")
+    assert needle in str(info.value)
+    assert len(fault.scores()) == 1  # a wrong answer is not a transient fault: no retry
+
+
+def test_bearer_token_is_read_from_the_env_var(fault, monkeypatch):
+    monkeypatch.setenv("DRLAIF_TEST_KEY", "s3cret-token")
+    with RewardClient(fast(fault.url, api_key_env="DRLAIF_TEST_KEY")) as client:
+        assert client.score(PROMPTS[:2], RESPONSES[:2]) == EXPECTED[:2]
+    assert [s.path for s in fault.seen] == ["/info", "/score"]
+    assert all(s.authorization == "Bearer s3cret-token" for s in fault.seen)
+    monkeypatch.delenv("DRLAIF_TEST_KEY")
+    with RewardClient(fast(fault.url, api_key_env="DRLAIF_TEST_KEY")) as client:
+        client.score(PROMPTS[:2], RESPONSES[:2])
+    assert fault.seen[-1].authorization is None
+
+
+def test_chunks_follow_info_limit_and_results_keep_input_order():
+    with FaultServer(max_items=3) as srv:
+        # The first chunk is the slowest, so chunks finish out of order.
+        srv.plan.extend([stall(0.3), stall(0.1)])
+        with RewardClient(fast(srv.url, max_concurrency=3)) as client:
+            items = client.score_items(PROMPTS, RESPONSES)
+            assert [i.reward for i in items] == EXPECTED
+            assert client.score(PROMPTS, RESPONSES) == EXPECTED
+        assert items[0] == ScoredItem(reward=EXPECTED[0], score=5.5 + 4.5 * EXPECTED[0], label_mass=0.9,
+                                      distribution=[0.1] * 10, input_tokens=10, truncated=False)
+        assert [s.path for s in srv.seen].count("/info") == 1  # read once, then remembered
+        assert sorted(s.n_items for s in srv.scores()) == [2, 2, 3, 3, 3, 3]
+
+
+def test_without_info_the_client_falls_back_to_64_items():
+    with FaultServer(info_status=404) as srv:
+        prompts, responses = PROMPTS * 9, RESPONSES * 9  # 72 items
+        with RewardClient(fast(srv.url)) as client:
+            assert client.score(prompts, responses) == EXPECTED * 9
+        assert sorted(s.n_items for s in srv.scores()) == [8, 64]
+
+
+def test_concurrency_is_bounded(fault):
+    fault.default = stall(0.1)
+    with RewardClient(fast(fault.url, max_items_per_request=1, max_concurrency=2)) as client:
+        assert client.score(PROMPTS, RESPONSES) == EXPECTED
+    assert fault.max_in_flight == 2
+
+
+def test_one_failing_chunk_fails_the_call_and_stops_the_others(fault):
+    fault.plan.extend([status(401, "missing or invalid API key")] + [stall(1.0)] * 7)
+    with RewardClient(fast(fault.url, max_items_per_request=1, max_concurrency=8)) as client:
+        t0 = time.monotonic()
+        with pytest.raises(RewardServerError, match="401: missing or invalid API key"):
+            client.score(PROMPTS, RESPONSES)
+        assert time.monotonic() - t0 < 0.9  # did not wait for the stalled siblings
+
+
+def test_async_client_on_several_event_loops(fault):
+    client = AsyncRewardClient(fast(fault.url, max_items_per_request=4))
+
+    async def run() -> list[float]:
+        return await client.score(PROMPTS, RESPONSES)
+
+    # Two asyncio.run calls: two loops, each gets its own pool; the first loop is closed by then.
+    assert asyncio.run(run()) == EXPECTED
+    assert asyncio.run(run()) == EXPECTED
+
+    # A third loop in another thread, running while this one is used too.
+    other = asyncio.new_event_loop()
+    thread = threading.Thread(target=other.run_forever, daemon=True)
+    thread.start()
+    try:
+        assert asyncio.run_coroutine_threadsafe(run(), other).result(10) == EXPECTED
+
+        async def close_here() -> None:
+            assert await client.score(PROMPTS, RESPONSES) == EXPECTED
+            await client.aclose()  # closes this loop's pool and, on its own loop, the other's
+
+        asyncio.run(close_here())
+    finally:
+        other.call_soon_threadsafe(other.stop)
+        thread.join(5)
+        other.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        asyncio.run(run())
+
+
+def test_sync_client_works_inside_a_running_event_loop(fault):
+    async def notebook_cell() -> list[float]:
+        with RewardClient(fast(fault.url)) as client:
+            return client.score(PROMPTS, RESPONSES)
+
+    assert asyncio.run(notebook_cell()) == EXPECTED
+
+
+def test_submit_score_overlaps_with_other_work(fault):
+    fault.default = stall(0.3)
+    with RewardClient(fast(fault.url)) as client:
+        future = client.submit_score(PROMPTS, RESPONSES)
+        assert not future.done()  # returned while the server is still working
+        assert future.result(10) == EXPECTED
+    with pytest.raises(RuntimeError, match="closed"):
+        client.score(PROMPTS, RESPONSES)
+
+
+# ------------------------------------------------------------------------------------------------
+# The real drlaif-server on the embedded labeler
+# ------------------------------------------------------------------------------------------------
+
+REAL_PROMPTS = [it["prompt"] for it in HELD_OUT]
+REAL_RESPONSES = [it["response"] for it in HELD_OUT]
+
+
+@pytest.fixture(scope="module")
+def direct_results(server) -> list[dict]:
+    """/score's own answer for HELD_OUT in one request, without the client."""
+    r = httpx.post(f"{server.url}/score", json={"items": HELD_OUT}, timeout=300)
+    assert r.status_code == 200, r.text
+    return r.json()["results"]
+
+
+def _assert_same(items: list[ScoredItem], direct: list[dict]) -> None:
+    assert len(items) == len(direct)
+    for got, want in zip(items, direct):
+        # Different batch composition (padding) moves float32 results by ~1e-6.
+        assert got.reward == pytest.approx(want["reward"], abs=1e-4)
+        assert got.score == pytest.approx(want["score"], abs=1e-4)
+        assert got.label_mass == pytest.approx(want["label_mass"], abs=1e-4)
+        assert got.distribution == pytest.approx(want["distribution"], abs=1e-4)
+        assert got.input_tokens == want["input_tokens"] and got.truncated == want["truncated"]
+
+
+@pytest.mark.slow
+def test_real_server_rewards_equal_direct_score(server, direct_results):
+    async def main() -> tuple[list[ScoredItem], dict]:
+        async with AsyncRewardClient(RewardClientConfig(urls=[server.url])) as client:
+            return await client.score_items(REAL_PROMPTS, REAL_RESPONSES), await client.info()
+
+    items, info = asyncio.run(main())
+    _assert_same(items, direct_results)
+    assert len({round(i.reward, 3) for i in items}) > 4  # genuinely different rewards, not a constant
+    assert info["limits"]["max_items_per_request"] == 256
+
+
+@pytest.mark.slow
+def test_real_server_chunked_equals_one_request(server, direct_results):
+    with RewardClient(RewardClientConfig(urls=[server.url], max_items_per_request=3)) as client:
+        _assert_same(client.score_items(REAL_PROMPTS, REAL_RESPONSES), direct_results)
+
+
+@pytest.mark.slow
+def test_real_server_sync_and_async_agree(server, direct_results):
+    config = RewardClientConfig(urls=[server.url], rubric="general")
+    with RewardClient(config) as client:
+        sync_rewards = client.score(REAL_PROMPTS[:4], REAL_RESPONSES[:4])
+
+    async def main() -> list[float]:
+        async with AsyncRewardClient(config) as client:
+            return await client.score(REAL_PROMPTS[:4], REAL_RESPONSES[:4])
+
+    assert sync_rewards == pytest.approx(asyncio.run(main()), abs=1e-4)
+    assert sync_rewards == pytest.approx([d["reward"] for d in direct_results[:4]], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_real_server_unknown_rubric_is_a_clear_error(server):
+    with RewardClient(RewardClientConfig(urls=[server.url], rubric="nope")) as client:
+        with pytest.raises(RewardServerError, match="422.*unknown rubric 'nope'") as info:
+            client.score(["Hi"], ["Hello"])
+    assert info.value.attempts == 2  # GET /info once, then the refused POST /score, not retried

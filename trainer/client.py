@@ -1,0 +1,613 @@
+"""Reward client: turns (prompt, response) pairs into rewards by calling drlaif-server's `POST /score`.
+
+The async client is the implementation; :class:`RewardClient` is a thin synchronous facade that runs
+it on a private event-loop thread, so retries, deadlines and validation exist exactly once.
+
+What the client guarantees:
+
+- every reward it returns is one the server sent for that item (finite, in [-1, 1], in input
+  order); anything else, or no answer within the deadline, raises :class:`RewardServerError`.
+  It never substitutes a value.
+- transient failures (connection errors, timeouts, 429, 502, 503, 504) are retried with
+  exponential backoff and full jitter, honouring `Retry-After`, under one overall deadline per call;
+  other 4xx answers raise at once with the server's message.
+- with several server URLs, requests go round-robin and a failing URL is avoided for a cool-down
+  while the others work.
+
+Example::
+
+    from trainer.client import RewardClient, RewardClientConfig
+
+    with RewardClient(RewardClientConfig(urls=["http://127.0.0.1:8000"], rubric="helpful")) as client:
+        rewards = client.score(["What is 2+2?"], ["4"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import email.utils
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import httpx
+
+log = logging.getLogger("trainer.client")
+
+#: A prompt is a string (plain or an HH-RLHF transcript) or a list of chat messages.
+Prompt = str | Sequence[Mapping[str, str]]
+
+#: Statuses that mean "try again later": backpressure, a proxy that lost the server, loading.
+DEFAULT_RETRY_STATUSES: tuple[int, ...] = (429, 502, 503, 504)
+#: Items per request when the server's /info does not say (an older or foreign server).
+FALLBACK_MAX_ITEMS_PER_REQUEST = 64
+
+# Transport failures worth retrying: the request may not have reached a live server, or the
+# server died or stalled mid-answer. /score is a pure function, so repeating it is safe.
+# (UnsupportedProtocol and LocalProtocolError are our own mistakes and are not retried.)
+_RETRYABLE_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError,
+                               httpx.ProxyError)
+
+T = TypeVar("T")
+
+
+class RewardServerError(RuntimeError):
+    """Raised after retries/deadline are exhausted, or on a non-retryable 4xx or an invalid answer.
+
+    The message says which URL(s), what status or exception, how many attempts and how long.
+    The same facts are attributes, for callers that want to act on them.
+    """
+
+    def __init__(self, message: str, *, urls: Sequence[str] = (), status: int | None = None,
+                 attempts: int = 0, elapsed_s: float = 0.0):
+        super().__init__(message)
+        self.urls = list(urls)
+        self.status = status
+        self.attempts = attempts
+        self.elapsed_s = elapsed_s
+
+
+@dataclass
+class RewardClientConfig:
+    """How to reach the reward server(s) and how hard to try."""
+
+    urls: list[str]                      # one or more server base URLs, round-robin
+    rubric: str | None = None            # default rubric; None: the server's default
+    api_key_env: str = "DRLAIF_API_KEY"  # bearer token read from this env var if set ("" disables)
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 120.0
+    deadline_s: float = 600.0            # overall deadline for one score() call, across retries
+    max_attempts: int = 1000             # per request; effectively bounded by the deadline
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 15.0
+    max_concurrency: int = 4             # concurrent in-flight HTTP requests per client and event loop
+    max_items_per_request: int | None = None   # None: from GET /info once (fallback 64)
+    retry_statuses: tuple[int, ...] = DEFAULT_RETRY_STATUSES
+    failover_cooldown_s: float = 5.0     # how long a URL that just failed is avoided while others work
+    jitter: bool = True                  # full jitter on backoff; off only for deterministic tests
+
+    def __post_init__(self) -> None:
+        # A bare string would otherwise be iterated as a list of one-character "URLs".
+        if isinstance(self.urls, str):
+            self.urls = [self.urls]
+        self.urls = [u.strip().rstrip("/") for u in self.urls]
+        if not self.urls:
+            raise ValueError("RewardClientConfig.urls: give at least one server URL")
+        for u in self.urls:
+            if not u.startswith(("http://", "https://")):
+                raise ValueError(f"RewardClientConfig.urls: {u!r} must start with http:// or https://")
+        for name in ("connect_timeout_s", "read_timeout_s", "deadline_s", "backoff_max_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"RewardClientConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.backoff_initial_s < 0 or self.failover_cooldown_s < 0:
+            raise ValueError("RewardClientConfig: backoff_initial_s and failover_cooldown_s must be >= 0")
+        if self.max_attempts < 1 or self.max_concurrency < 1:
+            raise ValueError("RewardClientConfig: max_attempts and max_concurrency must be >= 1")
+        if self.max_items_per_request is not None and self.max_items_per_request < 1:
+            raise ValueError("RewardClientConfig.max_items_per_request must be >= 1 or None")
+
+
+@dataclass(frozen=True)
+class ScoredItem:
+    """The server's verdict on one (prompt, response) item."""
+
+    reward: float                 # expected score mapped to [-1, 1]
+    score: float                  # expected score on the rubric's scale
+    label_mass: float             # probability on valid labels before renormalising (low: distrust)
+    distribution: list[float]     # renormalised label probabilities, lowest label first
+    input_tokens: int | None = None
+    truncated: bool = False
+
+
+def backoff_delay(retry: int, initial_s: float, max_s: float, rng: random.Random | None = None) -> float:
+    """Delay before the `retry`-th retry (1-based): exponential, capped, with full jitter if `rng` is given.
+
+    Full jitter (uniform in [0, cap]) spreads out many clients that failed at the same moment,
+    so a recovering server is not hit by a synchronised wave.
+    """
+    # The exponent is clamped so a huge attempt count cannot overflow a float.
+    cap = min(max_s, initial_s * 2.0 ** min(retry - 1, 60))
+    return rng.uniform(0.0, cap) if rng is not None else cap
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delay-seconds or HTTP-date); None if absent/invalid."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+@dataclass
+class _UrlState:
+    url: str
+    avoid_until: float = 0.0   # soft: prefer other URLs until then
+    not_before: float = 0.0    # hard: the server asked us (Retry-After) not to come back before then
+
+
+class _Router:
+    """Round-robin over URLs, steering away from ones that just failed.
+
+    Shared by all event loops a client is used on, hence the thread lock.
+    """
+
+    def __init__(self, urls: Sequence[str], cooldown_s: float):
+        self._states = [_UrlState(u) for u in urls]
+        self._cooldown_s = cooldown_s
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def pick(self, now: float) -> tuple[str, float]:
+        """The URL to use next and the monotonic time from which it may be used (>= now)."""
+        with self._lock:
+            n = len(self._states)
+            order = [self._states[(self._next + k) % n] for k in range(n)]
+            for usable in (lambda s: s.avoid_until <= now and s.not_before <= now,   # healthy
+                           lambda s: s.not_before <= now):                           # all failing: try anyway
+                for s in order:
+                    if usable(s):
+                        self._next = (self._states.index(s) + 1) % n
+                        return s.url, now
+            # Every URL asked for a pause: take the one that is free soonest.
+            s = min(order, key=lambda s: s.not_before)
+            self._next = (self._states.index(s) + 1) % n
+            return s.url, s.not_before
+
+    def failed(self, url: str, now: float, retry_after_s: float | None) -> None:
+        with self._lock:
+            s = next(s for s in self._states if s.url == url)
+            s.avoid_until = max(s.avoid_until, now + self._cooldown_s)
+            if retry_after_s is not None:
+                s.not_before = max(s.not_before, now + retry_after_s)
+
+    def succeeded(self, url: str) -> None:
+        with self._lock:
+            s = next(s for s in self._states if s.url == url)
+            s.avoid_until = 0.0
+
+
+@dataclass
+class _Call:
+    """Book-keeping for one score()/info() call: its deadline and what went wrong so far."""
+
+    urls: list[str]
+    deadline_s: float
+    started: float = field(default_factory=time.monotonic)
+    attempts: int = 0
+    last_error: str = "none"
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.deadline_s
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def deadline_error(self, why: str = "") -> RewardServerError:
+        return RewardServerError(
+            f"no reward from {', '.join(self.urls)} within the {self.deadline_s:g} s deadline"
+            f"{' (' + why + ')' if why else ''}: {self.attempts} attempt(s) over {self.elapsed():.1f} s; "
+            f"last error: {self.last_error}",
+            urls=self.urls, attempts=self.attempts, elapsed_s=self.elapsed())
+
+
+@dataclass
+class _LoopState:
+    """What must belong to one event loop: its connection pool and its concurrency bound."""
+
+    http: httpx.AsyncClient
+    semaphore: asyncio.Semaphore
+
+
+def _server_message(resp: httpx.Response) -> str:
+    """The message in an error body: drlaif's {"error": {...}}, FastAPI's {"detail"}, or the text."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:500] or resp.reason_phrase
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and "message" in err:
+            return str(err["message"])
+        if "detail" in body:
+            return str(body["detail"])
+    return str(body)[:500]
+
+
+def _is_number(x: object) -> bool:
+    # bool is an int subclass; a `true` reward is a broken server, not 1.0.
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _parse_results(data: object, n_items: int, url: str) -> tuple[list[ScoredItem], tuple[str, str]]:
+    """Validate a /score answer strictly; returns the items and (model, rubric)."""
+
+    def bad(why: str) -> RewardServerError:
+        return RewardServerError(f"{url}/score returned an invalid answer: {why}", urls=[url], status=200)
+
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise bad(f"expected an object with a 'results' list, got {str(data)[:200]!r}")
+    results = data["results"]
+    if len(results) != n_items:
+        raise bad(f"{len(results)} results for {n_items} items")
+    items = []
+    for i, r in enumerate(results):
+        if not isinstance(r, dict):
+            raise bad(f"result {i} is not an object: {r!r}")
+        reward, score = r.get("reward"), r.get("score")
+        mass, dist = r.get("label_mass"), r.get("distribution")
+        if not _is_number(reward) or not math.isfinite(reward) or not -1.0 <= reward <= 1.0:
+            raise bad(f"result {i} has reward {reward!r}, expected a finite number in [-1, 1]")
+        if not _is_number(score) or not math.isfinite(score):
+            raise bad(f"result {i} has score {score!r}, expected a finite number")
+        if not _is_number(mass) or not math.isfinite(mass) or not 0.0 <= mass <= 1.0 + 1e-6:
+            raise bad(f"result {i} has label_mass {mass!r}, expected a number in [0, 1]")
+        if (not isinstance(dist, list) or not dist
+                or not all(_is_number(p) and math.isfinite(p) and p >= 0 for p in dist)):
+            raise bad(f"result {i} has distribution {dist!r}, expected non-negative finite numbers")
+        tokens = r.get("input_tokens")
+        items.append(ScoredItem(reward=float(reward), score=float(score), label_mass=float(mass),
+                                distribution=[float(p) for p in dist],
+                                input_tokens=tokens if isinstance(tokens, int) else None,
+                                truncated=r.get("truncated") is True))
+    return items, (str(data.get("model", "")), str(data.get("rubric", "")))
+
+
+def _item_payload(index: int, prompt: Prompt, response: str) -> dict[str, Any]:
+    """One wire item; rejects malformed input here, with its index, rather than as a server 422."""
+    if not isinstance(response, str):
+        raise TypeError(f"responses[{index}] must be a str, got {type(response).__name__}")
+    if isinstance(prompt, str):
+        return {"prompt": prompt, "response": response}
+    if isinstance(prompt, Sequence) and prompt:
+        messages = []
+        for m in prompt:
+            if not (isinstance(m, Mapping) and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str)):
+                raise TypeError(
+                    f"prompts[{index}]: each chat message needs str 'role' and 'content', got {m!r}")
+            # Only role and content reach the labeler; extra keys would be refused by the server.
+            messages.append({"role": m["role"], "content": m["content"]})
+        return {"prompt": messages, "response": response}
+    raise TypeError(f"prompts[{index}] must be a str or a non-empty list of chat messages, got {prompt!r}")
+
+
+class AsyncRewardClient:
+    """Async reward client. Safe to use from several event loops (one connection pool per loop)."""
+
+    def __init__(self, config: RewardClientConfig):
+        self.config = config
+        self._router = _Router(config.urls, config.failover_cooldown_s)
+        self._rng = random.Random() if config.jitter else None
+        self._pools: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._max_items: int | None = config.max_items_per_request
+        key = os.environ.get(config.api_key_env) if config.api_key_env else None
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    # -- public API ---------------------------------------------------------------------------
+
+    async def score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
+                          rubric: str | None = None) -> list[ScoredItem]:
+        """Score each (prompt, response) pair; results in input order.
+
+        `rubric` overrides the config's rubric for this call. Raises RewardServerError when the
+        server(s) give no valid answer within `deadline_s`, and TypeError/ValueError on bad input.
+        """
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        items = [_item_payload(i, p, r) for i, (p, r) in enumerate(zip(prompts, responses))]
+        if not items:
+            return []
+        rubric = rubric if rubric is not None else self.config.rubric
+        call = _Call(self.config.urls, self.config.deadline_s)
+        try:
+            # The outer timeout is the hard bound: it also covers semaphore waits, sleeps and
+            # servers that trickle bytes slower than the read timeout would notice.
+            async with asyncio.timeout(self.config.deadline_s):
+                limit = await self._items_per_request(call)
+                chunks = [items[i:i + limit] for i in range(0, len(items), limit)]
+                answers = await _gather_or_cancel([self._score_chunk(c, rubric, call) for c in chunks])
+        except TimeoutError:
+            raise call.deadline_error() from None
+        sources = {meta for _, meta in answers}
+        if len(sources) > 1:
+            # Rewards from different labelers or rubrics are not comparable; mixing them silently
+            # would corrupt the training signal.
+            raise RewardServerError(f"servers disagree on (model, rubric) within one call: {sorted(sources)}",
+                                    urls=self.config.urls, attempts=call.attempts, elapsed_s=call.elapsed())
+        return [item for chunk_items, _ in answers for item in chunk_items]
+
+    async def score(self, prompts: Sequence[Prompt], responses: Sequence[str],
+                    rubric: str | None = None) -> list[float]:
+        """Rewards in [-1, 1] for each (prompt, response) pair, in input order."""
+        return [item.reward for item in await self.score_items(prompts, responses, rubric)]
+
+    async def info(self) -> dict[str, Any]:
+        """The server's GET /info (model, backend, rubrics, limits), with the same retries and deadline."""
+        call = _Call(self.config.urls, self.config.deadline_s)
+        try:
+            async with asyncio.timeout(self.config.deadline_s):
+                data, _ = await self._request("GET", "/info", None, call)
+        except TimeoutError:
+            raise call.deadline_error() from None
+        return data
+
+    async def aclose(self) -> None:
+        """Close the connection pools. Pools of other, still running loops are closed on their loop."""
+        with self._lock:
+            self._closed = True
+            pools, self._pools = self._pools, {}
+        current = asyncio.get_running_loop()
+        for loop, state in pools.items():
+            if loop is current:
+                await state.http.aclose()
+            elif loop.is_running():
+                future = asyncio.run_coroutine_threadsafe(state.http.aclose(), loop)
+                try:
+                    await asyncio.wait_for(asyncio.wrap_future(future), timeout=5)
+                except (TimeoutError, RuntimeError) as exc:  # that loop is stuck or going away
+                    log.debug("could not close a pool on another loop: %r", exc)
+            # A closed loop's pool cannot be closed any more; its sockets go with the garbage.
+
+    async def __aenter__(self) -> AsyncRewardClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _loop_state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this reward client is closed")
+            state = self._pools.get(loop)
+            if state is None:
+                # Forget pools of loops that have closed (e.g. finished asyncio.run calls).
+                for dead in [lp for lp in self._pools if lp.is_closed()]:
+                    del self._pools[dead]
+                c = self.config
+                n = c.max_concurrency
+                state = _LoopState(
+                    http=httpx.AsyncClient(
+                        headers=self._headers,
+                        timeout=httpx.Timeout(c.read_timeout_s, connect=c.connect_timeout_s),
+                        limits=httpx.Limits(max_connections=n + 1, max_keepalive_connections=n + 1),
+                    ),
+                    semaphore=asyncio.Semaphore(n),
+                )
+                self._pools[loop] = state
+        return state
+
+    async def _items_per_request(self, call: _Call) -> int:
+        if self._max_items is None:
+            try:
+                data, url = await self._request("GET", "/info", None, call)
+            except RewardServerError as exc:
+                if exc.status != 404:
+                    raise
+                limit, source = None, "the server has no /info"
+            else:
+                limits = data.get("limits") if isinstance(data, dict) else None
+                limit = limits.get("max_items_per_request") if isinstance(limits, dict) else None
+                source = f"{url}/info"
+            if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1:
+                self._max_items = limit
+            else:
+                self._max_items = FALLBACK_MAX_ITEMS_PER_REQUEST
+                log.info("max_items_per_request not available (%s); using %d", source, self._max_items)
+        return self._max_items
+
+    async def _score_chunk(self, items: list[dict[str, Any]], rubric: str | None,
+                           call: _Call) -> tuple[list[ScoredItem], tuple[str, str]]:
+        body: dict[str, Any] = {"items": items}
+        if rubric is not None:
+            body["rubric"] = rubric
+        data, url = await self._request("POST", "/score", body, call)
+        scored, (model, answered_rubric) = _parse_results(data, len(items), url)
+        if rubric is not None and answered_rubric and answered_rubric != rubric:
+            raise RewardServerError(
+                f"{url}/score answered with rubric {answered_rubric!r}, asked for {rubric!r}",
+                urls=[url], attempts=call.attempts, elapsed_s=call.elapsed())
+        return scored, (model, answered_rubric)
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None,
+                       call: _Call) -> tuple[Any, str]:
+        """One logical request, retried until it succeeds, fails for good, or the call's deadline.
+
+        Returns the decoded JSON body and the URL that answered.
+        """
+        c = self.config
+        state = self._loop_state()
+        attempt = 0
+        while True:
+            url, ready_at = self._router.pick(time.monotonic())
+            if ready_at > time.monotonic():
+                if ready_at >= call.deadline:
+                    raise call.deadline_error("every server asked to retry after the deadline")
+                await asyncio.sleep(ready_at - time.monotonic())
+            attempt += 1
+            call.attempts += 1
+            remaining = call.deadline - time.monotonic()
+            if remaining <= 0:
+                raise call.deadline_error()
+            # Never wait on one request longer than the call has left.
+            timeout = httpx.Timeout(connect=min(c.connect_timeout_s, remaining),
+                                    read=min(c.read_timeout_s, remaining),
+                                    write=min(c.read_timeout_s, remaining),
+                                    pool=min(c.connect_timeout_s, remaining))
+            retry_after = None
+            failed_at = time.monotonic()
+            try:
+                async with state.semaphore:
+                    resp = await state.http.request(method, url + path, json=body, timeout=timeout)
+            except _RETRYABLE_TRANSPORT_ERRORS as exc:
+                failed_at = time.monotonic()
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                status = None
+            else:
+                failed_at = time.monotonic()
+                status = resp.status_code
+                if status == 200:
+                    try:
+                        data = resp.json()
+                    except ValueError:
+                        raise RewardServerError(
+                            f"{url}{path} answered 200 with a body that is not JSON: {resp.text[:200]!r}",
+                            urls=[url], status=200, attempts=call.attempts,
+                            elapsed_s=call.elapsed()) from None
+                    self._router.succeeded(url)
+                    return data, url
+                message = _server_message(resp)
+                if status not in c.retry_statuses:
+                    raise RewardServerError(
+                        f"{url}{path} answered HTTP {status}: {message} (not retried; attempt {attempt}, "
+                        f"{call.elapsed():.1f} s)",
+                        urls=[url], status=status, attempts=call.attempts, elapsed_s=call.elapsed())
+                reason = f"HTTP {status}: {message}"
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            call.last_error = f"{url}{path}: {reason}"
+            self._router.failed(url, failed_at, retry_after)
+            if attempt >= c.max_attempts:
+                raise RewardServerError(
+                    f"gave up on {url}{path} after {attempt} attempts over {call.elapsed():.1f} s "
+                    f"(max_attempts={c.max_attempts}); last error: {reason}",
+                    urls=c.urls, status=status, attempts=call.attempts, elapsed_s=call.elapsed())
+            delay = backoff_delay(attempt, c.backoff_initial_s, c.backoff_max_s, self._rng)
+            left = call.deadline - time.monotonic()
+            if delay >= left:
+                raise call.deadline_error(f"the next retry would start after it, in {delay:.2f} s")
+            log.warning("reward server %s%s failed (%s); retry %d in %.2f s%s, %.1f s left before the "
+                        "deadline", url, path, reason, attempt, delay,
+                        f" (Retry-After {retry_after:g} s)" if retry_after is not None else "", left)
+            await asyncio.sleep(delay)
+
+
+async def _gather_or_cancel(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run coroutines concurrently; on the first failure cancel the rest and raise that failure.
+
+    (asyncio.gather would leave the siblings running, still retrying against the server.)
+    """
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for t in tasks:
+            t.cancel()
+        # Let cancelled siblings unwind (close their connections) before we return or raise.
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class RewardClient:
+    """Synchronous facade over :class:`AsyncRewardClient`, for scripts and the PPO loop.
+
+    The async client runs on a private event loop in a daemon thread, so this works from plain
+    code and also from code that already runs inside an event loop (e.g. a notebook).
+    Thread-safe: calls from several threads share the loop and its connection pool.
+    """
+
+    def __init__(self, config: RewardClientConfig):
+        self.config = config
+        self._async = AsyncRewardClient(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="drlaif-reward-client",
+                                        daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    def submit_score(self, prompts: Sequence[Prompt], responses: Sequence[str],
+                     rubric: str | None = None) -> concurrent.futures.Future[list[float]]:
+        """Start scoring in the background and return a Future of the rewards.
+
+        Lets a trainer overlap the reward requests of one batch with the rollout of the next.
+        """
+        return self._submit(self._async.score(prompts, responses, rubric))
+
+    def score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
+                    rubric: str | None = None) -> list[ScoredItem]:
+        """Blocking :meth:`AsyncRewardClient.score_items`."""
+        return self._wait(self._submit(self._async.score_items(prompts, responses, rubric)))
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str],
+              rubric: str | None = None) -> list[float]:
+        """Blocking :meth:`AsyncRewardClient.score`: rewards in [-1, 1], in input order."""
+        return self._wait(self.submit_score(prompts, responses, rubric))
+
+    def info(self) -> dict[str, Any]:
+        """Blocking :meth:`AsyncRewardClient.info`."""
+        return self._wait(self._submit(self._async.info()))
+
+    def close(self) -> None:
+        """Close the connection pool and stop the private loop thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            asyncio.run_coroutine_threadsafe(self._async.aclose(), self._loop).result(timeout=10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+    def __enter__(self) -> RewardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        if self._closed:
+            coro.close()
+            raise RuntimeError("this reward client is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    @staticmethod
+    def _wait(future: concurrent.futures.Future[T]) -> T:
+        try:
+            return future.result()
+        except BaseException:
+            # On KeyboardInterrupt (or any exit from here) stop the work on the loop too,
+            # instead of leaving it retrying in the background.
+            future.cancel()
+            raise

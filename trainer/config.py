@@ -1,0 +1,159 @@
+"""Trainer configuration: dataclasses whose fields document themselves, and the CLI
+generated from them (flags, plus an optional YAML file; flags win over the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by every algorithm."""
+
+    reward_url: list[str] = _f(["http://127.0.0.1:8000"],
+                               "Reward server base URL(s); several are used round-robin.")
+    rubric: str | None = _f(None, "Rubric the server scores with (server default when unset).")
+    model: str | None = _f(None, "Policy: hub id or local dir. Unset: the embedded SmolLM2-135M-Instruct.")
+    dataset: str | None = _f(
+        None, "Prompts: a local .jsonl/.json/.csv/.parquet file or a hub dataset id. "
+        "Unset: the prompt set shipped with drlaif.")
+    dataset_split: str = _f("train", "Split to read from a hub dataset.")
+    prompt_field: str = _f("prompt", "Field holding the prompt (string, chat messages, or HH transcript). "
+                           "Records with only `chosen` are read as HH-RLHF.")
+    eval_prompts: int = _f(32, "Held-out prompts scored before and after training (0 to skip).")
+    output_dir: str = _f("runs/ppo", "Checkpoints, metrics.jsonl, curves.png and the final policy.")
+    steps: int = _f(20, "Number of policy updates.")
+    batch_size: int = _f(8, "Prompts per update (per process).")
+    max_new_tokens: int = _f(48, "Longest sampled response, in tokens.")
+    temperature: float = _f(1.0, "Sampling temperature for rollouts.")
+    learning_rate: float = _f(1e-5, "Peak learning rate.")
+    seed: int = _f(0, "Random seed (data order, sampling, initialisation of the value head).")
+    resume: str | None = _f(None, "Checkpoint dir to resume from, or 'auto' for the latest in output_dir.")
+    save_every: int = _f(10, "Save a resumable checkpoint every N steps (0: only at the end).")
+    mixed_precision: Literal["no", "fp16", "bf16"] = _f("no", "accelerate mixed precision.")
+    lora_r: int = _f(0, "LoRA rank (0: full fine-tuning). The reference is the base with adapters off.")
+    lora_alpha: int = _f(32, "LoRA alpha.")
+    reward_timeout_s: float = _f(120.0, "Read timeout of one reward request.")
+    reward_deadline_s: float = _f(300.0, "Give up on the reward server after this long (then save and exit).")
+    tensorboard: bool = _f(False, "Also log to TensorBoard in output_dir/tb (needs `tensorboard`).")
+
+
+@dataclass
+class PPOConfig(TrainConfig):
+    """PPO with a value model, a frozen reference, per-token KL and GAE (defaults after
+    Lee et al. 2023 and Ziegler et al. 2019)."""
+
+    ppo_epochs: int = _f(2, "Optimisation epochs over each batch of rollouts.")
+    minibatch_size: int = _f(4, "Rollouts per gradient step (before accumulation).")
+    gradient_accumulation_steps: int = _f(1, "Minibatches accumulated per optimizer step.")
+    kl_coef: float = _f(0.05, "Per-token KL penalty coefficient (Lee et al.: 0.05).")
+    target_kl: float | None = _f(None, "If set, adapt kl_coef towards this KL per sequence (Ziegler).")
+    kl_horizon: int = _f(10_000, "Horizon of the adaptive KL controller.")
+    gamma: float = _f(1.0, "Discount.")
+    lam: float = _f(0.95, "GAE lambda.")
+    clip_range: float = _f(0.2, "Policy ratio clip.")
+    clip_range_value: float = _f(0.2, "Value clip around the rollout's values.")
+    vf_coef: float = _f(0.1, "Weight of the value loss.")
+    whiten_advantages: bool = _f(True, "Normalise advantages per batch.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    lr_schedule: Literal["linear", "cosine", "constant"] = _f("linear", "Learning-rate schedule.")
+    warmup_steps: int = _f(0, "Linear warm-up, in optimizer steps.")
+    missing_eos_penalty: float | None = _f(
+        None, "Subtracted from the score of responses that hit max_new_tokens without EOS.")
+
+
+@dataclass
+class TRLConfig(TrainConfig):
+    """GRPO / RLOO through trl, with the same reward server."""
+
+    num_generations: int = _f(4, "Responses sampled per prompt (the group).")
+    beta: float = _f(0.05, "KL coefficient towards the reference.")
+
+
+def _field_type(tp: Any) -> tuple[Any, bool]:
+    """(base type, optional?) of an annotation like `int | None`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def build_parser(config_cls: type, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add one flag per dataclass field; defaults are documented from the dataclass."""
+    parser.add_argument("--config", type=Path, help="YAML file with any of these settings (flags win).")
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        tp, optional = _field_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if tp is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(tp) is list:
+            parser.add_argument(flag, nargs="+", type=typing.get_args(tp)[0], **kwargs)
+        elif typing.get_origin(tp) is Literal:
+            parser.add_argument(flag, choices=typing.get_args(tp), **kwargs)
+        else:
+            parser.add_argument(flag, type=tp, **kwargs)
+    return parser
+
+
+def _coerce(name: str, annotation: Any, value: Any) -> Any:
+    """A YAML value as the field's type (YAML reads `1e-5` as a string), or ValueError."""
+    tp, optional = _field_type(annotation)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"setting {name!r} cannot be null")
+    try:
+        if tp is bool:
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if typing.get_origin(tp) is list:
+            return [typing.get_args(tp)[0](v) for v in ([value] if isinstance(value, str) else value)]
+        if typing.get_origin(tp) is Literal:
+            if value not in typing.get_args(tp):
+                raise TypeError
+            return value
+        if tp is int and (isinstance(value, bool) or float(value) != int(float(value))):
+            raise TypeError
+        return tp(float(value)) if tp is int else tp(value)
+    except (TypeError, ValueError):
+        expected = typing.get_args(tp) if typing.get_origin(tp) is Literal else getattr(tp, "__name__", tp)
+        raise ValueError(f"setting {name!r}: {value!r} is not a valid {expected}") from None
+
+
+def load_config(config_cls: type, args: argparse.Namespace) -> Any:
+    """Defaults, then the YAML file, then the flags given on the command line."""
+    values: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    if getattr(args, "config", None):
+        data = yaml.safe_load(Path(args.config).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{args.config}: expected a mapping of settings")
+        hints = typing.get_type_hints(config_cls)
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise ValueError(f"{args.config}: unknown setting {key!r}")
+            values[name] = _coerce(name, hints[name], value)
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return config_cls(**values)

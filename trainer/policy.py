@@ -1,0 +1,89 @@
+"""Models for PPO: the policy, its value model, and how prompts become policy input."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from server.backends import resolve_model
+from server.backends.embedded import default_cache_dir
+from trainer.prompts import Prompt
+
+
+def resolve_policy(model: str | None) -> str:
+    """A loadable path or hub id; None is the embedded SmolLM2-135M-Instruct."""
+    path, _ = resolve_model(model, default_cache_dir())
+    return path
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"  # generation continues from the right edge
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(path: str) -> nn.Module:
+    # fp32 master weights; accelerate's mixed precision casts the compute.
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+class ValueModel(nn.Module):
+    """The policy's backbone (a separate copy) with a scalar head: V(prefix) per position."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
+        hidden = self.backbone.config.hidden_size
+        self.head = nn.Linear(hidden, 1)
+        nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                last: int) -> torch.Tensor:
+        """Values of the states that predict the last ``last`` tokens: shape (batch, last)."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids).last_hidden_state
+        return self.head(hidden[:, -last - 1 : -1]).squeeze(-1).float()
+
+
+def response_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    last: int) -> torch.Tensor:
+    """Logits that predict the last ``last`` tokens (only those positions are projected)."""
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                 logits_to_keep=last + 1).logits[:, :-1]
+
+
+class PolicyAndValue(nn.Module):
+    """One module for accelerate: one optimizer, one prepare(), one gradient clip, and a
+    forward that goes through DDP's hooks under multi-GPU."""
+
+    def __init__(self, policy: nn.Module, value: ValueModel):
+        super().__init__()
+        self.policy = policy
+        self.value = value
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                last: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(policy logits, values) for the last ``last`` tokens."""
+        logits = response_logits(self.policy, input_ids, attention_mask, last)
+        values = self.value(input_ids, attention_mask, position_ids(attention_mask), last)
+        return logits, values
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
+    """Left-padded policy input: each prompt through the chat template, ready to generate."""
+    texts = []
+    for prompt in prompts:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        if tokenizer.chat_template:
+            texts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        else:
+            texts.append("\n\n".join(m["content"] for m in messages) + "\n\n")
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)

@@ -1,0 +1,355 @@
+"""PPO with the reward from a drlaif server (direct RLAIF).
+
+One step, as in Ziegler et al. 2019 / Lee et al. 2023:
+  1. rollout:   sample responses to a batch of prompts from the policy;
+  2. reward:    the server scores (prompt, response) -> r in [-1, 1] (asynchronously,
+                while the policy, reference and value model read the rollouts);
+  3. shaping:   per-token reward -kl_coef * (log pi - log pi_ref), plus r at the last token;
+  4. GAE:       advantages and returns from the value model's estimates;
+  5. optimise:  several epochs of clipped policy and value losses over minibatches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+from trainer.client import RewardClient, RewardClientConfig, RewardServerError
+from trainer.config import PPOConfig
+from trainer.ppo_math import (
+    KLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    generalized_advantages,
+    kl_shaped_rewards,
+    masked_mean,
+    masked_whiten,
+    response_mask,
+    token_entropy,
+    token_logprobs,
+)
+from trainer.policy import (
+    PolicyAndValue,
+    ValueModel,
+    encode_prompts,
+    load_policy,
+    load_tokenizer,
+    resolve_policy,
+    response_logits,
+)
+from trainer.prompts import Prompt
+from trainer.reporting import MetricsLog
+
+log = logging.getLogger(__name__)
+
+
+class RewardUnavailable(RuntimeError):
+    """The reward server stayed unreachable past the deadline; a checkpoint was saved."""
+
+
+@dataclass
+class Rollout:
+    prompts: list[Prompt]
+    responses: list[str]
+    input_ids: torch.Tensor        # (B, P + R): prompt (left-padded) then response
+    attention_mask: torch.Tensor   # (B, P + R)
+    response_ids: torch.Tensor     # (B, R)
+    mask: torch.Tensor             # (B, R): response tokens up to and including EOS
+    ended: torch.Tensor            # (B,): the response reached EOS
+
+    @property
+    def response_len(self) -> int:
+        return self.response_ids.shape[1]
+
+
+def _lr_lambda(schedule: str, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return 1.0 - progress
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+    return factor
+
+
+class PPOTrainer:
+    """Owns the models, the optimizer and the loop; see the module docstring for a step."""
+
+    def __init__(self, config: PPOConfig, train_prompts: list[Prompt], eval_prompts: list[Prompt]):
+        self.config = c = config
+        self.accelerator = Accelerator(mixed_precision=c.mixed_precision,
+                                       gradient_accumulation_steps=c.gradient_accumulation_steps)
+        set_seed(c.seed)
+        self.train_prompts, self.eval_prompts = train_prompts, eval_prompts
+        self.output_dir = Path(c.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+        path = resolve_policy(c.model)
+        self.tokenizer = load_tokenizer(path)
+        policy = load_policy(path)
+        if c.lora_r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            policy = get_peft_model(policy, LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha,
+                                                       target_modules="all-linear", task_type="CAUSAL_LM"))
+            self.reference = None  # the base model with adapters disabled
+        else:
+            self.reference = load_policy(path).eval().requires_grad_(False)
+        model = PolicyAndValue(policy, ValueModel(path))
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.learning_rate)
+        updates_per_step = c.ppo_epochs * math.ceil(c.batch_size / c.minibatch_size) // c.gradient_accumulation_steps
+        scheduler = LambdaLR(optimizer, _lr_lambda(c.lr_schedule, c.warmup_steps,
+                                                   max(1, c.steps * max(1, updates_per_step))))
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        if self.reference is not None:
+            self.reference = self.reference.to(self.accelerator.device)
+        self.kl = KLController(c.kl_coef, c.target_kl, c.kl_horizon)
+        self.step_done = 0
+
+        generation = GenerationConfig.from_model_config(policy.config)
+        eos = generation.eos_token_id if generation.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.eos_ids = [eos] if isinstance(eos, int) else list(eos)
+        self.generation = GenerationConfig(
+            do_sample=True, temperature=c.temperature, top_k=0, top_p=1.0, max_new_tokens=c.max_new_tokens,
+            eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id)
+        self.reward = RewardClient(RewardClientConfig(
+            urls=list(c.reward_url), rubric=c.rubric, read_timeout_s=c.reward_timeout_s,
+            deadline_s=c.reward_deadline_s))
+        self.metrics = MetricsLog(self.output_dir, tensorboard=c.tensorboard,
+                                  enabled=self.accelerator.is_main_process)
+
+    # ----------------------------------------------------------------- data
+    def batch_prompts(self, step: int) -> list[Prompt]:
+        """The prompts of one step: a seeded shuffle per epoch, sharded across processes."""
+        n, b = len(self.train_prompts), self.config.batch_size
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        start = (step * world + rank) * b
+        out = []
+        for k in range(start, start + b):
+            epoch, i = divmod(k, n)
+            order = random.Random(self.config.seed * 100_003 + epoch).sample(range(n), n)
+            out.append(self.train_prompts[order[i]])
+        return out
+
+    # ----------------------------------------------------------------- 1. rollout
+    @torch.no_grad()
+    def rollout(self, prompts: list[Prompt], generation: GenerationConfig | None = None) -> Rollout:
+        policy = self.accelerator.unwrap_model(self.model).policy
+        enc = encode_prompts(self.tokenizer, prompts).to(self.accelerator.device)
+        policy.eval()
+        out = policy.generate(**enc, generation_config=generation or self.generation)
+        policy.train()
+        response_ids = out[:, enc["input_ids"].shape[1]:]
+        if response_ids.shape[1] == 0:  # every row stopped at once: keep one (EOS) column
+            response_ids = torch.full((len(prompts), 1), self.eos_ids[0], device=out.device)
+        mask = response_mask(response_ids, self.eos_ids)
+        ended = torch.isin(response_ids, torch.tensor(self.eos_ids, device=out.device)).any(-1)
+        responses = self.tokenizer.batch_decode(response_ids * mask.long() + self.tokenizer.pad_token_id
+                                                * (1 - mask.long()), skip_special_tokens=True)
+        attention = torch.cat([enc["attention_mask"], mask.long()], dim=1)
+        return Rollout(prompts, [r.strip() for r in responses], torch.cat([enc["input_ids"], response_ids], 1),
+                       attention, response_ids, mask, ended)
+
+    # ----------------------------------------------------------------- model reads
+    @torch.no_grad()
+    def read_rollout(self, rollout: Rollout) -> dict[str, torch.Tensor]:
+        """Old log-probs, reference log-probs, values and entropy of the sampled tokens."""
+        c, model = self.config, self.accelerator.unwrap_model(self.model)
+        ids, att, last = rollout.input_ids, rollout.attention_mask, rollout.response_len
+        with self.accelerator.autocast():
+            logits, values = model(ids, att, last)
+            logprobs = token_logprobs(logits, rollout.response_ids, c.temperature)
+            entropy = token_entropy(logits, c.temperature)
+            del logits
+            if self.reference is None:
+                with model.policy.disable_adapter():
+                    ref_logits = response_logits(model.policy, ids, att, last)
+            else:
+                ref_logits = response_logits(self.reference, ids, att, last)
+            ref_logprobs = token_logprobs(ref_logits, rollout.response_ids, c.temperature)
+        return {"logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values, "entropy": entropy}
+
+    # ----------------------------------------------------------------- one PPO step
+    def step(self, step: int) -> dict[str, float]:
+        c = self.config
+        started = time.perf_counter()
+        rollout = self.rollout(self.batch_prompts(step))
+
+        # 2. reward, requested now and awaited after the local reads (overlap).
+        reward_started = time.perf_counter()
+        pending = self.reward.submit_score(rollout.prompts, rollout.responses, c.rubric)
+        reads = self.read_rollout(rollout)
+        server_rewards = pending.result()  # RewardServerError after the client's retries
+        reward_seconds = time.perf_counter() - reward_started
+        scores = torch.tensor(server_rewards, dtype=torch.float32, device=self.accelerator.device)
+        penalised = scores.clone()
+        if c.missing_eos_penalty is not None:
+            penalised[~rollout.ended] -= c.missing_eos_penalty
+
+        # 3. KL-shaped per-token rewards; 4. GAE.
+        mask = rollout.mask
+        rewards, kl = kl_shaped_rewards(penalised, reads["logprobs"], reads["ref_logprobs"], mask, self.kl.value)
+        advantages, returns = generalized_advantages(rewards, reads["values"], mask, c.gamma, c.lam)
+        if c.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+
+        # 5. optimise: epochs x minibatches of clipped losses.
+        stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [],
+                                         "value_clipfrac": [], "approx_kl": []}
+        self.model.train()
+        for _ in range(c.ppo_epochs):
+            order = torch.randperm(c.batch_size, device=mask.device)
+            for start in range(0, c.batch_size, c.minibatch_size):
+                rows = order[start:start + c.minibatch_size]
+                with self.accelerator.accumulate(self.model), self.accelerator.autocast():
+                    logits, new_values = self.model(rollout.input_ids[rows], rollout.attention_mask[rows],
+                                                    rollout.response_len)
+                    new_logprobs = token_logprobs(logits, rollout.response_ids[rows], c.temperature)
+                    del logits
+                    pg = clipped_policy_loss(new_logprobs, reads["logprobs"][rows], advantages[rows], mask[rows],
+                                             c.clip_range)
+                    vf = clipped_value_loss(new_values, reads["values"][rows], returns[rows], mask[rows],
+                                            c.clip_range_value)
+                    self.accelerator.backward(pg.loss + c.vf_coef * vf.loss)
+                    if self.accelerator.sync_gradients:
+                        self.accelerator.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad()
+                stats["policy_loss"].append(pg.loss.item())
+                stats["value_loss"].append(vf.loss.item())
+                stats["clipfrac"].append(pg.clipfrac.item())
+                stats["value_clipfrac"].append(vf.clipfrac.item())
+                stats["approx_kl"].append(pg.approx_kl.item())
+
+        kl_per_sequence = self._mean(kl.sum(-1))
+        self.kl.update(kl_per_sequence, c.batch_size * self.accelerator.num_processes)
+        all_rewards = self.accelerator.gather(scores)
+        return {
+            "step": step + 1,
+            "reward_mean": all_rewards.mean().item(),
+            "reward_std": all_rewards.std().item() if all_rewards.numel() > 1 else 0.0,
+            "kl": kl_per_sequence,
+            "kl_coef": self.kl.value,
+            "entropy": self._mean(masked_mean(reads["entropy"], mask, dim=-1)),
+            **{k: float(np.mean(v)) for k, v in stats.items()},
+            "response_length_mean": self._mean(mask.sum(-1)),
+            "eos_rate": self._mean(rollout.ended.float()),
+            "learning_rate": self.scheduler.get_last_lr()[0],
+            "reward_seconds": reward_seconds,
+            "step_seconds": time.perf_counter() - started,
+        }
+
+    def _mean(self, x: torch.Tensor) -> float:
+        return self.accelerator.gather(x.float().mean().reshape(1)).mean().item()
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, n: int) -> dict[str, float]:
+        """Mean server reward of greedy responses to the first n held-out prompts."""
+        prompts = self.eval_prompts[:n]
+        greedy = GenerationConfig(do_sample=False, max_new_tokens=self.config.max_new_tokens,
+                                  eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id)
+        rewards, examples = [], []
+        for start in range(0, len(prompts), self.config.batch_size):
+            rollout = self.rollout(prompts[start:start + self.config.batch_size], greedy)
+            batch = self.reward.score(rollout.prompts, rollout.responses, self.config.rubric)
+            rewards += batch
+            examples += [{"prompt": p, "response": r, "reward": x}
+                         for p, r, x in zip(rollout.prompts, rollout.responses, batch, strict=True)]
+        return {"reward_mean": float(np.mean(rewards)), "n": len(rewards), "examples": examples}
+
+    # ----------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path:
+        path = self.output_dir / "checkpoints" / f"step-{self.step_done:06d}"
+        self.accelerator.save_state(str(path))
+        if self.accelerator.is_main_process:
+            (path / "drlaif_state.json").write_text(json.dumps(
+                {"step": self.step_done, "kl": self.kl.state_dict(), "config": asdict(self.config)}, indent=2))
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = json.loads((path / "drlaif_state.json").read_text())
+        self.accelerator.load_state(str(path))
+        self.step_done = state["step"]
+        self.kl.load_state_dict(state["kl"])
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted((self.output_dir / "checkpoints").glob("step-*/drlaif_state.json"))
+        return found[-1].parent if found else None
+
+    def save_final(self) -> Path:
+        path = self.output_dir / "final"
+        policy = self.accelerator.unwrap_model(self.model).policy
+        if self.config.lora_r > 0:
+            policy = policy.merge_and_unload()
+        if self.accelerator.is_main_process:
+            policy.save_pretrained(path)
+            self.tokenizer.padding_side = "right"
+            self.tokenizer.save_pretrained(path)
+            self.tokenizer.padding_side = "left"
+        return path
+
+    # ----------------------------------------------------------------- the loop
+    def train(self) -> dict:
+        c = self.config
+        if c.resume:
+            path = self.latest_checkpoint() if c.resume == "auto" else Path(c.resume)
+            if path is None:
+                log.info("no checkpoint in %s; starting fresh", self.output_dir)
+            else:
+                self.load_checkpoint(path)
+                log.info("resumed from %s at step %d", path, self.step_done)
+        summary: dict = {}
+        if c.eval_prompts and self.step_done == 0:
+            summary["before"] = self.evaluate(c.eval_prompts)
+            self._say(f"held-out reward before training: {summary['before']['reward_mean']:+.4f} "
+                      f"({summary['before']['n']} prompts)")
+        bar = tqdm(range(self.step_done, c.steps), initial=self.step_done, total=c.steps, desc="ppo",
+                   disable=not self.accelerator.is_main_process)
+        for step in bar:
+            try:
+                metrics = self.step(step)
+            except RewardServerError as exc:
+                path = self.save_checkpoint()
+                raise RewardUnavailable(f"{exc}\nsaved a resumable checkpoint at {path}; "
+                                        f"rerun with --resume auto once the server is back") from exc
+            self.step_done = step + 1
+            self.metrics.write(metrics)
+            bar.set_postfix(reward=f"{metrics['reward_mean']:+.3f}", kl=f"{metrics['kl']:.3f}")
+            if c.save_every and self.step_done % c.save_every == 0 and self.step_done < c.steps:
+                self.save_checkpoint()
+        self.save_checkpoint()
+        summary["final_model"] = str(self.save_final())
+        if c.eval_prompts:
+            summary["after"] = self.evaluate(c.eval_prompts)
+            self._say(f"held-out reward after training:  {summary['after']['reward_mean']:+.4f}")
+        if self.accelerator.is_main_process:
+            summary["plot"] = str(self.metrics.plot())
+            (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.metrics.close()
+        return summary
+
+    def close(self) -> None:
+        self.reward.close()
+
+    def _say(self, text: str) -> None:
+        if self.accelerator.is_main_process:
+            tqdm.write(text)

@@ -1,0 +1,135 @@
+"""The PPO math, as pure tensor functions (no models, no I/O).
+
+Shapes: ``(batch, response_len)`` for per-token tensors; ``mask`` is 1 on response
+tokens up to and including the first EOS, 0 after it (and on padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise to unit variance over the masked entries (zero mean unless told otherwise)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def response_mask(response_ids: torch.Tensor, eos_ids: int | list[int]) -> torch.Tensor:
+    """1 up to and including the first EOS of each row; rows without EOS are all 1."""
+    eos = torch.tensor([eos_ids] if isinstance(eos_ids, int) else eos_ids, device=response_ids.device)
+    is_eos = torch.isin(response_ids, eos).long()
+    after_eos = (is_eos.cumsum(-1) - is_eos) > 0  # strictly after the first EOS
+    return (~after_eos).float()
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(token) under the sampling distribution (logits / temperature)."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def kl_shaped_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                      mask: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards: -kl_coef * (log pi - log pi_ref) on every token, plus the
+    sequence score on the last response token (Ziegler et al.; Lee et al. use 0.05).
+
+    Returns (rewards, kl) where kl is the per-token estimate log pi - log pi_ref.
+    """
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    last = (mask.sum(-1).long() - 1).clamp(min=0)
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards * mask, kl
+
+
+def generalized_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                           gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE (Schulman et al. 2016): A_t = sum_k (gamma*lam)^k delta_{t+k},
+    delta_t = r_t + gamma V_{t+1} - V_t, with V = 0 past the last response token.
+
+    Returns (advantages, returns = advantages + values), zero where mask is 0.
+    """
+    # Masked rewards and values are 0 after the last token, so deltas there vanish
+    # and the last real token bootstraps from V = 0.
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    length = rewards.shape[1]
+    for t in reversed(range(length)):
+        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+@dataclass
+class LossStats:
+    loss: torch.Tensor
+    clipfrac: torch.Tensor
+    approx_kl: torch.Tensor | None = None
+
+
+def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                        mask: torch.Tensor, clip_range: float) -> LossStats:
+    """PPO-clip: -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), masked mean."""
+    log_ratio = logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    approx_kl = masked_mean(0.5 * log_ratio**2, mask)
+    return LossStats(loss, clipfrac.detach(), approx_kl.detach())
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                       mask: torch.Tensor, clip_range: float) -> LossStats:
+    """0.5 * max((V - R)^2, (clip(V, V_old +- eps) - R)^2), masked mean."""
+    clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    unclipped_loss = (values - returns) ** 2
+    clipped_loss = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
+    clipfrac = masked_mean((clipped_loss > unclipped_loss).float(), mask)
+    return LossStats(loss, clipfrac.detach())
+
+
+class KLController:
+    """Fixed KL coefficient, or adaptive towards ``target`` (Ziegler et al. 2019):
+    kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon."""
+
+    def __init__(self, init_coef: float, target: float | None = None, horizon: int = 10_000):
+        self.value = init_coef
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, observed_kl: float, n_steps: int) -> None:
+        if self.target is None:
+            return
+        error = max(min(observed_kl / self.target - 1.0, 0.2), -0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+    def state_dict(self) -> dict[str, float]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = state["value"]

@@ -1,0 +1,64 @@
+"""Per-step metrics: metrics.jsonl, optional TensorBoard, and the reward/KL plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+class MetricsLog:
+    """Appends one JSON line per step to OUTPUT_DIR/metrics.jsonl (only on the main process)."""
+
+    def __init__(self, output_dir: Path, tensorboard: bool = False, enabled: bool = True):
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self._tb = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+            self._tb = SummaryWriter(str(Path(output_dir) / "tb"))
+
+    def write(self, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if self._tb is not None:
+            for key, value in metrics.items():
+                if key != "step":
+                    self._tb.add_scalar(key, value, metrics["step"])
+
+    def read(self) -> list[dict[str, float]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def plot(self) -> Path:
+        """PNG of reward (mean +- std) and KL per step, next to metrics.jsonl."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = self.read()
+        steps = [r["step"] for r in rows]
+        mean = [r["reward_mean"] for r in rows]
+        std = [r["reward_std"] for r in rows]
+        fig, (ax_r, ax_k) = plt.subplots(1, 2, figsize=(10, 4))
+        ax_r.plot(steps, mean, marker="o", label="reward (server)")
+        ax_r.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                          alpha=0.2)
+        ax_r.set(xlabel="step", ylabel="reward", title="Reward per step (mean ± std)")
+        ax_k.plot(steps, [r["kl"] for r in rows], marker="o", color="tab:red")
+        ax_k.set(xlabel="step", ylabel="KL(policy || reference) per sequence", title="KL to reference")
+        for ax in (ax_r, ax_k):
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        out = self.path.with_name("curves.png")
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return out
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

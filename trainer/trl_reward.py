@@ -1,0 +1,141 @@
+"""A drlaif reward server as a reward function for trl's GRPOTrainer and RLOOTrainer.
+
+trl (1.16) calls async reward functions as ``await f(prompts=..., completions=...,
+completion_ids=..., **dataset_columns, trainer_state=..., log_extra=..., log_metric=...)`` on an
+event loop of its own that runs in a daemon thread, and detects "async" with
+``trl.trainer.utils.is_async_callable`` (which also accepts an object whose ``__call__`` is async).
+It logs each reward function under its ``__name__``, e.g. ``rewards/drlaif_helpful/mean``.
+
+The callable made here is an object rather than a closure so that it pickles: trl's async GRPO
+rollout worker sends reward functions to a spawned process. Its HTTP client is created on first
+call, inside whatever loop trl runs it on, and keeps one connection pool per loop.
+
+Usage in your own script::
+
+    from datasets import load_dataset
+    from trl import GRPOConfig, GRPOTrainer
+    from trainer.trl_reward import make_reward_func
+
+    reward = make_reward_func("http://127.0.0.1:8000", rubric="helpful", deadline_s=300)
+    trainer = GRPOTrainer(
+        model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        reward_funcs=reward,            # or [reward, other_reward] with GRPOConfig(reward_weights=...)
+        args=GRPOConfig(output_dir="runs/grpo", per_device_train_batch_size=8, num_generations=4),
+        train_dataset=load_dataset("json", data_files="prompts.jsonl", split="train"),  # a "prompt" column
+    )
+    trainer.train()
+
+The ``prompt`` column may hold strings or chat messages (``[{"role": "user", "content": ...}]``);
+conversational completions are scored by their assistant text. If the server gives no valid
+reward within the deadline, the call raises :class:`trainer.client.RewardServerError` and training
+stops: a reward is never invented.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from trainer.client import AsyncRewardClient, Prompt, RewardClientConfig
+
+
+def _text(content: object, where: str) -> str:
+    """Text of a message content: a string, or the text parts of a list of content blocks."""
+    if isinstance(content, str):
+        return content
+    if content is None:
+        # An assistant turn that only calls tools has no text; that empty answer is what gets scored.
+        return ""
+    if isinstance(content, Sequence):
+        # Multimodal form: [{"type": "text", "text": ...}, {"type": "image"}, ...]. The labeler
+        # reads text only, so non-text parts are left out.
+        if not all(isinstance(b, Mapping) for b in content):
+            raise TypeError(f"{where}: content blocks must be objects like {{'type': 'text', 'text': ...}}")
+        return "".join(str(b.get("text", "")) for b in content if b.get("type") == "text")
+    raise TypeError(f"{where}: message content must be text or content blocks, got {type(content).__name__}")
+
+
+def prompt_for_server(prompt: object) -> Prompt:
+    """A trl prompt (string or list of chat messages) in the form /score accepts."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt):
+        return [{"role": str(m.get("role")), "content": _text(m.get("content"), "prompt")} for m in prompt]
+    raise TypeError(f"prompt must be a str or a list of chat messages, got {type(prompt).__name__}")
+
+
+def completion_text(completion: object) -> str:
+    """The response text of a trl completion: the string itself, or the last assistant message's text.
+
+    trl's conversational completions are ``[{"role": "assistant", "content": ...}]``; with tool
+    calling they may hold several turns, and the final assistant turn is the answer to score.
+    """
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence):
+        turns = [m for m in completion if isinstance(m, Mapping) and m.get("role") == "assistant"]
+        if turns:
+            return _text(turns[-1].get("content"), "completion")
+        raise ValueError(f"completion has no assistant message: {completion!r}")
+    raise TypeError(f"completion must be a str or a list of chat messages, got {type(completion).__name__}")
+
+
+class DrlaifRewardFunc:
+    """Async reward callable for trl's ``reward_funcs``; build it with :func:`make_reward_func`."""
+
+    def __init__(self, config: RewardClientConfig, name: str):
+        self.config = config
+        self.__name__ = name  # trl names the reward's metrics after this
+        self._client: AsyncRewardClient | None = None
+        self._lock = threading.Lock()
+
+    async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
+                       **kwargs: Any) -> list[float]:
+        """Rewards in [-1, 1] from the server, one per (prompt, completion), in order."""
+        items = await self.client.score_items([prompt_for_server(p) for p in prompts],
+                                              [completion_text(c) for c in completions])
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric) and items:
+            # A falling label mass means the labeler stopped answering on the scale: worth a curve.
+            log_metric(f"{self.__name__}/label_mass", sum(i.label_mass for i in items) / len(items))
+        return [i.reward for i in items]
+
+    @property
+    def client(self) -> AsyncRewardClient:
+        """The client, created on first use (trl calls us from its own loop thread)."""
+        with self._lock:
+            if self._client is None:
+                self._client = AsyncRewardClient(self.config)
+            return self._client
+
+    async def aclose(self) -> None:
+        """Close the HTTP client, if one was made. The function can be called again afterwards."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Connections and locks do not travel; the copy makes its own client when first called.
+        return {"config": self.config, "__name__": self.__name__}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["config"], state["__name__"])
+
+    def __repr__(self) -> str:
+        return f"<{self.__name__}: drlaif reward from {', '.join(self.config.urls)}>"
+
+
+def make_reward_func(urls: str | list[str], rubric: str | None = None, *, name: str | None = None,
+                     **client_kwargs: Any) -> DrlaifRewardFunc:
+    """A trl reward function ``async (prompts, completions, **kwargs) -> list[float]`` on drlaif-server.
+
+    ``urls``: one server URL or several (round-robin, failover). ``rubric``: the server rubric to
+    score with (the server's default if None). ``name``: the name trl logs it under (default
+    ``drlaif_<rubric>`` or ``drlaif``). Other keyword arguments are :class:`RewardClientConfig`
+    fields, e.g. ``deadline_s=300, max_concurrency=8``. See the module docstring for a full script.
+    """
+    config = RewardClientConfig(urls=[urls] if isinstance(urls, str) else list(urls), rubric=rubric,
+                                **client_kwargs)
+    return DrlaifRewardFunc(config, name or (f"drlaif_{rubric}" if rubric else "drlaif"))

@@ -1,0 +1,86 @@
+"""GRPO and RLOO through trl, with the drlaif server as the reward function."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from trainer.config import TRLConfig
+from trainer.policy import resolve_policy
+from trainer.prompts import Prompt
+from trainer.reporting import MetricsLog
+from trainer.trl_reward import make_reward_func
+
+log = logging.getLogger(__name__)
+
+
+def _metrics_callback(metrics: MetricsLog):
+    """Mirror trl's logged rewards into metrics.jsonl under drlaif's names."""
+    from transformers import TrainerCallback
+
+    class Mirror(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "reward" not in logs:
+                return
+            metrics.write({
+                "step": state.global_step,
+                "reward_mean": logs["reward"],
+                "reward_std": logs.get("reward_std", 0.0),
+                "kl": logs.get("kl", 0.0),
+                "entropy": logs.get("entropy", 0.0),
+                "response_length_mean": logs.get("completions/mean_length", 0.0),
+                "step_seconds": logs.get("step_time", 0.0),
+                **{k: v for k, v in logs.items() if isinstance(v, int | float)},
+            })
+
+    return Mirror()
+
+
+def train_with_trl(algorithm: str, config: TRLConfig, train_prompts: list[Prompt]) -> Path:
+    """Run trl's GRPOTrainer or RLOOTrainer for ``config.steps`` updates; returns the final dir."""
+    import datasets
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    config_cls, trainer_cls = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[algorithm]
+    output_dir = Path(config.output_dir)
+    if config.batch_size % config.num_generations:
+        raise ValueError(f"--batch-size ({config.batch_size}) must be a multiple of "
+                         f"--num-generations ({config.num_generations}): each prompt is sampled that often")
+    args = config_cls(
+        output_dir=str(output_dir),
+        max_steps=config.steps,
+        per_device_train_batch_size=config.batch_size,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_new_tokens,
+        temperature=config.temperature,
+        learning_rate=config.learning_rate,
+        beta=config.beta,
+        seed=config.seed,
+        logging_steps=1,
+        save_steps=config.save_every or config.steps,
+        report_to=["tensorboard"] if config.tensorboard else [],
+        bf16=config.mixed_precision == "bf16",
+        fp16=config.mixed_precision == "fp16",
+    )
+    dataset = datasets.Dataset.from_dict({"prompt": train_prompts})
+    peft_config = None
+    if config.lora_r > 0:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    reward = make_reward_func(config.reward_url, config.rubric, read_timeout_s=config.reward_timeout_s,
+                              deadline_s=config.reward_deadline_s)
+    metrics = MetricsLog(output_dir, enabled=True)
+    trainer = trainer_cls(model=resolve_policy(config.model), reward_funcs=[reward], args=args,
+                          train_dataset=dataset, peft_config=peft_config, callbacks=[_metrics_callback(metrics)])
+    resume = None
+    if config.resume == "auto":
+        resume = True if any(output_dir.glob("checkpoint-*")) else None
+    elif config.resume:
+        resume = config.resume
+    trainer.train(resume_from_checkpoint=resume)
+    final = output_dir / "final"
+    trainer.save_model(str(final))
+    metrics.plot()
+    return final
