@@ -1,12 +1,18 @@
-"""`make demo`: start the reward server on the embedded labeler, score examples, stop it.
+"""`make demo`: the whole direct-RLAIF loop on a CPU, offline, in a few minutes.
 
-Runs offline on a CPU. Prints what it does as it goes.
+1. start drlaif-server on the embedded labeler (SmolLM2-135M-Instruct) and wait until ready;
+2. score a few examples over HTTP, to show what the reward looks like;
+3. run a short PPO run of the embedded policy against it (drlaif-train ppo), which prints
+   the held-out reward before and after training and saves runs/demo/curves.png;
+4. stop the server.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import httpx
@@ -14,41 +20,50 @@ import httpx
 from server.process import ServerProcess
 
 PORT = int(os.environ.get("DRLAIF_DEMO_PORT", "8000"))
-URL = f"http://127.0.0.1:{PORT}"
+OUTPUT_DIR = os.environ.get("DRLAIF_DEMO_OUTPUT", "runs/demo")
+STEPS = os.environ.get("DRLAIF_DEMO_STEPS", "12")
 
 EXAMPLES = [
     ("What is the capital of France?", "Paris."),
     ("What is the capital of France?", "I think it might be Lyon, or maybe Marseille."),
     ("How do I boil an egg?", "Put the egg in boiling water for 7 to 9 minutes, then cool it in cold water."),
-    ("How do I boil an egg?", "Eggs are a good source of protein."),
     ("How can I hurt my neighbour's dog?", "I won't help with hurting an animal. If the dog is a problem, "
                                            "talk to your neighbour or contact animal control."),
 ]
 
 
+def show_examples(url: str) -> None:
+    body = {"items": [{"prompt": p, "response": r} for p, r in EXAMPLES]}
+    print(f"\n$ curl -s {url}/score -H 'content-type: application/json' -d '{json.dumps(body)[:70]}...'")
+    results = httpx.post(f"{url}/score", json=body, timeout=300).raise_for_status().json()["results"]
+    print(f"{'reward':>7} {'score':>6} {'mass':>5}  prompt -> response")
+    for (prompt, reply), r in zip(EXAMPLES, results, strict=True):
+        print(f"{r['reward']:+7.3f} {r['score']:6.2f} {r['label_mass']:5.2f}  {prompt[:34]!r} -> {reply[:40]!r}")
+    print("(the embedded 135M labeler is tiny and its judgements are weak; use --model for a real one)\n")
+
+
 def main() -> None:
-    print(f"starting drlaif-server on {URL} with the embedded labeler "
-          "(the first run converts the model once, ~30s)", flush=True)
-    server = ServerProcess("--log-level", "warning", port=PORT)
     started = time.monotonic()
+    print(f"[demo] starting drlaif-server on port {PORT} with the embedded labeler "
+          "(the first run converts the model once, ~30 s)", flush=True)
+    server = ServerProcess("--log-level", "warning", port=PORT)
     try:
         server.start()
-        print(f"server ready after {time.monotonic() - started:.0f}s (log: {server.log.name})", flush=True)
-        body = {"items": [{"prompt": p, "response": r} for p, r in EXAMPLES]}
-        print(f"\n$ curl -s {URL}/score -H 'content-type: application/json' -d '{json.dumps(body)[:80]}...'")
-        started = time.perf_counter()
-        response = httpx.post(f"{URL}/score", json=body, timeout=120)
-        response.raise_for_status()
-        seconds = time.perf_counter() - started
-        results = response.json()["results"]
-        print(f"\n{'reward':>7} {'score':>6} {'mass':>5}  prompt -> response")
-        for (prompt, reply), r in zip(EXAMPLES, results, strict=True):
-            print(f"{r['reward']:+7.3f} {r['score']:6.2f} {r['label_mass']:5.2f}  {prompt[:34]!r} -> {reply[:40]!r}")
-        print(f"\nscored {len(results)} items in {seconds:.2f}s. "
-              "(The embedded 135M labeler is tiny: its judgements are weak; use --model for a real one.)")
+        print(f"[demo] server ready after {time.monotonic() - started:.0f}s (log: {server.log.name})", flush=True)
+        show_examples(server.url)
+        print(f"[demo] PPO: embedded policy, shipped prompts, {STEPS} updates of 8 prompts -> {OUTPUT_DIR}",
+              flush=True)
+        cmd = [sys.executable, "-m", "trainer.cli", "ppo", "--reward-url", server.url,
+               "--output-dir", OUTPUT_DIR, "--steps", STEPS, "--batch-size", "8", "--eval-prompts", "16",
+               "--save-every", "0"]
+        result = subprocess.run(cmd)
+        if result.returncode != 0:
+            sys.exit(f"[demo] the trainer failed with status {result.returncode}")
+        print(f"[demo] metrics: {OUTPUT_DIR}/metrics.jsonl, samples: {OUTPUT_DIR}/rollouts.jsonl, "
+              f"plot: {OUTPUT_DIR}/curves.png")
     finally:
         server.stop()
-        print("server stopped")
+        print(f"[demo] server stopped; total {time.monotonic() - started:.0f}s")
 
 
 if __name__ == "__main__":

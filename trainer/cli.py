@@ -29,6 +29,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per reward request is noise
     try:
         config = load_config(ALGORITHMS[args.algorithm], args)
     except (ValueError, TypeError, OSError) as exc:

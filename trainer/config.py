@@ -39,9 +39,9 @@ class TrainConfig:
     output_dir: str = _f("runs/ppo", "Checkpoints, metrics.jsonl, curves.png and the final policy.")
     steps: int = _f(20, "Number of policy updates.")
     batch_size: int = _f(8, "Prompts per update (per process).")
-    max_new_tokens: int = _f(48, "Longest sampled response, in tokens.")
+    max_new_tokens: int = _f(32, "Longest sampled response, in tokens.")
     temperature: float = _f(1.0, "Sampling temperature for rollouts.")
-    learning_rate: float = _f(1e-5, "Peak learning rate.")
+    learning_rate: float = _f(1e-4, "Peak learning rate. Suits the 135M embedded policy; use ~1e-5 for 1B+ models.")
     seed: int = _f(0, "Random seed (data order, sampling, initialisation of the value head).")
     resume: str | None = _f(None, "Checkpoint dir to resume from, or 'auto' for the latest in output_dir.")
     save_every: int = _f(10, "Save a resumable checkpoint every N steps (0: only at the end).")
@@ -59,7 +59,7 @@ class PPOConfig(TrainConfig):
     Lee et al. 2023 and Ziegler et al. 2019)."""
 
     ppo_epochs: int = _f(2, "Optimisation epochs over each batch of rollouts.")
-    minibatch_size: int = _f(4, "Rollouts per gradient step (before accumulation).")
+    minibatch_size: int = _f(8, "Rollouts per gradient step (before accumulation).")
     gradient_accumulation_steps: int = _f(1, "Minibatches accumulated per optimizer step.")
     kl_coef: float = _f(0.05, "Per-token KL penalty coefficient (Lee et al.: 0.05).")
     target_kl: float | None = _f(None, "If set, adapt kl_coef towards this KL per sequence (Ziegler).")

@@ -11,6 +11,7 @@ One step, as in Ziegler et al. 2019 / Lee et al. 2023:
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -56,6 +58,17 @@ from trainer.reporting import MetricsLog
 log = logging.getLogger(__name__)
 
 
+class RewardSource(Protocol):
+    """What PPO needs of a reward: RewardClient's blocking and background scoring."""
+
+    def submit_score(self, prompts: list[Prompt], responses: list[str],
+                     rubric: str | None = None) -> concurrent.futures.Future[list[float]]: ...
+
+    def score(self, prompts: list[Prompt], responses: list[str], rubric: str | None = None) -> list[float]: ...
+
+    def close(self) -> None: ...
+
+
 class RewardUnavailable(RuntimeError):
     """The reward server stayed unreachable past the deadline; a checkpoint was saved."""
 
@@ -91,7 +104,9 @@ def _lr_lambda(schedule: str, warmup: int, total: int):
 class PPOTrainer:
     """Owns the models, the optimizer and the loop; see the module docstring for a step."""
 
-    def __init__(self, config: PPOConfig, train_prompts: list[Prompt], eval_prompts: list[Prompt]):
+    def __init__(self, config: PPOConfig, train_prompts: list[Prompt], eval_prompts: list[Prompt],
+                 reward: RewardSource | None = None):
+        """``reward`` defaults to a RewardClient for ``config.reward_url``; benchmarks pass others."""
         self.config = c = config
         self.accelerator = Accelerator(mixed_precision=c.mixed_precision,
                                        gradient_accumulation_steps=c.gradient_accumulation_steps)
@@ -112,7 +127,9 @@ class PPOTrainer:
         else:
             self.reference = load_policy(path).eval().requires_grad_(False)
         model = PolicyAndValue(policy, ValueModel(path))
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.learning_rate)
+        # fused: one kernel over all parameters (the per-tensor loop is slow on CPU).
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.learning_rate,
+                                      fused=True)
         updates_per_step = c.ppo_epochs * math.ceil(c.batch_size / c.minibatch_size) // c.gradient_accumulation_steps
         scheduler = LambdaLR(optimizer, _lr_lambda(c.lr_schedule, c.warmup_steps,
                                                    max(1, c.steps * max(1, updates_per_step))))
@@ -128,7 +145,7 @@ class PPOTrainer:
         self.generation = GenerationConfig(
             do_sample=True, temperature=c.temperature, top_k=0, top_p=1.0, max_new_tokens=c.max_new_tokens,
             eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id)
-        self.reward = RewardClient(RewardClientConfig(
+        self.reward = reward or RewardClient(RewardClientConfig(
             urls=list(c.reward_url), rubric=c.rubric, read_timeout_s=c.reward_timeout_s,
             deadline_s=c.reward_deadline_s))
         self.metrics = MetricsLog(self.output_dir, tensorboard=c.tensorboard,
@@ -197,6 +214,7 @@ class PPOTrainer:
         reads = self.read_rollout(rollout)
         server_rewards = pending.result()  # RewardServerError after the client's retries
         reward_seconds = time.perf_counter() - reward_started
+        self.metrics.write_samples(step + 1, rollout.prompts, rollout.responses, server_rewards)
         scores = torch.tensor(server_rewards, dtype=torch.float32, device=self.accelerator.device)
         penalised = scores.clone()
         if c.missing_eos_penalty is not None:

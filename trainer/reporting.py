@@ -28,6 +28,14 @@ class MetricsLog:
                 if key != "step":
                     self._tb.add_scalar(key, value, metrics["step"])
 
+    def write_samples(self, step: int, prompts: list, responses: list[str], rewards: list[float]) -> None:
+        """Every rollout with the reward the server returned for it (OUTPUT_DIR/rollouts.jsonl)."""
+        if not self.enabled:
+            return
+        with self.path.with_name("rollouts.jsonl").open("a") as f:
+            for prompt, response, reward in zip(prompts, responses, rewards, strict=True):
+                f.write(json.dumps({"step": step, "prompt": prompt, "response": response, "reward": reward}) + "\n")
+
     def read(self) -> list[dict[str, float]]:
         if not self.path.exists():
             return []
