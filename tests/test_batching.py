@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from server.batching import BatchStats, MicroBatcher
+from server.batching import AdmissionGate, BatchStats, MicroBatcher
 from server.errors import Overloaded
 
 TIMEOUT = 2.0  # seconds any single step may take before the test fails instead of hanging
@@ -414,5 +414,173 @@ def test_stop_is_idempotent():
         batcher = make(FakeBackend())
         await wait(batcher.stop())
         await wait(batcher.stop())
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- AdmissionGate
+
+
+def gate_for(backend: FakeBackend, **kwargs) -> AdmissionGate:
+    options = {"tokens_of": lambda p: 1, "max_queue": 100, **kwargs}
+    gate = AdmissionGate(backend.run, **options)
+    gate.start()
+    return gate
+
+
+def test_gate_submit_before_start_is_an_error():
+    async def main():
+        gate = AdmissionGate(FakeBackend().run, tokens_of=len, max_queue=10)
+        with pytest.raises(RuntimeError, match=r"start\(\) was not called"):
+            await gate.submit(["x"])
+
+    run(main())
+
+
+def test_gate_sends_concurrent_requests_straight_to_the_backend():
+    """No coalescing and no wait: each request is its own backend call, all in flight at once."""
+
+    async def main():
+        backend = FakeBackend(gate=True)
+        gate = gate_for(backend)
+        try:
+            tasks = [asyncio.create_task(gate.submit([f"r{i}a", f"r{i}b"])) for i in range(3)]
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert backend.batches == [["r0a", "r0b"], ["r1a", "r1b"], ["r2a", "r2b"]]
+            assert gate.depth == 6  # all admitted, none finished
+            backend.gate.set()
+            results = await wait(asyncio.gather(*tasks))
+            assert results == [[f"out:r{i}a", f"out:r{i}b"] for i in range(3)]
+            assert gate.depth == 0
+        finally:
+            await gate.stop()
+
+    run(main())
+
+
+def test_gate_does_not_wait_for_company():
+    async def main():
+        backend = FakeBackend()
+        gate = gate_for(backend)
+        try:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            assert await wait(gate.submit(["lonely"])) == ["out:lonely"]
+            assert loop.time() - start < 0.05
+        finally:
+            await gate.stop()
+
+    run(main())
+
+
+def test_gate_bounds_outstanding_sequences_with_429():
+    async def main():
+        backend = FakeBackend(gate=True)
+        stats: list[BatchStats] = []
+        gate = gate_for(backend, tokens_of=len, max_queue=3, on_batch=stats.append)
+        gate._recent_s = 2.4  # as if recent requests took 2.4 s
+        try:
+            running = asyncio.create_task(gate.submit(["aa", "bbb"]))
+            await wait(backend.started.wait())
+            with pytest.raises(Overloaded) as exc:
+                await wait(gate.submit(["c", "d"]))
+            err = exc.value
+            assert err.status_code == 429 and int(err.headers["Retry-After"]) == 3
+            assert "2 of 3 in the engine" in err.message
+            assert gate.depth == 2 and len(backend.batches) == 1  # the refused one never ran
+            one_more = asyncio.create_task(gate.submit(["e"]))  # still fits
+            backend.gate.set()
+            assert await wait(running) == ["out:aa", "out:bbb"]
+            assert await wait(one_more) == ["out:e"]
+            assert gate.depth == 0
+            assert sorted((s.items, s.padded_tokens) for s in stats) == [(1, 1), (2, 5)]
+            assert await wait(gate.submit(["c", "d"])) == ["out:c", "out:d"]
+        finally:
+            await gate.stop()
+
+    run(main())
+
+
+def test_gate_request_larger_than_the_bound_is_rejected():
+    async def main():
+        gate = gate_for(FakeBackend(), max_queue=2)
+        try:
+            with pytest.raises(Overloaded):
+                await wait(gate.submit([1, 2, 3]))
+            assert gate.depth == 0
+        finally:
+            await gate.stop()
+
+    run(main())
+
+
+def test_gate_backend_error_reaches_its_caller_only_and_frees_the_slots():
+    async def main():
+        backend = FakeBackend(fail_on="bad")
+        gate = gate_for(backend, max_queue=2)
+        try:
+            outcomes = await wait(asyncio.gather(gate.submit(["bad"]), gate.submit(["ok"]),
+                                                 return_exceptions=True))
+            assert isinstance(outcomes[0], ValueError) and outcomes[1] == ["out:ok"]
+            assert gate.depth == 0
+            assert await wait(gate.submit(["x", "y"])) == ["out:x", "out:y"]
+        finally:
+            await gate.stop()
+
+    run(main())
+
+
+def test_gate_wrong_number_of_backend_results_is_an_error():
+    async def main():
+        async def short(payloads):
+            return payloads[:-1]
+
+        gate = AdmissionGate(short, tokens_of=len, max_queue=10)
+        gate.start()
+        with pytest.raises(RuntimeError, match="returned 1 results for 2 inputs"):
+            await wait(gate.submit(["a", "b"]))
+        assert gate.depth == 0
+
+    run(main())
+
+
+def test_gate_cancelled_caller_cancels_its_backend_work():
+    async def main():
+        cancelled = asyncio.Event()
+
+        async def slow(payloads):
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return payloads
+
+        gate = AdmissionGate(slow, tokens_of=len, max_queue=10)
+        gate.start()
+        caller = asyncio.create_task(gate.submit(["a"]))
+        await asyncio.sleep(0.01)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await wait(cancelled.wait())
+        assert gate.depth == 0
+
+    run(main())
+
+
+def test_gate_stop_fails_in_flight_work_and_refuses_new():
+    async def main():
+        backend = FakeBackend(gate=True)
+        gate = gate_for(backend)
+        in_flight = asyncio.create_task(gate.submit(["a"]))
+        await wait(backend.started.wait())
+        await wait(gate.stop())
+        with pytest.raises(RuntimeError, match="shutting down"):
+            await wait(in_flight)
+        with pytest.raises(RuntimeError, match="shutting down"):
+            await wait(gate.submit(["b"]))
+        assert gate.depth == 0
 
     run(main())

@@ -53,3 +53,22 @@ def test_readme_documents_every_setting():
     for name in ServerSettings.model_fields:
         assert f"`--{name.replace('_', '-')}" in text, name
         assert f"`DRLAIF_{name.upper()}`" in text, name
+
+
+def test_vllm_backend_and_engine_options(monkeypatch):
+    s = parse_settings([])
+    assert (s.backend, s.tensor_parallel_size, s.gpu_memory_utilization, s.max_model_len, s.enforce_eager,
+            s.max_num_seqs, s.prefix_caching) == ("transformers", 1, 0.9, None, False, None, True)
+    s = parse_settings(["--backend", "vllm", "--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.5",
+                        "--max-model-len", "4096", "--enforce-eager", "--max-num-seqs", "64",
+                        "--no-prefix-caching"])
+    assert (s.backend, s.tensor_parallel_size, s.gpu_memory_utilization, s.max_model_len, s.enforce_eager,
+            s.max_num_seqs, s.prefix_caching) == ("vllm", 2, 0.5, 4096, True, 64, False)
+    monkeypatch.setenv("DRLAIF_BACKEND", "vllm")
+    monkeypatch.setenv("DRLAIF_PREFIX_CACHING", "false")
+    s = parse_settings([])
+    assert s.backend == "vllm" and s.prefix_caching is False
+    for bad in ({"gpu_memory_utilization": 0}, {"gpu_memory_utilization": 1.5}, {"tensor_parallel_size": 0},
+                {"max_num_seqs": 0}):
+        with pytest.raises(ValidationError):
+            ServerSettings(**bad)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from server.backends.base import Backend, BackendInfo
 from server.backends.embedded import EMBEDDED_NAME, embedded_model_dir
 
@@ -16,6 +18,22 @@ def resolve_model(model: str | None, cache_dir) -> tuple[str, str]:
 def create_backend(settings) -> Backend:
     """Build the backend the settings ask for (blocking: loads the model)."""
     path, name = resolve_model(settings.model, settings.cache_dir)
+    if settings.backend == "vllm":
+        from server.backends.vllm_backend import EngineOptions, VLLMBackend
+
+        # vLLM configures its logging (here and in its engine processes) from the environment.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", settings.log_level.upper())
+        options = EngineOptions(
+            tensor_parallel_size=settings.tensor_parallel_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            max_model_len=settings.max_model_len,
+            enforce_eager=settings.enforce_eager,
+            max_num_seqs=settings.max_num_seqs,
+            max_num_batched_tokens=settings.max_batch_tokens,
+            prefix_caching=settings.prefix_caching,
+        )
+        return VLLMBackend.start(path, model_name=name, device=settings.device, dtype=settings.dtype,
+                                 trust_remote_code=settings.trust_remote_code, options=options)
     from server.backends.transformers_backend import TransformersBackend
 
     return TransformersBackend(path, model_name=name, device=settings.device, dtype=settings.dtype,

