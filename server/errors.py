@@ -20,6 +20,18 @@ class UnknownRubric(DrlaifError):
     code = "unknown_rubric"
 
 
+class RubricCannotCompare(DrlaifError):
+    status_code = 422
+    code = "rubric_cannot_compare"
+
+
+class QueryMismatch(DrlaifError):
+    """An OpenRLHF query that does not start with its prompt (so the response cannot be found)."""
+
+    status_code = 422
+    code = "query_mismatch"
+
+
 class InputTooLong(DrlaifError):
     status_code = 413
     code = "input_too_long"

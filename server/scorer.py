@@ -11,12 +11,14 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from server.backends import Backend
-from server.batching import BatchStats, MicroBatcher
+from server.batching import AdmissionGate, BatchStats, MicroBatcher, Submitter
 from server.rubrics import RubricRegistry
 from server.rubrics.prompts import prompt_text
 from server.rubrics.render import CompiledRubric, EncodedItem, PromptEncoder
-from server.scoring import ScoreResult, TokenReads, expected_score
+from server.scoring import LabelTrie, ScoreResult, TokenReads, expected_score
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +53,33 @@ class Scorer:
                  on_batch: Callable[[BatchStats], None] | None = None):
         self.backend = backend
         self.rubrics = rubrics
-        context = backend.info.max_context
-        if context and max_input_tokens > context:
-            log.warning("max_input_tokens %d exceeds the model's context %d; using %d",
-                        max_input_tokens, context, context)
-            max_input_tokens = context
         self.encoder = PromptEncoder(backend.tokenizer, max_input_tokens, truncate)
-        # Compile every rubric now: a rubric the tokenizer cannot serve fails at startup.
-        max_label_tokens = max(self.encoder.compile(rubric).trie.max_label_tokens for rubric in rubrics)
-        self.batcher: MicroBatcher[TokenReads, list] = MicroBatcher(
-            backend.read_logprobs,
-            tokens_of=lambda seq: seq.num_tokens,
-            max_items=batching.max_items,
-            max_tokens=batching.tokens_per_batch(backend.info.device,
-                                                 max_input_tokens + max_label_tokens),
-            max_wait_s=batching.max_wait_s,
-            max_queue=batching.max_queue,
-            on_batch=on_batch,
-        )
+        # Compile every rubric (both forms) now: a rubric the tokenizer cannot serve fails at startup.
+        max_label_tokens = max(form.trie.max_label_tokens for rubric in rubrics
+                               for form in self.encoder.compile_forms(rubric))
+        # The longest read sequence is the input plus all but the last token of a label.
+        context = backend.info.max_context
+        if context and max_input_tokens + max_label_tokens - 1 > context:
+            fitting = context - (max_label_tokens - 1)
+            log.warning("max_input_tokens %d exceeds the model's context %d (with the label tokens); using %d",
+                        max_input_tokens, context, fitting)
+            max_input_tokens = self.encoder.max_input_tokens = fitting  # compiled rubrics do not depend on it
+        self.batcher: Submitter[TokenReads, list]
+        if backend.info.continuous_batching:
+            # The engine batches concurrent work itself; a wait here would only add latency.
+            self.batcher = AdmissionGate(backend.read_logprobs, tokens_of=lambda seq: seq.num_tokens,
+                                         max_queue=batching.max_queue, on_batch=on_batch)
+        else:
+            self.batcher = MicroBatcher(
+                backend.read_logprobs,
+                tokens_of=lambda seq: seq.num_tokens,
+                max_items=batching.max_items,
+                max_tokens=batching.tokens_per_batch(backend.info.device,
+                                                     max_input_tokens + max_label_tokens),
+                max_wait_s=batching.max_wait_s,
+                max_queue=batching.max_queue,
+                on_batch=on_batch,
+            )
 
     def compiled(self, rubric: str | None) -> CompiledRubric:
         return self.encoder.compile(self.rubrics.get(rubric))
@@ -78,16 +89,19 @@ class Scorer:
         compiled = self.compiled(rubric)
         return compiled, [self.encoder.encode(compiled, prompt_text(p), r) for p, r in items]
 
-    async def score(self, rubric: str | None, items: Sequence[tuple[Prompt, str]]) -> list[ScoredItem]:
-        compiled, encoded = await asyncio.to_thread(self.encode, rubric, items)
-        trie = compiled.trie
+    async def read_labels(self, trie: LabelTrie, encoded: Sequence[EncodedItem]) -> list[np.ndarray]:
+        """Per-label log-probabilities (in ``trie.labels`` order) after each encoded input."""
         plans = [trie.plan(item.input_ids) for item in encoded]
         flat = [seq for plan in plans for seq in plan]
         answers = await self.batcher.submit(flat)
         out, k = [], 0
-        for item, plan in zip(encoded, plans, strict=True):
-            chain_answers = answers[k : k + len(plan)]
+        for plan in plans:
+            out.append(trie.label_logprobs(answers[k : k + len(plan)]))
             k += len(plan)
-            result = expected_score(trie.label_logprobs(chain_answers), compiled.scale)
-            out.append(ScoredItem(result, len(item.input_ids), item.truncated))
         return out
+
+    async def score(self, rubric: str | None, items: Sequence[tuple[Prompt, str]]) -> list[ScoredItem]:
+        compiled, encoded = await asyncio.to_thread(self.encode, rubric, items)
+        label_logprobs = await self.read_labels(compiled.trie, encoded)
+        return [ScoredItem(expected_score(logprobs, compiled.scale), len(item.input_ids), item.truncated)
+                for item, logprobs in zip(encoded, label_logprobs, strict=True)]

@@ -1,4 +1,5 @@
-"""Reward client: turns (prompt, response) pairs into rewards by calling drlaif-server's `POST /score`.
+"""Reward client: turns (prompt, response) pairs into rewards by calling drlaif-server's `POST /score`,
+and (prompt, response A, response B) triples into pairwise preferences with `POST /compare`.
 
 The async client is the implementation; :class:`RewardClient` is a thin synchronous facade that runs
 it on a private event-loop thread, so retries, deadlines and validation exist exactly once.
@@ -20,6 +21,7 @@ Example::
 
     with RewardClient(RewardClientConfig(urls=["http://127.0.0.1:8000"], rubric="helpful")) as client:
         rewards = client.score(["What is 2+2?"], ["4"])
+        prefs = client.compare(["What is 2+2?"], ["4"], ["5"])   # P(A better), both orders averaged
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -84,7 +86,7 @@ class RewardClientConfig:
     api_key_env: str = "DRLAIF_API_KEY"  # bearer token read from this env var if set ("" disables)
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 120.0
-    deadline_s: float = 600.0            # overall deadline for one score() call, across retries
+    deadline_s: float = 600.0            # overall deadline for one score()/compare() call, across retries
     max_attempts: int = 1000             # per request; effectively bounded by the deadline
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 15.0
@@ -113,6 +115,20 @@ class RewardClientConfig:
             raise ValueError("RewardClientConfig: max_attempts and max_concurrency must be >= 1")
         if self.max_items_per_request is not None and self.max_items_per_request < 1:
             raise ValueError("RewardClientConfig.max_items_per_request must be >= 1 or None")
+
+
+@dataclass(frozen=True)
+class ComparedItem:
+    """The server's pairwise verdict on one (prompt, response A, response B) item."""
+
+    p_a: float                    # P(A better): both orders averaged, or ab when not debiased
+    ab: float                     # P(A better) with A shown first
+    ba: float | None              # P(A better) with A shown second (None when not debiased)
+    consistent: bool | None       # both orders preferred the same response (None when not debiased)
+    label_mass_ab: float          # probability on the two answer labels, per order (low: distrust)
+    label_mass_ba: float | None
+    input_tokens: int | None = None
+    truncated: bool = False
 
 
 @dataclass(frozen=True)
@@ -256,11 +272,59 @@ def _is_number(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _parse_results(data: object, n_items: int, url: str) -> tuple[list[ScoredItem], tuple[str, str]]:
-    """Validate a /score answer strictly; returns the items and (model, rubric)."""
+def _in_unit(x: object) -> bool:
+    return _is_number(x) and 0.0 <= x <= 1.0 + 1e-6
+
+
+def _scored_item(i: int, r: dict[str, Any], bad: Callable[[str], RewardServerError]) -> ScoredItem:
+    """One validated /score result."""
+    reward, score = r.get("reward"), r.get("score")
+    mass, dist = r.get("label_mass"), r.get("distribution")
+    if not _is_number(reward) or not math.isfinite(reward) or not -1.0 <= reward <= 1.0:
+        raise bad(f"result {i} has reward {reward!r}, expected a finite number in [-1, 1]")
+    if not _is_number(score) or not math.isfinite(score):
+        raise bad(f"result {i} has score {score!r}, expected a finite number")
+    if not _is_number(mass) or not math.isfinite(mass) or not 0.0 <= mass <= 1.0 + 1e-6:
+        raise bad(f"result {i} has label_mass {mass!r}, expected a number in [0, 1]")
+    if (not isinstance(dist, list) or not dist
+            or not all(_is_number(p) and math.isfinite(p) and p >= 0 for p in dist)):
+        raise bad(f"result {i} has distribution {dist!r}, expected non-negative finite numbers")
+    tokens = r.get("input_tokens")
+    return ScoredItem(reward=float(reward), score=float(score), label_mass=float(mass),
+                      distribution=[float(p) for p in dist],
+                      input_tokens=tokens if isinstance(tokens, int) else None,
+                      truncated=r.get("truncated") is True)
+
+
+def _compared_item(i: int, r: dict[str, Any], bad: Callable[[str], RewardServerError]) -> ComparedItem:
+    """One validated /compare result (both orders must be there when the call asked to debias)."""
+    orders, masses = r.get("orders"), r.get("label_mass")
+    if not isinstance(orders, dict) or not isinstance(masses, dict):
+        raise bad(f"result {i} needs 'orders' and 'label_mass' objects, got {orders!r} and {masses!r}")
+    p_a, ab, ba = r.get("p_a"), orders.get("ab"), orders.get("ba")
+    for name, value in (("p_a", p_a), ("orders.ab", ab), ("label_mass.ab", masses.get("ab"))):
+        if not _in_unit(value):
+            raise bad(f"result {i} has {name} {value!r}, expected a number in [0, 1]")
+    for name, value in (("orders.ba", ba), ("label_mass.ba", masses.get("ba"))):
+        if value is not None and not _in_unit(value):
+            raise bad(f"result {i} has {name} {value!r}, expected a number in [0, 1] or null")
+    consistent = r.get("consistent")
+    if consistent is not None and not isinstance(consistent, bool):
+        raise bad(f"result {i} has consistent {consistent!r}, expected true, false or null")
+    tokens = r.get("input_tokens")
+    return ComparedItem(p_a=float(p_a), ab=float(ab), ba=None if ba is None else float(ba),
+                        consistent=consistent, label_mass_ab=float(masses["ab"]),
+                        label_mass_ba=None if masses.get("ba") is None else float(masses["ba"]),
+                        input_tokens=tokens if isinstance(tokens, int) else None,
+                        truncated=r.get("truncated") is True)
+
+
+def _parse_results(data: object, n_items: int, url: str, path: str = "/score",
+                   parse_item: Callable[..., Any] = _scored_item) -> tuple[list[Any], tuple[str, str]]:
+    """Validate a /score (or /compare) answer strictly; returns the items and (model, rubric)."""
 
     def bad(why: str) -> RewardServerError:
-        return RewardServerError(f"{url}/score returned an invalid answer: {why}", urls=[url], status=200)
+        return RewardServerError(f"{url}{path} returned an invalid answer: {why}", urls=[url], status=200)
 
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise bad(f"expected an object with a 'results' list, got {str(data)[:200]!r}")
@@ -271,31 +335,14 @@ def _parse_results(data: object, n_items: int, url: str) -> tuple[list[ScoredIte
     for i, r in enumerate(results):
         if not isinstance(r, dict):
             raise bad(f"result {i} is not an object: {r!r}")
-        reward, score = r.get("reward"), r.get("score")
-        mass, dist = r.get("label_mass"), r.get("distribution")
-        if not _is_number(reward) or not math.isfinite(reward) or not -1.0 <= reward <= 1.0:
-            raise bad(f"result {i} has reward {reward!r}, expected a finite number in [-1, 1]")
-        if not _is_number(score) or not math.isfinite(score):
-            raise bad(f"result {i} has score {score!r}, expected a finite number")
-        if not _is_number(mass) or not math.isfinite(mass) or not 0.0 <= mass <= 1.0 + 1e-6:
-            raise bad(f"result {i} has label_mass {mass!r}, expected a number in [0, 1]")
-        if (not isinstance(dist, list) or not dist
-                or not all(_is_number(p) and math.isfinite(p) and p >= 0 for p in dist)):
-            raise bad(f"result {i} has distribution {dist!r}, expected non-negative finite numbers")
-        tokens = r.get("input_tokens")
-        items.append(ScoredItem(reward=float(reward), score=float(score), label_mass=float(mass),
-                                distribution=[float(p) for p in dist],
-                                input_tokens=tokens if isinstance(tokens, int) else None,
-                                truncated=r.get("truncated") is True))
+        items.append(parse_item(i, r, bad))
     return items, (str(data.get("model", "")), str(data.get("rubric", "")))
 
 
-def _item_payload(index: int, prompt: Prompt, response: str) -> dict[str, Any]:
-    """One wire item; rejects malformed input here, with its index, rather than as a server 422."""
-    if not isinstance(response, str):
-        raise TypeError(f"responses[{index}] must be a str, got {type(response).__name__}")
+def _prompt_payload(index: int, prompt: Prompt) -> str | list[dict[str, str]]:
+    """A wire prompt; rejects malformed input here, with its index, rather than as a server 422."""
     if isinstance(prompt, str):
-        return {"prompt": prompt, "response": response}
+        return prompt
     if isinstance(prompt, Sequence) and prompt:
         messages = []
         for m in prompt:
@@ -305,8 +352,18 @@ def _item_payload(index: int, prompt: Prompt, response: str) -> dict[str, Any]:
                     f"prompts[{index}]: each chat message needs str 'role' and 'content', got {m!r}")
             # Only role and content reach the labeler; extra keys would be refused by the server.
             messages.append({"role": m["role"], "content": m["content"]})
-        return {"prompt": messages, "response": response}
+        return messages
     raise TypeError(f"prompts[{index}] must be a str or a non-empty list of chat messages, got {prompt!r}")
+
+
+def _item_payload(index: int, prompt: Prompt, **texts: str) -> dict[str, Any]:
+    """One wire item: the prompt and the named response text(s), e.g. ``response=...``."""
+    for name, text in texts.items():
+        if not isinstance(text, str):
+            argument = {"response": "responses", "response_a": "responses_a",
+                        "response_b": "responses_b"}[name]
+            raise TypeError(f"{argument}[{index}] must be a str, got {type(text).__name__}")
+    return {"prompt": _prompt_payload(index, prompt), **texts}
 
 
 class AsyncRewardClient:
@@ -319,7 +376,8 @@ class AsyncRewardClient:
         self._pools: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._lock = threading.Lock()
         self._closed = False
-        self._max_items: int | None = config.max_items_per_request
+        # Items per request by path, from the config or GET /info.
+        self._limits: dict[str, int] | None = None
         key = os.environ.get(config.api_key_env) if config.api_key_env else None
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
 
@@ -334,27 +392,32 @@ class AsyncRewardClient:
         """
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        items = [_item_payload(i, p, r) for i, (p, r) in enumerate(zip(prompts, responses))]
-        if not items:
-            return []
-        rubric = rubric if rubric is not None else self.config.rubric
-        call = _Call(self.config.urls, self.config.deadline_s)
-        try:
-            # The outer timeout is the hard bound: it also covers semaphore waits, sleeps and
-            # servers that trickle bytes slower than the read timeout would notice.
-            async with asyncio.timeout(self.config.deadline_s):
-                limit = await self._items_per_request(call)
-                chunks = [items[i:i + limit] for i in range(0, len(items), limit)]
-                answers = await _gather_or_cancel([self._score_chunk(c, rubric, call) for c in chunks])
-        except TimeoutError:
-            raise call.deadline_error() from None
-        sources = {meta for _, meta in answers}
-        if len(sources) > 1:
-            # Rewards from different labelers or rubrics are not comparable; mixing them silently
-            # would corrupt the training signal.
-            raise RewardServerError(f"servers disagree on (model, rubric) within one call: {sorted(sources)}",
-                                    urls=self.config.urls, attempts=call.attempts, elapsed_s=call.elapsed())
-        return [item for chunk_items, _ in answers for item in chunk_items]
+        items = [_item_payload(i, p, response=r) for i, (p, r) in enumerate(zip(prompts, responses))]
+        return await self._post_items("/score", items, rubric, {}, _scored_item)
+
+    async def compare_items(self, prompts: Sequence[Prompt], responses_a: Sequence[str],
+                            responses_b: Sequence[str], rubric: str | None = None,
+                            debias: bool = True) -> list[ComparedItem]:
+        """Pairwise preference for each (prompt, response A, response B); results in input order.
+
+        With `debias` (the default) the server reads both orders and averages them. The rubric
+        must have a pairwise form on the server. Errors as in :meth:`score_items`.
+        """
+        if not len(prompts) == len(responses_a) == len(responses_b):
+            raise ValueError(f"{len(prompts)} prompts, {len(responses_a)} responses_a and "
+                             f"{len(responses_b)} responses_b: give one of each per item")
+        items = [_item_payload(i, p, response_a=a, response_b=b)
+                 for i, (p, a, b) in enumerate(zip(prompts, responses_a, responses_b))]
+        compared = await self._post_items("/compare", items, rubric, {"debias": debias}, _compared_item)
+        if debias and any(c.ba is None for c in compared):
+            raise RewardServerError(f"{', '.join(self.config.urls)}/compare answered without the second "
+                                    "order although debias was asked for", urls=self.config.urls, status=200)
+        return compared
+
+    async def compare(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str],
+                      rubric: str | None = None, debias: bool = True) -> list[float]:
+        """P(A better) in [0, 1] for each (prompt, response A, response B), in input order."""
+        return [c.p_a for c in await self.compare_items(prompts, responses_a, responses_b, rubric, debias)]
 
     async def score(self, prompts: Sequence[Prompt], responses: Sequence[str],
                     rubric: str | None = None) -> list[float]:
@@ -419,37 +482,76 @@ class AsyncRewardClient:
                 self._pools[loop] = state
         return state
 
-    async def _items_per_request(self, call: _Call) -> int:
-        if self._max_items is None:
-            try:
-                data, url = await self._request("GET", "/info", None, call)
-            except RewardServerError as exc:
-                if exc.status != 404:
-                    raise
-                limit, source = None, "the server has no /info"
-            else:
-                limits = data.get("limits") if isinstance(data, dict) else None
-                limit = limits.get("max_items_per_request") if isinstance(limits, dict) else None
-                source = f"{url}/info"
-            if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1:
-                self._max_items = limit
-            else:
-                self._max_items = FALLBACK_MAX_ITEMS_PER_REQUEST
-                log.info("max_items_per_request not available (%s); using %d", source, self._max_items)
-        return self._max_items
+    async def _post_items(self, path: str, items: list[dict[str, Any]], rubric: str | None,
+                          extra: dict[str, Any], parse_item: Callable[..., T]) -> list[T]:
+        """POST items to `path` in chunks of the server's limit, under one deadline; results in order."""
+        if not items:
+            return []
+        rubric = rubric if rubric is not None else self.config.rubric
+        call = _Call(self.config.urls, self.config.deadline_s)
+        try:
+            # The outer timeout is the hard bound: it also covers semaphore waits, sleeps and
+            # servers that trickle bytes slower than the read timeout would notice.
+            async with asyncio.timeout(self.config.deadline_s):
+                limit = await self._items_per_request(call, path)
+                chunks = [items[i:i + limit] for i in range(0, len(items), limit)]
+                answers = await _gather_or_cancel(
+                    [self._post_chunk(path, c, rubric, extra, parse_item, call) for c in chunks])
+        except TimeoutError:
+            raise call.deadline_error() from None
+        sources = {meta for _, meta in answers}
+        if len(sources) > 1:
+            # Rewards from different labelers or rubrics are not comparable; mixing them silently
+            # would corrupt the training signal.
+            raise RewardServerError(f"servers disagree on (model, rubric) within one call: {sorted(sources)}",
+                                    urls=self.config.urls, attempts=call.attempts, elapsed_s=call.elapsed())
+        return [item for chunk_items, _ in answers for item in chunk_items]
 
-    async def _score_chunk(self, items: list[dict[str, Any]], rubric: str | None,
-                           call: _Call) -> tuple[list[ScoredItem], tuple[str, str]]:
-        body: dict[str, Any] = {"items": items}
+    async def _items_per_request(self, call: _Call, path: str = "/score") -> int:
+        if self._limits is None:
+            configured = self.config.max_items_per_request
+            if configured is not None:
+                self._limits = {"/score": configured, "/compare": configured}
+            else:
+                self._limits = await self._server_limits(call)
+        return self._limits[path]
+
+    async def _server_limits(self, call: _Call) -> dict[str, int]:
+        """Items per request from GET /info: max_items_per_request, and max_compare_items for /compare."""
+        try:
+            data, url = await self._request("GET", "/info", None, call)
+        except RewardServerError as exc:
+            if exc.status != 404:
+                raise
+            limits, source = {}, "the server has no /info"
+        else:
+            limits = data.get("limits") if isinstance(data, dict) else None
+            limits = limits if isinstance(limits, dict) else {}
+            source = f"{url}/info"
+
+        def usable(x: object) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+        per_request = limits.get("max_items_per_request")
+        if not usable(per_request):
+            per_request = FALLBACK_MAX_ITEMS_PER_REQUEST
+            log.info("max_items_per_request not available (%s); using %d", source, per_request)
+        per_compare = limits.get("max_compare_items")
+        return {"/score": per_request, "/compare": per_compare if usable(per_compare) else per_request}
+
+    async def _post_chunk(self, path: str, items: list[dict[str, Any]], rubric: str | None,
+                          extra: dict[str, Any], parse_item: Callable[..., T],
+                          call: _Call) -> tuple[list[T], tuple[str, str]]:
+        body: dict[str, Any] = {"items": items, **extra}
         if rubric is not None:
             body["rubric"] = rubric
-        data, url = await self._request("POST", "/score", body, call)
-        scored, (model, answered_rubric) = _parse_results(data, len(items), url)
+        data, url = await self._request("POST", path, body, call)
+        parsed, (model, answered_rubric) = _parse_results(data, len(items), url, path, parse_item)
         if rubric is not None and answered_rubric and answered_rubric != rubric:
             raise RewardServerError(
-                f"{url}/score answered with rubric {answered_rubric!r}, asked for {rubric!r}",
+                f"{url}{path} answered with rubric {answered_rubric!r}, asked for {rubric!r}",
                 urls=[url], attempts=call.attempts, elapsed_s=call.elapsed())
-        return scored, (model, answered_rubric)
+        return parsed, (model, answered_rubric)
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None,
                        call: _Call) -> tuple[Any, str]:
@@ -572,6 +674,18 @@ class RewardClient:
               rubric: str | None = None) -> list[float]:
         """Blocking :meth:`AsyncRewardClient.score`: rewards in [-1, 1], in input order."""
         return self._wait(self.submit_score(prompts, responses, rubric))
+
+    def compare_items(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str],
+                      rubric: str | None = None, debias: bool = True) -> list[ComparedItem]:
+        """Blocking :meth:`AsyncRewardClient.compare_items`."""
+        return self._wait(self._submit(self._async.compare_items(prompts, responses_a, responses_b, rubric,
+                                                                 debias)))
+
+    def compare(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str],
+                rubric: str | None = None, debias: bool = True) -> list[float]:
+        """Blocking :meth:`AsyncRewardClient.compare`: P(A better) per item, in input order."""
+        return self._wait(self._submit(self._async.compare(prompts, responses_a, responses_b, rubric,
+                                                           debias)))
 
     def info(self) -> dict[str, Any]:
         """Blocking :meth:`AsyncRewardClient.info`."""

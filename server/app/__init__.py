@@ -16,7 +16,7 @@ from server.app.auth import bearer_auth
 from server.app.errors import install_error_handlers
 from server.app.metrics import Metrics
 from server.app.protocol import request_models
-from server.app.serving import ScoringService
+from server.app.serving import ScoringService, max_compare_items
 from server.config import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,10 @@ def create_app(settings: ServerSettings, on_load_failure: Callable[[], None] | N
     app.state.service = service
     install_error_handlers(app, on_reject=lambda reason: metrics.rejections.labels(reason).inc())
     app.include_router(build_router(
-        service, request_models(settings.max_items_per_request, settings.max_field_chars), auth))
+        service, request_models(settings.max_items_per_request, settings.max_field_chars,
+                                max_compare_items=max_compare_items(settings),
+                                # OpenRLHF sends its whole rollout batch in one /get_reward call.
+                                max_queries=settings.max_queue_items), auth))
 
     @app.middleware("http")
     async def observe(request: Request, call_next):

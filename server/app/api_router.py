@@ -5,7 +5,7 @@ model classes, which are closure variables, as real objects.
 """
 
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -22,11 +22,27 @@ def build_router(service: ScoringService, models: protocol.RequestModels, auth) 
     router = APIRouter()
     guarded = [Depends(auth)]
     ScoreRequest = models.score
+    CompareRequest = models.compare
+    RewardRequest = models.reward
 
     @router.post("/score", response_model=protocol.ScoreResponse, responses=_ERRORS, dependencies=guarded,
                  summary="Direct-RLAIF rewards for (prompt, response) items")
     async def score(body: ScoreRequest) -> protocol.ScoreResponse:
         return await service.score(body)
+
+    @router.post("/compare", response_model=protocol.CompareResponse, responses=_ERRORS, dependencies=guarded,
+                 summary="Pairwise preference P(A better) for (prompt, response_a, response_b) items")
+    async def compare(body: CompareRequest) -> protocol.CompareResponse:
+        return await service.compare(body)
+
+    rubric_in_url = Query(None, description="Rubric to score with (OpenRLHF cannot send one in the body, "
+                          "so it goes in the URL: /get_reward?rubric=harmless); the server's default when "
+                          "omitted.")
+
+    @router.post("/get_reward", response_model=protocol.RewardResponse, responses=_ERRORS,
+                 dependencies=guarded, summary="OpenRLHF's remote reward protocol (--remote_rm_url)")
+    async def get_reward(body: RewardRequest, rubric: str | None = rubric_in_url) -> protocol.RewardResponse:
+        return await service.get_reward(body, rubric)
 
     @router.post("/render", response_model=protocol.RenderResponse, responses=_ERRORS, dependencies=guarded,
                  summary="The exact labeler input and label tokens for each item")

@@ -8,7 +8,7 @@ the limits a given server enforces.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -52,6 +52,7 @@ class RubricInfo(BaseModel):
     name: str
     description: str
     scale: ScaleInfo
+    compare: bool = Field(description="The rubric has a pairwise form (usable with /compare).")
 
 
 class InfoResponse(BaseModel):
@@ -75,13 +76,57 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class OrderValues(BaseModel):
+    ab: float = Field(description="With response A shown first.")
+    ba: float | None = Field(description="With response A shown second; null when debias is off.")
+
+
+class ItemPreference(BaseModel):
+    p_a: float = Field(description="Probability that response A is better: the mean of both orders when "
+                       "debiased, else orders.ab.")
+    orders: OrderValues = Field(description="P(A better) read in each order.")
+    consistent: bool | None = Field(
+        description="Both orders prefer the same response (null when debias is off).")
+    label_mass: OrderValues = Field(description="Probability on the two answer labels before renormalising, "
+                                    "per order.")
+    input_tokens: int = Field(description="Labeler input length of one order, in tokens.")
+    truncated: bool = Field(description="Prompt or a response was cut to fit max_input_tokens.")
+
+
+class CompareResponse(BaseModel):
+    results: list[ItemPreference]
+    rubric: str
+    labels: list[str] = Field(
+        description="The answer labels read: (first shown is better, second shown is better).")
+    debiased: bool
+    model: str
+
+
+class RewardResponse(BaseModel):
+    """OpenRLHF's remote reward answer."""
+
+    rewards: list[float] = Field(description="The /score reward in [-1, 1] of each query.")
+    scores: list[float] = Field(
+        description="(reward + 1) / 2, in [0, 1] (OpenRLHF's dynamic filtering range).")
+    extra_logs: dict[str, list[float]] = Field(description="Per-query values OpenRLHF logs: the expected "
+                                               "score on the rubric's scale and the label mass.")
+
+
 @dataclass(frozen=True)
 class RequestModels:
     score: type[BaseModel]
+    compare: type[BaseModel]
+    reward: type[BaseModel]
 
 
-def request_models(max_items: int, max_chars: int) -> RequestModels:
-    """Request models enforcing this server's limits in their schema."""
+def request_models(max_items: int, max_chars: int, max_compare_items: int | None = None,
+                   max_queries: int | None = None) -> RequestModels:
+    """Request models enforcing this server's limits in their schema.
+
+    ``max_compare_items`` (default ``max_items``) bounds /compare, whose items are two
+    labeler inputs each; ``max_queries`` (default ``max_items``) bounds /get_reward, whose
+    caller (OpenRLHF) sends a whole rollout batch in one request.
+    """
     Text = Annotated[str, StringConstraints(max_length=max_chars)]
 
     class ChatMessage(BaseModel):
@@ -89,15 +134,43 @@ def request_models(max_items: int, max_chars: int) -> RequestModels:
         role: Literal["system", "user", "assistant"]
         content: Text
 
+    PromptField = Text | Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    prompt_description = "A string, an HH-style transcript, or a list of chat messages."
+    rubric_description = "Rubric name; the server's default when omitted."
+
     class ScoreItem(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        prompt: Text | Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)] = Field(
-            description="A string, an HH-style transcript, or a list of chat messages.")
+        prompt: PromptField = Field(description=prompt_description)
         response: Text
 
     class ScoreRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         items: list[ScoreItem] = Field(min_length=1, max_length=max_items)
-        rubric: str | None = Field(None, description="Rubric name; the server's default when omitted.")
+        rubric: str | None = Field(None, description=rubric_description)
 
-    return RequestModels(score=ScoreRequest)
+    class CompareItem(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        prompt: PromptField = Field(description=prompt_description)
+        response_a: Text
+        response_b: Text
+
+    class CompareRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        items: list[CompareItem] = Field(min_length=1, max_length=max_compare_items or max_items)
+        rubric: str | None = Field(None, description=rubric_description + " It must have a compare section.")
+        debias: bool = Field(True, description="Read both orders (A first, then B first) and average them; "
+                             "false reads only A first (half the cost, with the labeler's position bias).")
+
+    Query = Annotated[str, StringConstraints(max_length=2 * max_chars)]
+    n_queries = max_queries or max_items
+
+    class RewardRequest(BaseModel):
+        """OpenRLHF's remote reward request (``--remote_rm_url http://host:port/get_reward``)."""
+
+        model_config = ConfigDict(extra="ignore")  # other OpenRLHF versions may send more keys
+        query: list[Query] = Field(min_length=1, max_length=n_queries,
+                                   description="Prompt followed by the response, one per sample.")
+        prompts: list[Text] = Field(max_length=n_queries, description="The prompt each query starts with.")
+        labels: list[Any] | None = Field(None, description="OpenRLHF's --label_key values; not used.")
+
+    return RequestModels(score=ScoreRequest, compare=CompareRequest, reward=RewardRequest)

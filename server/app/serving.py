@@ -1,4 +1,5 @@
-"""Request handling logic, free of FastAPI: loading, readiness, /score, /render, /info."""
+"""Request handling logic, free of FastAPI: loading, readiness, /score, /render, /compare,
+/get_reward (OpenRLHF), /info."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import time
 from server import __version__
 from server.app import protocol
 from server.app.metrics import Metrics
+from server.app.openrlhf import END_MARKERS, split_queries
 from server.backends import Backend, create_backend
 from server.config import ServerSettings
 from server.errors import NotReady
+from server.pairwise import compare
 from server.rubrics import RubricRegistry
 from server.scorer import BatchingLimits, Scorer
 
@@ -20,10 +23,19 @@ log = logging.getLogger(__name__)
 WARMUP_ITEM = ("Say hello.", "Hello!")
 
 
+def _prompt(item) -> str | list[dict[str, str]]:
+    """A validated item's prompt, chat messages as plain dicts."""
+    return item.prompt if isinstance(item.prompt, str) else [m.model_dump() for m in item.prompt]
+
+
 def _items(request) -> list[tuple[str | list[dict[str, str]], str]]:
-    """(prompt, response) pairs from a validated request, chat messages as plain dicts."""
-    return [(item.prompt if isinstance(item.prompt, str) else [m.model_dump() for m in item.prompt],
-             item.response) for item in request.items]
+    """(prompt, response) pairs from a validated request."""
+    return [(_prompt(item), item.response) for item in request.items]
+
+
+def max_compare_items(settings: ServerSettings) -> int:
+    """Items per /compare request: a pair is two labeler inputs, and a request must fit the queue."""
+    return max(1, min(settings.max_items_per_request, settings.max_queue_items // 2))
 
 
 class ScoringService:
@@ -91,6 +103,44 @@ class ScoringService:
             model=scorer.backend.info.model,
         )
 
+    async def compare(self, request) -> protocol.CompareResponse:
+        scorer = self._scorer()
+        items = [(_prompt(item), item.response_a, item.response_b) for item in request.items]
+        compared = await compare(scorer, request.rubric, items, debias=request.debias)
+        compiled = scorer.encoder.compile_comparison(scorer.rubrics.get(request.rubric))
+        self.metrics.pairs.labels(compiled.rubric.name).inc(len(compared))
+        return protocol.CompareResponse(
+            results=[
+                protocol.ItemPreference(
+                    p_a=c.preference.p_a,
+                    orders=protocol.OrderValues(ab=c.preference.ab, ba=c.preference.ba),
+                    consistent=c.preference.consistent,
+                    label_mass=protocol.OrderValues(
+                        ab=c.order_ab.label_mass, ba=c.order_ba.label_mass if c.order_ba else None),
+                    input_tokens=c.input_tokens, truncated=c.truncated)
+                for c in compared
+            ],
+            rubric=compiled.rubric.name,
+            labels=list(compiled.trie.labels),
+            debiased=request.debias,
+            model=scorer.backend.info.model,
+        )
+
+    async def get_reward(self, request, rubric: str | None) -> protocol.RewardResponse:
+        """OpenRLHF's remote reward: each query split into (prompt, response) and scored as /score does."""
+        scorer = self._scorer()
+        markers = (*END_MARKERS, *getattr(scorer.backend.tokenizer, "all_special_tokens", ()))
+        items = split_queries(request.query, request.prompts, markers)
+        scored = await scorer.score(rubric, items)
+        self.metrics.items.labels(scorer.compiled(rubric).rubric.name).inc(len(scored))
+        rewards = [s.result.reward for s in scored]
+        return protocol.RewardResponse(
+            rewards=rewards,
+            scores=[(r + 1.0) / 2.0 for r in rewards],
+            extra_logs={"drlaif_score": [s.result.score for s in scored],
+                        "drlaif_label_mass": [s.result.label_mass for s in scored]},
+        )
+
     async def render(self, request) -> protocol.RenderResponse:
         scorer = self._scorer()
         items = _items(request)
@@ -114,11 +164,13 @@ class ScoringService:
             default_rubric=self.rubrics.default,
             rubrics=[
                 protocol.RubricInfo(name=r.name, description=r.description,
-                                    scale=protocol.ScaleInfo(min=r.scale.min, max=r.scale.max))
+                                    scale=protocol.ScaleInfo(min=r.scale.min, max=r.scale.max),
+                                    compare=r.compare is not None)
                 for r in sorted(self.rubrics, key=lambda r: r.name)
             ],
             limits={
                 "max_items_per_request": s.max_items_per_request,
+                "max_compare_items": max_compare_items(s),
                 "max_field_chars": s.max_field_chars,
                 "max_input_tokens": self.scorer.encoder.max_input_tokens if self.scorer else s.max_input_tokens,
                 "truncate": s.truncate,

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from server.scoring import Scale
 
 SLOTS = ("{prompt}", "{response}")
+PAIR_SLOTS = ("{prompt}", "{response_a}", "{response_b}")
+
+
+def check_slots(template: str, slots: Sequence[str]) -> str:
+    """A template must hold each slot exactly once, in the given order."""
+    for slot in slots:
+        if template.count(slot) != 1:
+            raise ValueError(f"user_template must contain {slot} exactly once")
+    positions = [template.index(slot) for slot in slots]
+    if positions != sorted(positions):
+        raise ValueError(f"user_template must put {' before '.join(slots)}")
+    return template
 
 
 class ScaleSpec(BaseModel):
@@ -24,13 +38,43 @@ class ScaleSpec(BaseModel):
         return Scale(self.min, self.max)
 
 
+class CompareSpec(BaseModel):
+    """The pairwise form of a rubric: which of two responses is better by the same criteria.
+
+    ``user_template`` holds ``{prompt}``, ``{response_a}`` and ``{response_b}`` exactly once
+    each, in that order; the response shown first fills ``{response_a}``. The labeler's
+    answer after ``answer_prefix`` is read as the probabilities of the two ``labels``: the
+    first label means "the response shown first is better", the second the other one.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    system: str = Field(description="system preamble: the comparison task and what 'better' means")
+    user_template: str
+    answer_prefix: str = "Preferred: "
+    labels: tuple[str, str] = Field(("1", "2"), description="answers naming the first / second response")
+
+    @field_validator("user_template")
+    @classmethod
+    def _slots_once(cls, template: str) -> str:
+        return check_slots(template, PAIR_SLOTS)
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct(cls, labels: tuple[str, str]) -> tuple[str, str]:
+        if not all(labels) or labels[0] == labels[1]:
+            raise ValueError(f"compare labels must be two different non-empty strings, got {list(labels)}")
+        return labels
+
+
 class Rubric(BaseModel):
     """One constitution, as loaded from YAML.
 
     ``user_template`` holds the slots ``{prompt}`` and ``{response}`` exactly once each;
     they are filled with request text as data (never formatted, never parsed as chat
     template). ``answer_prefix`` is what the labeler's answer starts with; the score
-    label is read right after it.
+    label is read right after it. ``compare``, when present, is the rubric's pairwise
+    form, used by ``POST /compare``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -41,13 +85,9 @@ class Rubric(BaseModel):
     user_template: str
     answer_prefix: str = "Rating: "
     scale: ScaleSpec = ScaleSpec()
+    compare: CompareSpec | None = None
 
     @field_validator("user_template")
     @classmethod
     def _slots_once(cls, template: str) -> str:
-        for slot in SLOTS:
-            if template.count(slot) != 1:
-                raise ValueError(f"user_template must contain {slot} exactly once")
-        if template.index("{prompt}") > template.index("{response}"):
-            raise ValueError("user_template must put {prompt} before {response}")
-        return template
+        return check_slots(template, SLOTS)

@@ -1,7 +1,10 @@
-"""Render a rubric and one (prompt, response) into labeler token ids, safely.
+"""Render a rubric and one item into labeler token ids, safely.
 
-The rubric is rendered once through the labeler's chat template with sentinel
-strings in place of the two slots, then split at the sentinels into three trusted
+A rubric has two forms: the rating form (slots ``{prompt}``, ``{response}``; labels are
+the scale's numbers) and, optionally, the pairwise form (slots ``{prompt}``,
+``{response_a}``, ``{response_b}``; two labels naming the better response). Both are
+compiled the same way: the template is rendered once through the labeler's chat template
+with sentinel strings in place of the slots, then split at the sentinels into trusted
 pieces. Request text never passes through the template: it is tokenised on its own
 with special-token parsing switched off, so a response containing "<|im_end|>" is
 the literal characters, never the special token. The only change made to request
@@ -12,32 +15,45 @@ text is that the closing delimiter of its own slot (e.g. "</response>") is escap
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from server.errors import InputTooLong
-from server.rubrics.model import Rubric
+from server.errors import InputTooLong, RubricCannotCompare
+from server.rubrics.model import PAIR_SLOTS, SLOTS, Rubric
 from server.scoring import LabelTrie, Scale, labels_in_context
 
 TRUNCATION_MARKER = " [...] "
-# Below this many tokens for prompt and response together a rubric is unusable.
+# Below this many tokens for prompt and response(s) together a rubric is unusable.
 MIN_SLOT_BUDGET = 64
 
 
 @dataclass(frozen=True)
-class CompiledRubric:
-    """A rubric rendered for one tokenizer: trusted pieces, label trie, slot delimiters."""
+class CompiledTemplate:
+    """One form of a rubric rendered for one tokenizer: trusted pieces around the slots
+    (one more piece than slots), each slot's closing delimiter, and the label trie."""
 
     rubric: Rubric
-    scale: Scale
-    piece_texts: tuple[str, str, str]
-    piece_ids: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
-    closers: tuple[str, str]
+    piece_texts: tuple[str, ...]
+    piece_ids: tuple[tuple[int, ...], ...]
+    closers: tuple[str, ...]
     trie: LabelTrie
 
     @property
     def fixed_tokens(self) -> int:
         return sum(len(p) for p in self.piece_ids) + self.trie.max_label_tokens
+
+
+@dataclass(frozen=True)
+class CompiledRubric(CompiledTemplate):
+    """The rating form: labels are the scale's numbers, lowest first."""
+
+    scale: Scale
+
+
+@dataclass(frozen=True)
+class CompiledComparison(CompiledTemplate):
+    """The pairwise form: the trie's labels are (first shown is better, second shown is better)."""
 
 
 @dataclass(frozen=True)
@@ -61,15 +77,37 @@ def _escape(text: str, closer: str) -> str:
     return text.replace(closer, closer[0] + "\\" + closer[1:])
 
 
+def _fair_shares(lengths: Sequence[int], budget: int) -> list[int]:
+    """Split ``budget`` over items of these lengths: short ones whole, the rest equal shares."""
+    keep = [0] * len(lengths)
+    left, todo = budget, sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for k, i in enumerate(todo):
+        keep[i] = min(lengths[i], left // (len(todo) - k))
+        left -= keep[i]
+    return keep
+
+
+def allocate_budget(prompt_len: int, response_lens: Sequence[int], budget: int) -> tuple[int, list[int]]:
+    """Tokens to keep of the prompt and of each response when together they exceed ``budget``.
+
+    The responses keep at least half the budget between them (more when the prompt is
+    short), shared fairly (a short response is kept whole); the prompt gets the rest.
+    """
+    wanted = sum(response_lens)
+    for_responses = min(wanted, max(budget - prompt_len, budget // 2))
+    keeps = _fair_shares(response_lens, for_responses)
+    return budget - sum(keeps), keeps
+
+
 class PromptEncoder:
     """Compiles rubrics for a tokenizer and encodes items with a token budget.
 
-    Truncation policy, when prompt + response exceed ``max_input_tokens`` minus the
+    Truncation policy, when the slots' text exceeds ``max_input_tokens`` minus the
     rubric's own tokens: the rubric, the instructions and the answer slot are always
-    kept whole. The response keeps its beginning and at least half the budget (more
-    when the prompt is short); the prompt keeps its most recent part (its end). A
-    visible " [...] " marks each cut, and the result says it was truncated. With
-    ``truncate=False`` such an item is rejected with 413 instead.
+    kept whole. The responses keep their beginnings and at least half the budget
+    (more when the prompt is short; two responses share it fairly); the prompt keeps
+    its most recent part (its end). A visible " [...] " marks each cut, and the result
+    says it was truncated. With ``truncate=False`` such an item is rejected with 413 instead.
     """
 
     def __init__(self, tokenizer, max_input_tokens: int, truncate: bool = True):
@@ -77,6 +115,7 @@ class PromptEncoder:
         self.max_input_tokens = max_input_tokens
         self.truncate = truncate
         self._compiled: dict[str, CompiledRubric] = {}
+        self._compared: dict[str, CompiledComparison] = {}
 
     def trusted_ids(self, text: str) -> list[int]:
         """Tokenise rubric/template text: its special-token strings are real special tokens."""
@@ -109,66 +148,109 @@ class PromptEncoder:
             merged = [{"role": "user", "content": f"{system}\n\n{user}"}]
             return tok.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
 
-    def compile(self, rubric: Rubric) -> CompiledRubric:
-        cached = self._compiled.get(rubric.name)
-        if cached is not None and cached.rubric is rubric:
-            return cached
+    def _pieces(self, what: str, system: str, user_template: str, answer_prefix: str,
+                slots: Sequence[str], labels: Sequence[str]) -> dict:
+        """Trusted pieces, closers and label trie of one template (the fields of a CompiledTemplate)."""
         nonce = secrets.token_hex(8)
-        s_prompt, s_response = f"\ue000{nonce}-prompt\ue000", f"\ue000{nonce}-response\ue000"
-        user = rubric.user_template.replace("{prompt}", s_prompt).replace("{response}", s_response)
-        text = self._template(rubric.system.strip(), user.strip()) + rubric.answer_prefix
-        if text.count(s_prompt) != 1 or text.count(s_response) != 1:
-            raise ValueError(f"rubric {rubric.name!r}: the chat template dropped or repeated a slot")
-        before, rest = text.split(s_prompt)
-        middle, after = rest.split(s_response)
-        scale = rubric.scale.to_scale()
-        label_tokens = labels_in_context(self.trusted_ids, after, scale.labels)
-        compiled = CompiledRubric(
-            rubric=rubric,
-            scale=scale,
-            piece_texts=(before, middle, after),
-            piece_ids=(
-                tuple(self._bos + self.trusted_ids(before)),
-                tuple(self.trusted_ids(middle)),
-                tuple(self.trusted_ids(after)),
-            ),
-            closers=(_closer(middle), _closer(after)),
-            trie=LabelTrie(label_tokens),
-        )
+        sentinels = [f"\ue000{nonce}-{i}\ue000" for i in range(len(slots))]
+        user = user_template
+        for slot, sentinel in zip(slots, sentinels, strict=True):
+            user = user.replace(slot, sentinel)
+        text = self._template(system.strip(), user.strip()) + answer_prefix
+        if any(text.count(s) != 1 for s in sentinels):
+            raise ValueError(f"{what}: the chat template dropped or repeated a slot")
+        piece_texts, rest = [], text
+        for sentinel in sentinels:
+            piece, rest = rest.split(sentinel)
+            piece_texts.append(piece)
+        piece_texts.append(rest)
+        label_tokens = labels_in_context(self.trusted_ids, piece_texts[-1], labels)
+        piece_ids = [tuple(self.trusted_ids(p)) for p in piece_texts]
+        piece_ids[0] = tuple(self._bos) + piece_ids[0]
+        return {
+            "piece_texts": tuple(piece_texts),
+            "piece_ids": tuple(piece_ids),
+            "closers": tuple(_closer(p) for p in piece_texts[1:]),
+            "trie": LabelTrie(label_tokens),
+        }
+
+    def _check_budget(self, what: str, compiled: CompiledTemplate) -> None:
         budget = self.max_input_tokens - compiled.fixed_tokens
         if budget < MIN_SLOT_BUDGET:
             raise ValueError(
-                f"rubric {rubric.name!r} takes {compiled.fixed_tokens} tokens, leaving {budget} of "
+                f"{what} takes {compiled.fixed_tokens} tokens, leaving {budget} of "
                 f"max_input_tokens={self.max_input_tokens} for prompt and response; raise the limit"
             )
+
+    def compile(self, rubric: Rubric) -> CompiledRubric:
+        """The rating form of a rubric (cached per rubric object)."""
+        cached = self._compiled.get(rubric.name)
+        if cached is not None and cached.rubric is rubric:
+            return cached
+        what = f"rubric {rubric.name!r}"
+        scale = rubric.scale.to_scale()
+        pieces = self._pieces(what, rubric.system, rubric.user_template, rubric.answer_prefix, SLOTS,
+                              scale.labels)
+        compiled = CompiledRubric(rubric=rubric, scale=scale, **pieces)
+        self._check_budget(what, compiled)
         self._compiled[rubric.name] = compiled
         return compiled
 
-    def encode(self, compiled: CompiledRubric, prompt: str, response: str) -> EncodedItem:
-        prompt = _escape(prompt, compiled.closers[0])
-        response = _escape(response, compiled.closers[1])
-        p_ids, r_ids = self.untrusted_ids(prompt), self.untrusted_ids(response)
+    def compile_comparison(self, rubric: Rubric) -> CompiledComparison:
+        """The pairwise form of a rubric (cached per rubric object); 422 when it has none."""
+        spec = rubric.compare
+        if spec is None:
+            raise RubricCannotCompare(
+                f"rubric {rubric.name!r} has no pairwise form; add a 'compare:' section to it "
+                "(system, user_template with {prompt}, {response_a}, {response_b}, answer_prefix, labels)")
+        cached = self._compared.get(rubric.name)
+        if cached is not None and cached.rubric is rubric:
+            return cached
+        what = f"rubric {rubric.name!r} (compare form)"
+        pieces = self._pieces(what, spec.system, spec.user_template, spec.answer_prefix, PAIR_SLOTS,
+                              spec.labels)
+        compiled = CompiledComparison(rubric=rubric, **pieces)
+        self._check_budget(what, compiled)
+        self._compared[rubric.name] = compiled
+        return compiled
+
+    def compile_forms(self, rubric: Rubric) -> list[CompiledTemplate]:
+        """Every form the rubric has: the rating form, and the pairwise form if defined."""
+        forms: list[CompiledTemplate] = [self.compile(rubric)]
+        if rubric.compare is not None:
+            forms.append(self.compile_comparison(rubric))
+        return forms
+
+    def encode(self, compiled: CompiledTemplate, prompt: str, *responses: str) -> EncodedItem:
+        """The labeler input for a prompt and the template's response(s), in slot order."""
+        if len(responses) != len(compiled.closers) - 1:
+            raise ValueError(f"this template takes {len(compiled.closers) - 1} response(s), "
+                             f"got {len(responses)}")
+        texts = [_escape(t, closer) for t, closer in zip((prompt, *responses), compiled.closers, strict=True)]
+        ids = [self.untrusted_ids(t) for t in texts]
         budget = self.max_input_tokens - compiled.fixed_tokens
-        truncated = len(p_ids) + len(r_ids) > budget
+        total = sum(len(i) for i in ids)
+        truncated = total > budget
         if truncated:
             if not self.truncate:
+                what = "prompt and response" if len(responses) == 1 else "prompt and responses"
                 raise InputTooLong(
-                    f"prompt and response take {len(p_ids) + len(r_ids)} tokens; rubric "
-                    f"{compiled.rubric.name!r} leaves {budget} of max_input_tokens={self.max_input_tokens}"
+                    f"{what} take {total} tokens; rubric {compiled.rubric.name!r} leaves {budget} "
+                    f"of max_input_tokens={self.max_input_tokens}"
                 )
             marker = self._marker_ids
-            r_keep = min(len(r_ids), max(budget - len(p_ids), budget // 2))
-            p_keep = budget - r_keep
-            if p_keep < len(p_ids):
-                p_ids = marker + p_ids[len(p_ids) - (p_keep - len(marker)) :]
-                prompt = self.tokenizer.decode(p_ids)
-            if r_keep < len(r_ids):
-                r_ids = r_ids[: r_keep - len(marker)] + marker
-                response = self.tokenizer.decode(r_ids)
-        before, middle, after = compiled.piece_ids
-        t_before, t_middle, t_after = compiled.piece_texts
-        return EncodedItem(
-            input_ids=before + tuple(p_ids) + middle + tuple(r_ids) + after,
-            text=t_before + prompt + t_middle + response + t_after,
-            truncated=truncated,
-        )
+            p_keep, r_keeps = allocate_budget(len(ids[0]), [len(i) for i in ids[1:]], budget)
+            if p_keep < len(ids[0]):  # the prompt keeps its end
+                ids[0] = marker + ids[0][len(ids[0]) - (p_keep - len(marker)):]
+                texts[0] = self.tokenizer.decode(ids[0])
+            for k, keep in enumerate(r_keeps, start=1):  # each response keeps its beginning
+                if keep < len(ids[k]):
+                    ids[k] = ids[k][: max(0, keep - len(marker))] + marker
+                    texts[k] = self.tokenizer.decode(ids[k])
+        input_ids: tuple[int, ...] = compiled.piece_ids[0]
+        text = compiled.piece_texts[0]
+        for slot_ids, slot_text, piece_ids, piece_text in zip(ids, texts, compiled.piece_ids[1:],
+                                                              compiled.piece_texts[1:], strict=True):
+            input_ids += tuple(slot_ids) + piece_ids
+            text += slot_text + piece_text
+        return EncodedItem(input_ids=input_ids, text=text, truncated=truncated)

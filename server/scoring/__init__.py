@@ -1,6 +1,8 @@
-"""Pure scoring math: label trie, exact label probabilities, expectation, reward map."""
+"""Pure scoring math: label trie, exact label probabilities, expectation, [-1,1] map, pairwise preference."""
 
 from server.scoring.labels import LabelTrie, TokenReads, labels_in_context
+from server.scoring.preference import OrderRead, Preference, combine_orders, read_order
 from server.scoring.reward import Scale, ScoreResult, expected_score
 
-__all__ = ["LabelTrie", "Scale", "ScoreResult", "TokenReads", "expected_score", "labels_in_context"]
+__all__ = ["LabelTrie", "OrderRead", "Preference", "Scale", "ScoreResult", "TokenReads", "combine_orders",
+           "expected_score", "labels_in_context", "read_order"]
