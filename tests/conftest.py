@@ -34,3 +34,16 @@ def reference_model(embedded_model_dir):
     model = AutoModelForCausalLM.from_pretrained(embedded_model_dir, dtype=torch.float32)
     model.eval()
     return model
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state that a second Accelerator with other settings
+    (e.g. trl's trainers in an earlier test) refuses to change; start and leave it clean."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

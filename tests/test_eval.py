@@ -167,6 +167,7 @@ def test_label_writes_the_labelers_preference(server, labelled):
         assert row["prompt"] == ([{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt)
 
 
+@pytest.mark.usefixtures("fresh_accelerate_state")
 def test_label_file_trains_trls_dpo_for_one_step(labelled, embedded_model_dir, tmp_path):
     from datasets import load_dataset
     from trl import DPOConfig, DPOTrainer

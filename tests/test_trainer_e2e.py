@@ -145,6 +145,7 @@ def test_server_gone_past_deadline_exits_with_checkpoint_then_resumes(length_ser
     assert [r["step"] for r in metrics(out)] == [1, 2, 3]
 
 
+@pytest.mark.usefixtures("fresh_accelerate_state")
 def test_resume_restores_step_and_optimizer_state(length_server, tmp_path):
     import torch
 
