@@ -16,6 +16,14 @@ import numpy as np
 from server.scoring import TokenReads
 
 
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The dtype name a backend loads its model in: for "auto", float32 on CPU (exact and
+    fast enough there) and bfloat16 on GPU; any other name as given."""
+    if dtype == "auto":
+        return "float32" if device == "cpu" else "bfloat16"
+    return dtype
+
+
 @dataclass(frozen=True)
 class BackendInfo:
     name: str

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from server.backends.base import BackendInfo
+from server.backends.base import BackendInfo, resolve_dtype
 from server.scoring import TokenReads
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """fp32 on CPU (exact and fast enough there), bf16 on GPU, unless told otherwise."""
-    if dtype == "auto":
-        return torch.float32 if device == "cpu" else torch.bfloat16
-    return _DTYPES[dtype]
-
-
 class TransformersBackend:
     """Log-probability reads with ``transformers.AutoModelForCausalLM``."""
 
@@ -46,7 +39,7 @@ class TransformersBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, device)
+        torch_dtype = _DTYPES[resolve_dtype(dtype, device)]
         started = time.perf_counter()
         log.info("loading %s on %s (%s)", model_name, device, str(torch_dtype).removeprefix("torch."))
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)

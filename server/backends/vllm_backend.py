@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.backends.base import BackendInfo
+from server.backends.base import BackendInfo, resolve_dtype
 from server.scoring import TokenReads
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,6 @@ class EngineOptions:
     max_num_seqs: int | None = None  # None: vLLM's server default for the hardware
     max_num_batched_tokens: int | None = None  # None: likewise
     prefix_caching: bool = True
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    """The same rule as the transformers backend: float32 on CPU, bfloat16 on GPU."""
-    if dtype == "auto":
-        return "float32" if device == "cpu" else "bfloat16"
-    return dtype
 
 
 class VLLMBackend:
