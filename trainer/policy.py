@@ -73,15 +73,27 @@ class PolicyAndValue(nn.Module):
         return logits, values
 
 
+def policy_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> Prompt:
+    """A prompt in the form the policy is conditioned on, whichever trainer runs it.
+
+    With a chat template every prompt is a conversation (a string becomes one user turn), so
+    PPO and trl (which templates only message lists) render it identically; without one, the
+    message contents are joined as plain text.
+    """
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    if tokenizer.chat_template:
+        return messages
+    return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
     """Left-padded policy input: each prompt through the chat template, ready to generate."""
     texts = []
     for prompt in prompts:
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        if tokenizer.chat_template:
-            texts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        else:
-            texts.append("\n\n".join(m["content"] for m in messages) + "\n\n")
+        rendered = policy_prompt(tokenizer, prompt)
+        if isinstance(rendered, list):
+            rendered = tokenizer.apply_chat_template(rendered, tokenize=False, add_generation_prompt=True)
+        texts.append(rendered)
     return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
 

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from trainer.config import TRLConfig
-from trainer.policy import resolve_policy
+from trainer.policy import load_tokenizer, policy_prompt, resolve_policy
 from trainer.prompts import Prompt
 from trainer.reporting import MetricsLog
 from trainer.trl_reward import make_reward_func
@@ -36,8 +36,8 @@ def _metrics_callback(metrics: MetricsLog):
     return Mirror()
 
 
-def train_with_trl(algorithm: str, config: TRLConfig, train_prompts: list[Prompt]) -> Path:
-    """Run trl's GRPOTrainer or RLOOTrainer for ``config.steps`` updates; returns the final dir."""
+def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Prompt], metrics: MetricsLog):
+    """trl's GRPOTrainer or RLOOTrainer, set up with drlaif's reward function and prompts."""
     import datasets
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -62,7 +62,11 @@ def train_with_trl(algorithm: str, config: TRLConfig, train_prompts: list[Prompt
         bf16=config.mixed_precision == "bf16",
         fp16=config.mixed_precision == "fp16",
     )
-    dataset = datasets.Dataset.from_dict({"prompt": train_prompts})
+    model = resolve_policy(config.model)
+    # The same rendering as PPO's: trl applies the chat template only to message lists, so a
+    # plain string prompt would reach the policy untemplated (and it would end at once).
+    tokenizer = load_tokenizer(model)
+    dataset = datasets.Dataset.from_dict({"prompt": [policy_prompt(tokenizer, p) for p in train_prompts]})
     peft_config = None
     if config.lora_r > 0:
         from peft import LoraConfig
@@ -71,9 +75,15 @@ def train_with_trl(algorithm: str, config: TRLConfig, train_prompts: list[Prompt
                                  task_type="CAUSAL_LM")
     reward = make_reward_func(config.reward_url, config.rubric, read_timeout_s=config.reward_timeout_s,
                               deadline_s=config.reward_deadline_s)
+    return trainer_cls(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
+                       peft_config=peft_config, callbacks=[_metrics_callback(metrics)])
+
+
+def train_with_trl(algorithm: str, config: TRLConfig, train_prompts: list[Prompt]) -> Path:
+    """Run trl's GRPOTrainer or RLOOTrainer for ``config.steps`` updates; returns the final dir."""
+    output_dir = Path(config.output_dir)
     metrics = MetricsLog(output_dir, enabled=True)
-    trainer = trainer_cls(model=resolve_policy(config.model), reward_funcs=[reward], args=args,
-                          train_dataset=dataset, peft_config=peft_config, callbacks=[_metrics_callback(metrics)])
+    trainer = build_trl_trainer(algorithm, config, train_prompts, metrics)
     resume = None
     if config.resume == "auto":
         resume = True if any(output_dir.glob("checkpoint-*")) else None
