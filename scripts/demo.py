@@ -2,8 +2,10 @@
 
 1. start drlaif-server on the embedded labeler (SmolLM2-135M-Instruct) and wait until ready;
 2. score a few examples over HTTP, to show what the reward looks like;
-3. run a short PPO run of the embedded policy against it (drlaif-train ppo), which prints
-   the held-out reward before and after training and saves runs/demo/curves.png;
+3. run a short PPO run of the embedded policy against it (drlaif-train ppo): it scores greedy
+   responses to every held-out prompt before and after training and prints the gain with its
+   95% paired-bootstrap interval, the gaming indicators (rating-like text, empty answers) and
+   responses side by side; runs/demo/report.md and runs/demo/curves.png hold the same;
 4. stop the server.
 """
 
@@ -21,7 +23,8 @@ from server.process import ServerProcess
 
 PORT = int(os.environ.get("DRLAIF_DEMO_PORT", "8000"))
 OUTPUT_DIR = os.environ.get("DRLAIF_DEMO_OUTPUT", "runs/demo")
-STEPS = os.environ.get("DRLAIF_DEMO_STEPS", "12")
+STEPS = os.environ.get("DRLAIF_DEMO_STEPS", "20")
+EVAL_PROMPTS = os.environ.get("DRLAIF_DEMO_EVAL_PROMPTS", "60")  # the whole shipped held-out set
 
 EXAMPLES = [
     ("What is the capital of France?", "Paris."),
@@ -54,13 +57,13 @@ def main() -> None:
         print(f"[demo] PPO: embedded policy, shipped prompts, {STEPS} updates of 8 prompts -> {OUTPUT_DIR}",
               flush=True)
         cmd = [sys.executable, "-m", "trainer.cli", "ppo", "--reward-url", server.url,
-               "--output-dir", OUTPUT_DIR, "--steps", STEPS, "--batch-size", "8", "--eval-prompts", "16",
+               "--output-dir", OUTPUT_DIR, "--steps", STEPS, "--batch-size", "8", "--eval-prompts", EVAL_PROMPTS,
                "--save-every", "0"]
         result = subprocess.run(cmd)
         if result.returncode != 0:
             sys.exit(f"[demo] the trainer failed with status {result.returncode}")
-        print(f"[demo] metrics: {OUTPUT_DIR}/metrics.jsonl, samples: {OUTPUT_DIR}/rollouts.jsonl, "
-              f"plot: {OUTPUT_DIR}/curves.png")
+        print(f"[demo] report: {OUTPUT_DIR}/report.md, plot: {OUTPUT_DIR}/curves.png, "
+              f"metrics: {OUTPUT_DIR}/metrics.jsonl, samples: {OUTPUT_DIR}/rollouts.jsonl")
     finally:
         server.stop()
         print(f"[demo] server stopped; total {time.monotonic() - started:.0f}s")

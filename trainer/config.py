@@ -65,10 +65,19 @@ class PPOConfig(TrainConfig):
     target_kl: float | None = _f(None, "If set, adapt kl_coef towards this KL per sequence (Ziegler).")
     kl_horizon: int = _f(10_000, "Horizon of the adaptive KL controller.")
     gamma: float = _f(1.0, "Discount.")
-    lam: float = _f(0.95, "GAE lambda.")
+    lam: float = _f(
+        1.0, "GAE lambda. 1: Monte-Carlo returns minus the value baseline (Lee et al.'s REINFORCE with a "
+        "baseline); below 1 a young critic shifts the terminal reward's credit to the last tokens.")
     clip_range: float = _f(0.2, "Policy ratio clip.")
-    clip_range_value: float = _f(0.2, "Value clip around the rollout's values.")
+    clip_range_value: float | None = _f(
+        None, "Value clip around the rollout's values (None: off). An absolute clip of 0.2 keeps a "
+        "critic that starts far off from catching up with returns.")
     vf_coef: float = _f(0.1, "Weight of the value loss.")
+    value_model: Literal["head", "separate"] = _f(
+        "head", "Critic: 'head' is a scalar head on the policy's last hidden state (gradient stopped, so it "
+        "cannot pull the policy; no second backbone to run), 'separate' a full copy of the backbone.")
+    value_learning_rate: float = _f(
+        1e-3, "Learning rate of the value head, which starts at V = 0 and must catch up within a few steps.")
     whiten_advantages: bool = _f(True, "Normalise advantages per batch.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
     lr_schedule: Literal["linear", "cosine", "constant"] = _f("linear", "Learning-rate schedule.")

@@ -30,16 +30,26 @@ def load_policy(path: str) -> nn.Module:
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 
+def value_head(hidden: int) -> nn.Linear:
+    """A scalar head that starts at V = 0 everywhere.
+
+    A random head gives per-token values of about +-1.4 against rewards in [-1, 1]: after GAE
+    almost all of the advantage is the critic's noise. At zero, the first updates are REINFORCE
+    with the batch mean as baseline (after whitening) until the critic has learned something.
+    """
+    head = nn.Linear(hidden, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 class ValueModel(nn.Module):
     """The policy's backbone (a separate copy) with a scalar head: V(prefix) per position."""
 
     def __init__(self, path: str):
         super().__init__()
         self.backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
-        hidden = self.backbone.config.hidden_size
-        self.head = nn.Linear(hidden, 1)
-        nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)
-        nn.init.zeros_(self.head.bias)
+        self.head = value_head(self.backbone.config.hidden_size)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 last: int) -> torch.Tensor:
@@ -58,19 +68,31 @@ def response_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
 
 class PolicyAndValue(nn.Module):
     """One module for accelerate: one optimizer, one prepare(), one gradient clip, and a
-    forward that goes through DDP's hooks under multi-GPU."""
+    forward that goes through DDP's hooks under multi-GPU.
 
-    def __init__(self, policy: nn.Module, value: ValueModel):
+    ``value`` is either a separate :class:`ValueModel` or, when None, a scalar head on the
+    policy's own last hidden state. The head reads that state with the gradient stopped, so the
+    value loss trains the head alone and cannot pull the policy; it costs no second backbone,
+    neither in memory nor in the forward and backward passes of every step.
+    """
+
+    def __init__(self, policy: nn.Module, value: ValueModel | None):
         super().__init__()
         self.policy = policy
         self.value = value
+        self.value_head = value_head(policy.config.hidden_size) if value is None else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 last: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(policy logits, values) for the last ``last`` tokens."""
-        logits = response_logits(self.policy, input_ids, attention_mask, last)
-        values = self.value(input_ids, attention_mask, position_ids(attention_mask), last)
-        return logits, values
+        positions = position_ids(attention_mask)
+        if self.value is not None:
+            logits = response_logits(self.policy, input_ids, attention_mask, last)
+            return logits, self.value(input_ids, attention_mask, positions, last)
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                          logits_to_keep=last + 1, output_hidden_states=True)
+        hidden = out.hidden_states[-1][:, -last - 1 : -1].detach()
+        return out.logits[:, :-1], self.value_head(hidden).squeeze(-1).float()
 
 
 def policy_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> Prompt:

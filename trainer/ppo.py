@@ -54,6 +54,7 @@ from trainer.policy import (
 )
 from trainer.prompts import Prompt
 from trainer.reporting import MetricsLog
+from trainer.run_report import render_terminal, write_report
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,31 @@ class Rollout:
     @property
     def response_len(self) -> int:
         return self.response_ids.shape[1]
+
+
+class PhaseClock:
+    """Wall time per phase of a step (generate, read, reward_wait, optimise), for the profile."""
+
+    def __init__(self):
+        self.started = self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def _reward_alignment(advantages: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor) -> float:
+    """Correlation over rollouts between the mean advantage of a response's tokens and its
+    score: near 1 when the update follows the reward, near 0 when the critic's noise drowns it."""
+    per_row = masked_mean(advantages, mask, dim=-1)
+    if per_row.numel() < 2 or per_row.std() < 1e-8 or scores.std() < 1e-8:
+        return 0.0
+    return torch.corrcoef(torch.stack([per_row.float(), scores.float()]))[0, 1].item()
 
 
 def _lr_lambda(schedule: str, warmup: int, total: int):
@@ -126,9 +152,14 @@ class PPOTrainer:
             self.reference = None  # the base model with adapters disabled
         else:
             self.reference = load_policy(path).eval().requires_grad_(False)
-        model = PolicyAndValue(policy, ValueModel(path))
-        # fused: one kernel over all parameters (the per-tensor loop is slow on CPU).
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.learning_rate,
+        model = PolicyAndValue(policy, ValueModel(path) if c.value_model == "separate" else None)
+        # The critic's head starts at zero and must catch up within a few steps, so it learns at
+        # its own rate; fused: one kernel over all parameters (the per-tensor loop is slow on CPU).
+        head = model.value_head if model.value_head is not None else model.value.head
+        head_ids = {id(p) for p in head.parameters()}
+        body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+        optimizer = torch.optim.AdamW([{"params": body, "lr": c.learning_rate},
+                                       {"params": list(head.parameters()), "lr": c.value_learning_rate}],
                                       fused=True)
         updates_per_step = c.ppo_epochs * math.ceil(c.batch_size / c.minibatch_size) // c.gradient_accumulation_steps
         scheduler = LambdaLR(optimizer, _lr_lambda(c.lr_schedule, c.warmup_steps,
@@ -205,15 +236,16 @@ class PPOTrainer:
     # ----------------------------------------------------------------- one PPO step
     def step(self, step: int) -> dict[str, float]:
         c = self.config
-        started = time.perf_counter()
+        clock = PhaseClock()
         rollout = self.rollout(self.batch_prompts(step))
+        clock.lap("generate")
 
         # 2. reward, requested now and awaited after the local reads (overlap).
-        reward_started = time.perf_counter()
         pending = self.reward.submit_score(rollout.prompts, rollout.responses, c.rubric)
         reads = self.read_rollout(rollout)
+        clock.lap("read")
         server_rewards = pending.result()  # RewardServerError after the client's retries
-        reward_seconds = time.perf_counter() - reward_started
+        clock.lap("reward_wait")
         self.metrics.write_samples(step + 1, rollout.prompts, rollout.responses, server_rewards)
         scores = torch.tensor(server_rewards, dtype=torch.float32, device=self.accelerator.device)
         penalised = scores.clone()
@@ -255,6 +287,7 @@ class PPOTrainer:
                 stats["clipfrac"].append(pg.clipfrac.item())
                 stats["value_clipfrac"].append(vf.clipfrac.item())
                 stats["approx_kl"].append(pg.approx_kl.item())
+        clock.lap("optimise")
 
         kl_per_sequence = self._mean(kl.sum(-1))
         self.kl.update(kl_per_sequence, c.batch_size * self.accelerator.num_processes)
@@ -267,11 +300,14 @@ class PPOTrainer:
             "kl_coef": self.kl.value,
             "entropy": self._mean(masked_mean(reads["entropy"], mask, dim=-1)),
             **{k: float(np.mean(v)) for k, v in stats.items()},
+            "advantage_reward_corr": _reward_alignment(advantages, mask, penalised),
             "response_length_mean": self._mean(mask.sum(-1)),
             "eos_rate": self._mean(rollout.ended.float()),
             "learning_rate": self.scheduler.get_last_lr()[0],
-            "reward_seconds": reward_seconds,
-            "step_seconds": time.perf_counter() - started,
+            "reward_retries": getattr(self.reward, "retries", 0),  # cumulative, over the whole run
+            "reward_seconds": clock.seconds["read"] + clock.seconds["reward_wait"],
+            **{f"{name}_seconds": t for name, t in clock.seconds.items()},
+            "step_seconds": clock.total(),
         }
 
     def _mean(self, x: torch.Tensor) -> float:
@@ -361,7 +397,10 @@ class PPOTrainer:
             self._say(f"held-out reward after training:  {summary['after']['reward_mean']:+.4f}")
         if self.accelerator.is_main_process:
             summary["plot"] = str(self.metrics.plot())
+            path, report = write_report(self.output_dir, summary)
+            summary["report"], summary["report_stats"] = str(path), report.as_dict()
             (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            self._say(render_terminal(report))
         self.metrics.close()
         return summary
 

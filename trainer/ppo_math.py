@@ -103,8 +103,12 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
 
 
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-                       mask: torch.Tensor, clip_range: float) -> LossStats:
-    """0.5 * max((V - R)^2, (clip(V, V_old +- eps) - R)^2), masked mean."""
+                       mask: torch.Tensor, clip_range: float | None) -> LossStats:
+    """0.5 * max((V - R)^2, (clip(V, V_old +- eps) - R)^2), masked mean; plain 0.5 * (V - R)^2
+    when ``clip_range`` is None."""
+    if clip_range is None:
+        loss = 0.5 * masked_mean((values - returns) ** 2, mask)
+        return LossStats(loss, torch.zeros((), device=values.device))
     clipped_values = old_values + (values - old_values).clamp(-clip_range, clip_range)
     unclipped_loss = (values - returns) ** 2
     clipped_loss = (clipped_values - returns) ** 2

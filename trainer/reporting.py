@@ -42,7 +42,7 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
     def plot(self) -> Path:
-        """PNG of reward (mean +- std) and KL per step, next to metrics.jsonl."""
+        """PNG of reward (mean +- std), KL and response length per step, next to metrics.jsonl."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -52,14 +52,16 @@ class MetricsLog:
         steps = [r["step"] for r in rows]
         mean = [r["reward_mean"] for r in rows]
         std = [r["reward_std"] for r in rows]
-        fig, (ax_r, ax_k) = plt.subplots(1, 2, figsize=(10, 4))
+        fig, (ax_r, ax_k, ax_l) = plt.subplots(1, 3, figsize=(14, 4))
         ax_r.plot(steps, mean, marker="o", label="reward (server)")
         ax_r.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                           alpha=0.2)
         ax_r.set(xlabel="step", ylabel="reward", title="Reward per step (mean ± std)")
         ax_k.plot(steps, [r["kl"] for r in rows], marker="o", color="tab:red")
         ax_k.set(xlabel="step", ylabel="KL(policy || reference) per sequence", title="KL to reference")
-        for ax in (ax_r, ax_k):
+        ax_l.plot(steps, [r.get("response_length_mean", 0.0) for r in rows], marker="o", color="tab:green")
+        ax_l.set(xlabel="step", ylabel="tokens", title="Response length")
+        for ax in (ax_r, ax_k, ax_l):
             ax.grid(alpha=0.3)
         fig.tight_layout()
         out = self.path.with_name("curves.png")

@@ -1,0 +1,83 @@
+"""The training-run report: paired gain with its interval, gaming indicators, Markdown."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evals.stats import paired_bootstrap
+from trainer.run_report import Indicators, build_report, is_rating_like, render_terminal, write_report
+
+
+def test_paired_bootstrap_interval_covers_a_clear_gain_and_excludes_zero():
+    before = [0.1 * i for i in range(20)]
+    after = [b + 0.2 + (0.01 if i % 2 else -0.01) for i, b in enumerate(before)]
+    gain = paired_bootstrap(before, after)
+    assert gain.mean == pytest.approx(0.2)
+    assert 0.19 <= gain.ci_low < 0.2 < gain.ci_high <= 0.21
+    assert gain.significant
+
+
+def test_paired_bootstrap_of_noise_includes_zero():
+    before = [0.0] * 10
+    after = [0.1, -0.1] * 5
+    gain = paired_bootstrap(before, after)
+    assert gain.ci_low < 0 < gain.ci_high and not gain.significant
+
+
+def test_paired_bootstrap_rejects_unpaired_input():
+    with pytest.raises(ValueError, match="length"):
+        paired_bootstrap([0.0, 1.0], [0.0])
+    with pytest.raises(ValueError):
+        paired_bootstrap([], [])
+
+
+@pytest.mark.parametrize("text", ["Paris.\n\nRating: 10", "I'd give this a score of 9", "10/10, great answer",
+                                  "This is 9 out of 10.", "rated 10"])
+def test_rating_like_text_is_detected(text):
+    assert is_rating_like(text)
+
+
+@pytest.mark.parametrize("text", ["Paris is the capital of France.", "Boil it for 10 minutes.",
+                                  "There are 10 of them.", ""])
+def test_ordinary_answers_are_not_rating_like(text):
+    assert not is_rating_like(text)
+
+
+def test_indicators_count_shares():
+    ind = Indicators.of(["ok", "", "Rating: 10", "fine"])
+    assert (ind.n, ind.rating_like, ind.empty) == (4, 0.25, 0.25)
+    assert Indicators.of([]).n == 0
+
+
+def _evaluation(rewards, responses):
+    return {"reward_mean": sum(rewards) / len(rewards), "n": len(rewards),
+            "examples": [{"prompt": f"q{i}", "response": r, "reward": x}
+                         for i, (r, x) in enumerate(zip(responses, rewards, strict=True))]}
+
+
+def test_report_flags_a_gain_that_comes_from_rating_text(tmp_path):
+    n = 10
+    summary = {"before": _evaluation([0.0] * n, ["An answer."] * n),
+               "after": _evaluation([0.5] * n, ["An answer. Rating: 10"] * n)}
+    rollouts = [{"step": s, "prompt": "q", "response": "Rating: 10" if s > 15 else "An answer.", "reward": 0.0}
+                for s in range(1, 21) for _ in range(2)]
+    (tmp_path / "rollouts.jsonl").write_text("\n".join(json.dumps(r) for r in rollouts))
+    path, report = write_report(tmp_path, summary)
+    assert report.gain.mean == pytest.approx(0.5) and report.gain.significant
+    assert report.rollouts[0].rating_like == 0.0 and report.rollouts[1].rating_like == 1.0
+    assert report.held_out[1].rating_like == 1.0
+    assert any("rating-like" in w for w in report.warnings)
+    text = path.read_text()
+    assert "| +0.000 | +0.500 | +0.500 |" in text and "**Warning:**" in text and "curves.png" in text
+    assert "WARNING" in render_terminal(report)
+
+
+def test_report_of_an_honest_gain_has_no_warning():
+    summary = {"before": _evaluation([0.0, 0.1, 0.2], ["a", "b", "c"]),
+               "after": _evaluation([0.3, 0.3, 0.4], ["aa", "bb", "cc"])}
+    report = build_report(summary, [{"step": 1, "prompt": "q", "response": "fine", "reward": 0.1}])
+    assert report.warnings == []
+    assert report.examples[0][0] == "q0"  # the largest change first
+    assert "not significant" not in render_terminal(report)
