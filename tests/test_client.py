@@ -310,6 +310,43 @@ def test_backoff_between_retries_doubles_up_to_the_cap(fault, caplog):
         assert gap >= delay - 0.01
 
 
+def test_retries_counts_exactly_the_retries_made(fault, caplog):
+    caplog.set_level(logging.WARNING, logger="trainer.client")
+
+    def retry_warnings() -> int:
+        return sum(" retry " in r.getMessage() for r in caplog.records if r.name == "trainer.client")
+
+    with RewardClient(fast(fault.url, read_timeout_s=0.3)) as client:
+        assert client.retries == 0
+        assert client.score(PROMPTS, RESPONSES) == EXPECTED
+        assert client.retries == 0  # first attempts are not retries
+        # Three retryable faults of different kinds: a status, backpressure, a read timeout.
+        fault.plan.extend([status(503), status(429, "busy", retry_after="0"), stall(3.0)])
+        assert client.score(PROMPTS, RESPONSES) == EXPECTED
+        assert client.retries == 3
+        fault.plan.append(status(422, "bad item"))  # refused for good: raised, not retried
+        with pytest.raises(RewardServerError, match="422"):
+            client.score(PROMPTS, RESPONSES)
+        assert client.retries == 3
+    assert client.retries == 3 and retry_warnings() == 3  # still readable after close; log agrees
+    assert len(fault.scores()) == 1 + 4 + 1
+
+    # The async client, a connection error, and a request that gives up: max_attempts=3 is
+    # 3 attempts, so 2 retries, whichever URL each went to.
+    async def main() -> int:
+        config = fast([dead_url(), fault.url], max_attempts=3, failover_cooldown_s=30)
+        async with AsyncRewardClient(config) as client:
+            assert await client.score(PROMPTS, RESPONSES) == EXPECTED  # GET /info refused once first
+            assert client.retries == 1
+            fault.default = status(502)
+            with pytest.raises(RewardServerError, match="after 3 attempts"):
+                await client.score(PROMPTS, RESPONSES)
+            return client.retries
+
+    assert asyncio.run(main()) == 1 + 2
+    assert retry_warnings() == 3 + 3
+
+
 def test_deadline_exceeded_raises_within_about_the_deadline(fault):
     fault.default = status(503, "the labeler is loading", retry_after="0")
     with RewardClient(fast(fault.url, deadline_s=1.0)) as client:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -22,6 +26,9 @@ from length_reward_server import reward as length_reward  # noqa: E402
 
 # Small, fast PPO settings for a 2-core CPU.
 FAST = ["--batch-size", "8", "--max-new-tokens", "24", "--eval-prompts", "0", "--seed", "1"]
+
+# The warning trainer/client.py logs each time it waits and tries a /score request again.
+RETRY_WARNING = re.compile(r"reward server http://\S+/score failed \(.+\); retry \d+ in [\d.]+ s")
 
 
 class LengthServer:
@@ -71,14 +78,57 @@ def rollouts(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
 
 
-def wait_for_steps(out: Path, n: int, proc, timeout: float = 600) -> None:
+def wait_for_steps(out: Path, n: int, proc, timeout: float = 600,
+                   output: Callable[[], str] | None = None) -> None:
+    """Wait until metrics.jsonl has `n` rows.
+
+    `output` returns the process's output so far, for when another reader owns its stdout.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if (out / "metrics.jsonl").exists() and len(metrics(out)) >= n:
             return
-        assert proc.poll() is None, proc.stdout.read()
+        assert proc.poll() is None, output() if output else proc.stdout.read()
         time.sleep(0.5)
     raise TimeoutError(f"trainer did not reach step {n}")
+
+
+class OutputReader:
+    """Reads a running process's merged stdout on a thread, so a test can wait for a log line
+    while the process runs (and the pipe never fills up and blocks it)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._lock:
+                self._lines.append(line)
+
+    def text(self) -> str:
+        """Everything read so far."""
+        with self._lock:
+            return "".join(self._lines)
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> None:
+        """Block until `pattern` occurs in the output; fail if the process exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pattern.search(self.text()):
+                return
+            assert self.proc.poll() is None, f"exited before {pattern.pattern!r}:\n{self.text()}"
+            time.sleep(0.1)
+        raise TimeoutError(f"no {pattern.pattern!r} within {timeout:g} s:\n{self.text()}")
+
+    def finish(self, timeout: float) -> str:
+        """Wait for the process to exit and return all of its output."""
+        self.proc.wait(timeout=timeout)
+        self._thread.join(timeout=10)
+        return self.text()
 
 
 def test_ppo_raises_a_deterministic_reward(length_server, tmp_path):
@@ -109,16 +159,26 @@ def test_ppo_raises_a_deterministic_reward(length_server, tmp_path):
 def test_server_outage_within_deadline_is_ridden_out(length_server, tmp_path):
     out = tmp_path / "run"
     proc = train(length_server.url, out, "--steps", "4", "--reward-deadline-s", "120", wait=False)
+    reader = OutputReader(proc)
     try:
-        wait_for_steps(out, 1, proc)
+        wait_for_steps(out, 1, proc, output=reader.text)
+        before = len(metrics(out))  # rows written while the server was still up
         length_server.stop()
-        time.sleep(4)
+        # Restart only once the trainer has really hit the outage: a fixed pause could end while
+        # it is still generating, and the test would pass without any outage to ride out.
+        reader.wait_for(RETRY_WARNING, timeout=600)
         length_server.start()
-        output, _ = proc.communicate(timeout=900)
+        output = reader.finish(timeout=900)
     finally:
         proc.kill()
     assert proc.returncode == 0, output
-    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]
+    assert RETRY_WARNING.search(output), output
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # The retries are in the metrics too: none before the stop, at least one by the end.
+    assert 1 <= before < 4
+    assert [r["reward_retries"] for r in rows[:before]] == [0] * before
+    assert rows[-1]["reward_retries"] >= 1, [r["reward_retries"] for r in rows]
     samples = rollouts(out)
     assert len(samples) == 4 * 8
     for sample in samples:  # no made-up rewards: all are what the server computes
@@ -145,13 +205,37 @@ def test_server_gone_past_deadline_exits_with_checkpoint_then_resumes(length_ser
     assert [r["step"] for r in metrics(out)] == [1, 2, 3]
 
 
-@pytest.mark.usefixtures("fresh_accelerate_state")
-def test_resume_restores_step_and_optimizer_state(length_server, tmp_path):
+def _tensor_differences(got: Mapping, want: Mapping) -> list[str]:
+    """Keys of two state dicts whose tensors are missing on one side or not exactly equal."""
     import torch
 
+    return sorted(str(k) for k in got.keys() | want.keys()
+                  if k not in got or k not in want or not torch.equal(got[k], want[k]))
+
+
+def _optimizer_differences(got: dict, want: dict) -> list[str]:
+    """Where two optimizer state dicts differ: any param's state tensor (exp_avg, exp_avg_sq,
+    step, ...) in any group, the set of params with state, or the param groups' settings."""
+    out = [f"state[{i}]" for i in sorted(got["state"].keys() ^ want["state"].keys())]
+    for i in sorted(got["state"].keys() & want["state"].keys()):
+        out += [f"state[{i}].{k}" for k in _tensor_differences(got["state"][i], want["state"][i])]
+    if got["param_groups"] != want["param_groups"]:
+        out.append("param_groups")
+    return out
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_resume_restores_step_and_optimizer_state(length_server, tmp_path):
     from trainer.config import PPOConfig
     from trainer.ppo import PPOTrainer
     from trainer.prompts import load_prompt_dataset
+
+    def snapshot(trainer: PPOTrainer) -> dict:
+        """Copies of what a checkpoint must restore: policy, value head, optimizer state."""
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        return {"policy": {k: v.detach().clone() for k, v in model.policy.state_dict().items()},
+                "value_head": {k: v.detach().clone() for k, v in model.value_head.state_dict().items()},
+                "optimizer": copy.deepcopy(trainer.optimizer.state_dict())}
 
     train_prompts, eval_prompts = load_prompt_dataset(None, "train", "prompt")
     config = PPOConfig(reward_url=[length_server.url], output_dir=str(tmp_path / "run"), batch_size=4,
@@ -161,22 +245,58 @@ def test_resume_restores_step_and_optimizer_state(length_server, tmp_path):
         first.step_done = 1
         first.metrics.write(first.step(0))
         path = first.save_checkpoint()
-        saved = {k: v.clone() for k, v in first.optimizer.state_dict()["state"][0].items()}
+        saved = snapshot(first)
         saved_lr = first.scheduler.get_last_lr()
     finally:
         first.close()
+    # Every param group took an optimizer step, else a no-op load could still match below.
+    n_params = sum(len(g["params"]) for g in saved["optimizer"]["param_groups"])
+    assert len(saved["optimizer"]["state"]) == n_params
+    assert any(v.any() for v in saved["value_head"].values())  # the zero-initialised head has learned
     config.resume = "auto"
     second = PPOTrainer(config, train_prompts, eval_prompts)
     try:
+        # Before loading, the fresh trainer is not what was saved, in each part checked after:
+        # so a load that skipped any of them fails this test.
+        fresh = snapshot(second)
+        assert _tensor_differences(fresh["policy"], saved["policy"])
+        assert _tensor_differences(fresh["value_head"], saved["value_head"])
+        assert _optimizer_differences(fresh["optimizer"], saved["optimizer"])
+        assert second.step_done == 0
+
         second.load_checkpoint(second.latest_checkpoint())
         assert second.latest_checkpoint() == path and second.step_done == 1
-        state = second.optimizer.state_dict()["state"][0]
-        for key, value in saved.items():
-            assert torch.equal(state[key], value), key
+        loaded = snapshot(second)
+        assert _tensor_differences(loaded["policy"], saved["policy"]) == []
+        assert _tensor_differences(loaded["value_head"], saved["value_head"]) == []
+        assert _optimizer_differences(loaded["optimizer"], saved["optimizer"]) == []
         assert second.scheduler.get_last_lr() == saved_lr
         assert second.batch_prompts(1) == first.batch_prompts(1)
     finally:
         second.close()
+
+
+def test_ppo_on_the_real_labeler_logs_the_servers_rewards(server, tmp_path):
+    out = tmp_path / "run"
+    # After FAST, so these win (argparse keeps the last value).
+    result = train(server.url, out, "--steps", "2", "--batch-size", "4", "--max-new-tokens", "8",
+                   "--eval-prompts", "4", "--rubric", "helpful")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(-1.0 <= r["reward_mean"] <= 1.0 for r in rows), rows
+    samples = rollouts(out)
+    assert [s["step"] for s in samples] == [1] * 4 + [2] * 4
+    # Every logged reward is the labeler's own verdict on that exact (prompt, response) and rubric.
+    items = [{"prompt": s["prompt"], "response": s["response"]} for s in samples]
+    direct = httpx.post(f"{server.url}/score", json={"items": items, "rubric": "helpful"}, timeout=300)
+    assert direct.status_code == 200, direct.text
+    results = direct.json()["results"]
+    assert len(results) == len(samples)
+    for sample, want in zip(samples, results):
+        assert -1.0 <= sample["reward"] <= 1.0
+        # Different batch composition (padding) moves float32 results by ~1e-6.
+        assert sample["reward"] == pytest.approx(want["reward"], abs=1e-4), sample
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])

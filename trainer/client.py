@@ -11,7 +11,8 @@ What the client guarantees:
   It never substitutes a value.
 - transient failures (connection errors, timeouts, 429, 502, 503, 504) are retried with
   exponential backoff and full jitter, honouring `Retry-After`, under one overall deadline per call;
-  other 4xx answers raise at once with the server's message.
+  other 4xx answers raise at once with the server's message. Each retry logs a warning and
+  counts in the client's `retries` property, so an outage that was ridden out stays visible.
 - with several server URLs, requests go round-robin and a failing URL is avoided for a cool-down
   while the others work.
 
@@ -376,12 +377,26 @@ class AsyncRewardClient:
         self._pools: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._lock = threading.Lock()
         self._closed = False
+        # Retries over the client's lifetime, all calls and loops together; under _lock because
+        # loops on several threads may retry at once.
+        self._retries = 0
         # Items per request by path, from the config or GET /info.
         self._limits: dict[str, int] | None = None
         key = os.environ.get(config.api_key_env) if config.api_key_env else None
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def retries(self) -> int:
+        """How many times, in total since it was created, this client waited and tried a request again.
+
+        One per retry after a connection error, timeout or retryable status (the same events that
+        log a "retry N in" warning), over every call, chunk and URL; first attempts do not count.
+        A trainer logs it per step to show an outage that was ridden out.
+        """
+        with self._lock:
+            return self._retries
 
     async def score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
                           rubric: str | None = None) -> list[ScoredItem]:
@@ -622,6 +637,9 @@ class AsyncRewardClient:
             log.warning("reward server %s%s failed (%s); retry %d in %.2f s%s, %.1f s left before the "
                         "deadline", url, path, reason, attempt, delay,
                         f" (Retry-After {retry_after:g} s)" if retry_after is not None else "", left)
+            # Counted when the retry is decided, with its warning, so the count and the log agree.
+            with self._lock:
+                self._retries += 1
             await asyncio.sleep(delay)
 
 
@@ -690,6 +708,11 @@ class RewardClient:
     def info(self) -> dict[str, Any]:
         """Blocking :meth:`AsyncRewardClient.info`."""
         return self._wait(self._submit(self._async.info()))
+
+    @property
+    def retries(self) -> int:
+        """Total retries so far, as :attr:`AsyncRewardClient.retries` (readable after close too)."""
+        return self._async.retries
 
     def close(self) -> None:
         """Close the connection pool and stop the private loop thread. Idempotent."""
