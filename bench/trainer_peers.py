@@ -68,7 +68,12 @@ def run_trainer(algorithm: str, url: str, out: Path, args: argparse.Namespace, e
     rewards = [r["reward_mean"] for r in rows]
     step_times = [r["step_seconds"] for r in rows if r.get("step_seconds")]
     return {"rewards": rewards, "step_seconds": statistics.median(step_times) if step_times else wall / args.steps,
-            "wall": wall, "lengths": [r.get("response_length_mean", 0.0) for r in rows]}
+            "wall": wall, "lengths": [r.get("response_length_mean", 0.0) for r in rows],
+            "kl": [r.get("kl", 0.0) for r in rows]}
+
+
+# What each trainer logs as "kl": drlaif's PPO the sum over a response, trl a mean per token.
+KL_UNITS = {"ppo": "nats/response", "grpo": "nats/token"}
 
 
 def summarise(name: str, run: dict, k: int, rollouts: int) -> dict:
@@ -78,7 +83,8 @@ def summarise(name: str, run: dict, k: int, rollouts: int) -> dict:
            "step_seconds": run["step_seconds"], "wall": run["wall"]}
     print(f"{name:>5}  reward first {k}: {first:.3f}  last {k}: {last:.3f}  gain {gain:+.3f}  "
           f"gain/100 rollouts {row['gain_per_100']:+.3f}  {run['step_seconds']:.1f} s/step  "
-          f"(wall {run['wall']:.0f} s; length {run['lengths'][0]:.0f} -> {run['lengths'][-1]:.0f} tokens)")
+          f"(wall {run['wall']:.0f} s; length {run['lengths'][0]:.0f} -> {run['lengths'][-1]:.0f} tokens; "
+          f"kl, last {k} steps {statistics.mean(run['kl'][-k:]):.3f} {KL_UNITS[name]})")
     return row
 
 

@@ -389,3 +389,20 @@ def test_kl_controller_state_dict_round_trip():
     ctl.update(3.0, n_steps=8)
     fresh.update(3.0, n_steps=8)
     assert fresh.value == ctl.value
+
+
+def test_leave_one_out_centres_each_score_on_its_siblings():
+    from trainer.ppo_math import leave_one_out_centred
+
+    scores = torch.tensor([1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.2, 0.4])
+    centred = leave_one_out_centred(scores, 4)
+    # group 1: 1 - mean(0, 0, 0.5) = 0.8333...; 0 - mean(1, 0, 0.5) = -0.5; 0.5 - mean(1, 0, 0) = 0.1667
+    torch.testing.assert_close(centred[:4], torch.tensor([5 / 6, -0.5, -0.5, 1 / 6]))
+    # group 2: 0.5 - mean(0.5, 0.2, 0.4), ..., 0.4 - mean(0.5, 0.5, 0.2) = 0
+    torch.testing.assert_close(centred[4:], torch.tensor([0.5 - 1.1 / 3, 0.5 - 1.1 / 3, 0.2 - 1.4 / 3, 0.0]))
+    # equal scores give no advantage, whatever their level
+    torch.testing.assert_close(leave_one_out_centred(torch.full((4,), 0.7), 2), torch.zeros(4))
+    with pytest.raises(ValueError, match="groups of 3"):
+        leave_one_out_centred(scores, 3)
+    with pytest.raises(ValueError, match="at least 2"):
+        leave_one_out_centred(scores, 1)

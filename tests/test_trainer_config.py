@@ -67,13 +67,13 @@ def test_algorithm_is_required():
 
 
 def test_flags_parse_with_the_right_types():
-    config = parse("ppo", "--steps", "5", "--batch-size", "3", "--max-new-tokens", "16",
+    config = parse("ppo", "--steps", "5", "--batch-size", "6", "--samples-per-prompt", "3", "--max-new-tokens", "16",
                    "--learning-rate", "3e-4", "--temperature", "1", "--kl-coef", "0.1",
                    "--seed", "7", "--rubric", "harmless", "--model", "some/model",
                    "--dataset", "prompts.jsonl", "--output-dir", "runs/x", "--resume", "auto",
                    "--prompt-field", "question")
     assert config.steps == 5 and type(config.steps) is int
-    assert config.batch_size == 3 and type(config.batch_size) is int
+    assert config.batch_size == 6 and config.samples_per_prompt == 3 and type(config.batch_size) is int
     assert config.max_new_tokens == 16
     assert config.learning_rate == 3e-4 and type(config.learning_rate) is float
     assert config.temperature == 1.0 and type(config.temperature) is float
@@ -242,3 +242,13 @@ def test_yaml_values_are_checked_against_field_types(tmp_path):
     with pytest.raises(ValueError, match="steps"):
         parse("ppo", "--config", str(write_yaml(tmp_path, "steps: 2.5\n")))
     assert parse("ppo", "--config", str(write_yaml(tmp_path, "steps: '7'\n"))).steps == 7
+
+
+def test_ppo_groups_must_fit_the_batch():
+    from trainer.config import PPOConfig
+
+    with pytest.raises(ValueError, match="multiple of samples_per_prompt"):
+        PPOConfig(batch_size=6, samples_per_prompt=4)
+    with pytest.raises(ValueError, match="needs samples_per_prompt >= 2"):
+        PPOConfig(samples_per_prompt=1)
+    assert PPOConfig(samples_per_prompt=1, advantage_estimator="gae").samples_per_prompt == 1

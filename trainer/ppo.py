@@ -1,11 +1,13 @@
 """PPO with the reward from a drlaif server (direct RLAIF).
 
 One step, as in Ziegler et al. 2019 / Lee et al. 2023:
-  1. rollout:   sample responses to a batch of prompts from the policy;
+  1. rollout:   sample ``samples_per_prompt`` responses to each prompt of a batch;
   2. reward:    the server scores (prompt, response) -> r in [-1, 1] (asynchronously,
-                while the policy, reference and value model read the rollouts);
-  3. shaping:   per-token reward -kl_coef * (log pi - log pi_ref), plus r at the last token;
-  4. GAE:       advantages and returns from the value model's estimates;
+                while the policy and the reference read the rollouts);
+  3. shaping:   per-token reward -kl_coef * (log pi - log pi_ref), plus the score at the last
+                token; with the group estimator the score is first centred on the mean score
+                of the other responses to the same prompt (leave-one-out);
+  4. advantage: GAE from the critic's values (gae), or the KL-shaped return to go (group);
   5. optimise:  several epochs of clipped policy and value losses over minibatches.
 """
 
@@ -36,7 +38,9 @@ from trainer.ppo_math import (
     clipped_policy_loss,
     clipped_value_loss,
     generalized_advantages,
+    k3_kl,
     kl_shaped_rewards,
+    leave_one_out_centred,
     masked_mean,
     masked_whiten,
     response_mask,
@@ -184,15 +188,17 @@ class PPOTrainer:
 
     # ----------------------------------------------------------------- data
     def batch_prompts(self, step: int) -> list[Prompt]:
-        """The prompts of one step: a seeded shuffle per epoch, sharded across processes."""
-        n, b = len(self.train_prompts), self.config.batch_size
+        """The prompts of one step: a seeded shuffle per epoch, sharded across processes, each
+        prompt repeated ``samples_per_prompt`` times in a row (one group per prompt)."""
+        k = self.config.samples_per_prompt
+        n, b = len(self.train_prompts), self.config.batch_size // k
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         start = (step * world + rank) * b
         out = []
-        for k in range(start, start + b):
-            epoch, i = divmod(k, n)
+        for j in range(start, start + b):
+            epoch, i = divmod(j, n)
             order = random.Random(self.config.seed * 100_003 + epoch).sample(range(n), n)
-            out.append(self.train_prompts[order[i]])
+            out += [self.train_prompts[order[i]]] * k
         return out
 
     # ----------------------------------------------------------------- 1. rollout
@@ -252,10 +258,16 @@ class PPOTrainer:
         if c.missing_eos_penalty is not None:
             penalised[~rollout.ended] -= c.missing_eos_penalty
 
-        # 3. KL-shaped per-token rewards; 4. GAE.
+        # 3. KL-shaped per-token rewards; 4. advantages: GAE on the critic's values, or (group)
+        # each score against its siblings' mean, with the critic out of the advantage.
         mask = rollout.mask
-        rewards, kl = kl_shaped_rewards(penalised, reads["logprobs"], reads["ref_logprobs"], mask, self.kl.value)
-        advantages, returns = generalized_advantages(rewards, reads["values"], mask, c.gamma, c.lam)
+        baseline = reads["values"]
+        if c.advantage_estimator == "group":
+            penalised = leave_one_out_centred(penalised, c.samples_per_prompt)
+            baseline = torch.zeros_like(baseline)
+        in_reward = self.kl.value if c.kl_penalty == "reward" else 0.0
+        rewards, kl = kl_shaped_rewards(penalised, reads["logprobs"], reads["ref_logprobs"], mask, in_reward)
+        advantages, returns = generalized_advantages(rewards, baseline, mask, c.gamma, c.lam)
         if c.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
 
@@ -276,7 +288,11 @@ class PPOTrainer:
                                              c.clip_range)
                     vf = clipped_value_loss(new_values, reads["values"][rows], returns[rows], mask[rows],
                                             c.clip_range_value)
-                    self.accelerator.backward(pg.loss + c.vf_coef * vf.loss)
+                    loss = pg.loss + c.vf_coef * vf.loss
+                    if c.kl_penalty == "loss":
+                        loss = loss + self.kl.value * masked_mean(
+                            k3_kl(new_logprobs, reads["ref_logprobs"][rows]), mask[rows])
+                    self.accelerator.backward(loss)
                     if self.accelerator.sync_gradients:
                         self.accelerator.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
                     self.optimizer.step()

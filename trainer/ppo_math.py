@@ -60,6 +60,22 @@ def kl_shaped_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs
     return rewards * mask, kl
 
 
+def leave_one_out_centred(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Each score minus the mean score of the other responses to the same prompt (RLOO's baseline).
+
+    ``scores`` holds ``group_size`` consecutive responses per prompt. The baseline is unbiased
+    (it does not use the response itself) and is per prompt, so the prompt's difficulty drops
+    out of the advantage: what is left is how this response did against its siblings.
+    """
+    if group_size < 2:
+        raise ValueError("a leave-one-out baseline needs at least 2 responses per prompt")
+    if scores.numel() % group_size:
+        raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size}")
+    groups = scores.reshape(-1, group_size)
+    others = (groups.sum(-1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).reshape(scores.shape)
+
+
 def generalized_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
                            gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE (Schulman et al. 2016): A_t = sum_k (gamma*lam)^k delta_{t+k},
@@ -80,6 +96,13 @@ def generalized_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: to
         advantages[:, t] = running
     advantages = advantages * mask
     return advantages, (advantages + values) * mask
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) estimate exp(d) - d - 1 with d = log pi_ref - log pi (Schulman's
+    k3): never negative, unbiased for tokens sampled from pi, and of low variance."""
+    d = ref_logprobs - logprobs
+    return d.exp() - d - 1
 
 
 @dataclass
