@@ -24,7 +24,7 @@ from server.process import ServerProcess
 PORT = int(os.environ.get("DRLAIF_DEMO_PORT", "8000"))
 OUTPUT_DIR = os.environ.get("DRLAIF_DEMO_OUTPUT", "runs/demo")
 STEPS = os.environ.get("DRLAIF_DEMO_STEPS", "20")
-EVAL_PROMPTS = os.environ.get("DRLAIF_DEMO_EVAL_PROMPTS", "60")  # the whole shipped held-out set
+EVAL_PROMPTS = os.environ.get("DRLAIF_DEMO_EVAL_PROMPTS", "40")
 
 EXAMPLES = [
     ("What is the capital of France?", "Paris."),
@@ -57,7 +57,7 @@ def main() -> None:
         print(f"[demo] PPO: embedded policy, shipped prompts, {STEPS} updates of 8 prompts -> {OUTPUT_DIR}",
               flush=True)
         cmd = [sys.executable, "-m", "trainer.cli", "ppo", "--reward-url", server.url,
-               "--output-dir", OUTPUT_DIR, "--steps", STEPS, "--batch-size", "8", "--eval-prompts", EVAL_PROMPTS,
+               "--output-dir", OUTPUT_DIR, "--steps", STEPS, "--batch-size", "8", "--eval-prompts", EVAL_PROMPTS, "--eval-samples", "2", "--max-new-tokens", "24",
                "--save-every", "0"]
         result = subprocess.run(cmd)
         if result.returncode != 0:

@@ -36,6 +36,11 @@ class TrainConfig:
     prompt_field: str = _f("prompt", "Field holding the prompt (string, chat messages, or HH transcript). "
                            "Records with only `chosen` are read as HH-RLHF.")
     eval_prompts: int = _f(32, "Held-out prompts scored before and after training (0 to skip).")
+    eval_samples: int = _f(
+        4, "Responses per held-out prompt, sampled at the training temperature from a fixed seed (the same "
+        "before and after, so sampling noise largely cancels in the paired gain); 0: one greedy response. "
+        "Sampling judges the policy that was trained: greedy decoding of a policy trained for a few steps "
+        "can fall into repetition that sampling does not show.")
     output_dir: str = _f("runs/ppo", "Checkpoints, metrics.jsonl, curves.png and the final policy.")
     steps: int = _f(20, "Number of policy updates.")
     batch_size: int = _f(8, "Prompts per update (per process).")

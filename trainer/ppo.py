@@ -331,19 +331,39 @@ class PPOTrainer:
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def evaluate(self, n: int) -> dict[str, float]:
-        """Mean server reward of greedy responses to the first n held-out prompts."""
+    def evaluate(self, n: int) -> dict:
+        """Mean server reward on the first n held-out prompts, one example per prompt.
+
+        With ``eval_samples`` k > 0, each prompt gets k responses sampled at the training
+        temperature and its reward is their mean: the policy as trained, not its greedy mode.
+        The sampling seed is fixed (and the training RNG left untouched), so before and after
+        draw the same random numbers and sampling noise largely cancels in the paired gain.
+        With k = 0, one greedy response per prompt.
+        """
+        c = self.config
         prompts = self.eval_prompts[:n]
-        greedy = GenerationConfig(do_sample=False, max_new_tokens=self.config.max_new_tokens,
-                                  eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id)
-        rewards, examples = [], []
-        for start in range(0, len(prompts), self.config.batch_size):
-            rollout = self.rollout(prompts[start:start + self.config.batch_size], greedy)
-            batch = self.reward.score(rollout.prompts, rollout.responses, self.config.rubric)
-            rewards += batch
-            examples += [{"prompt": p, "response": r, "reward": x}
-                         for p, r, x in zip(rollout.prompts, rollout.responses, batch, strict=True)]
-        return {"reward_mean": float(np.mean(rewards)), "n": len(rewards), "examples": examples}
+        k = max(1, c.eval_samples)
+        generation = self.generation if c.eval_samples else GenerationConfig(
+            do_sample=False, max_new_tokens=c.max_new_tokens, eos_token_id=self.eos_ids,
+            pad_token_id=self.tokenizer.pad_token_id)
+        # Larger generation batches than training's: on a CPU a batch of 32 costs far less than
+        # four of 8, and the held-out set is read twice per run.
+        chunk = max(1, max(c.batch_size, 32) // k)
+        examples = []
+        devices = [] if self.accelerator.device.type == "cpu" else [self.accelerator.device]
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(c.seed + 7_919)
+            for start in range(0, len(prompts), chunk):
+                group = [p for p in prompts[start:start + chunk] for _ in range(k)]
+                rollout = self.rollout(group, generation)
+                rewards = self.reward.score(rollout.prompts, rollout.responses, c.rubric)
+                for i in range(0, len(group), k):
+                    examples.append({"prompt": group[i], "response": rollout.responses[i],
+                                     "responses": rollout.responses[i:i + k],
+                                     "reward": float(np.mean(rewards[i:i + k])),
+                                     "rewards": rewards[i:i + k]})
+        return {"reward_mean": float(np.mean([e["reward"] for e in examples])), "n": len(examples),
+                "samples_per_prompt": c.eval_samples, "examples": examples}
 
     # ----------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:

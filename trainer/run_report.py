@@ -1,8 +1,8 @@
 """The report of a training run: did the policy get better by the labeler's judgement, and how?
 
 Written as OUTPUT_DIR/report.md beside curves.png, and summarised on the terminal:
-- held-out reward before and after training, greedy responses to the same prompts, with the
-  gain's 95% paired-bootstrap interval;
+- held-out reward before and after training on the same prompts (the mean over sampled
+  responses per prompt, or one greedy response), with the gain's 95% paired-bootstrap interval;
 - gaming indicators: the share of responses that carry rating-like text ("Rating: 10",
   "10/10") or are empty, before and after, and in the training rollouts of the first and
   last steps. A gain that comes with these rising is the policy gaming the labeler, not
@@ -74,6 +74,7 @@ class RunReport:
     rollouts: tuple[Indicators, Indicators]
     warnings: list[str]
     examples: list[tuple[str, str, float, str, float]]  # prompt, before, reward, after, reward
+    method: str = "greedy"  # how the held-out responses were produced
 
     def as_dict(self) -> dict:
         return {
@@ -104,14 +105,17 @@ def build_report(summary: dict, rollouts: Sequence[dict], window: int = 5, n_exa
     if before and after:
         b, a = before["examples"], after["examples"]
         gain = paired_bootstrap([e["reward"] for e in b], [e["reward"] for e in a])
-        held_out = (Indicators.of([e["response"] for e in b]), Indicators.of([e["response"] for e in a]))
+        held_out = (Indicators.of([r for e in b for r in e.get("responses", [e["response"]])]),
+                    Indicators.of([r for e in a for r in e.get("responses", [e["response"]])]))
         warnings += [w for w in gaming_warnings(*held_out) if w not in warnings]
         # The largest moves first: those show what training changed.
         pairs = sorted(zip(b, a, strict=True), key=lambda p: -abs(p[1]["reward"] - p[0]["reward"]))
         examples = [(_prompt_text(x["prompt"]), x["response"], x["reward"], y["response"], y["reward"])
                     for x, y in pairs[:n_examples]]
+    k = (before or {}).get("samples_per_prompt", 0)
+    method = f"mean of {k} sampled responses per prompt" if k else "greedy"
     return RunReport(gain, before["reward_mean"] if before else None, after["reward_mean"] if after else None,
-                     held_out, rollout_ind, warnings, examples)
+                     held_out, rollout_ind, warnings, examples, method)
 
 
 def _cell(text: str, limit: int = 220) -> str:
@@ -125,7 +129,7 @@ def render_markdown(report: RunReport, title: str = "drlaif training run") -> st
     if report.gain is not None:
         verdict = ("the gain is outside its 95% interval" if report.gain.significant
                    else "the interval includes zero: no clear change")
-        lines += ["## Held-out reward (greedy responses, the same prompts before and after)", "",
+        lines += [f"## Held-out reward ({report.method}, the same prompts before and after)", "",
                   "| before | after | gain | 95% interval (paired bootstrap) | prompts |",
                   "|---|---|---|---|---|",
                   f"| {report.before_reward:+.3f} | {report.after_reward:+.3f} | {report.gain.mean:+.3f} | "
@@ -156,7 +160,7 @@ def render_markdown(report: RunReport, title: str = "drlaif training run") -> st
 def render_terminal(report: RunReport) -> str:
     lines = []
     if report.gain is not None:
-        lines.append(f"held-out reward ({report.gain.n} prompts, greedy): before {report.before_reward:+.3f}, "
+        lines.append(f"held-out reward ({report.gain.n} prompts, {report.method}): before {report.before_reward:+.3f}, "
                      f"after {report.after_reward:+.3f}, gain {report.gain} (95% paired bootstrap)"
                      + ("" if report.gain.significant else "  -- not significant"))
     rb, ra = report.rollouts
