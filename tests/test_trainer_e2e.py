@@ -140,14 +140,19 @@ def test_ppo_raises_a_deterministic_reward(length_server, tmp_path):
     for key in ("reward_mean", "reward_std", "kl", "entropy", "policy_loss", "value_loss", "clipfrac",
                 "response_length_mean", "reward_seconds", "step_seconds"):
         assert all(isinstance(r[key], float) for r in rows), key
+    # Each step samples 2 prompts x 4 responses, so a step's mean reward moves with its prompts;
+    # the held-out gain (the same prompts and random numbers before and after) is the clean test.
     early = sum(r["reward_mean"] for r in rows[:3]) / 3
     late = sum(r["reward_mean"] for r in rows[-3:]) / 3
-    assert late > early + 0.2, [round(r["reward_mean"], 3) for r in rows]
+    assert late > early, [round(r["reward_mean"], 3) for r in rows]
     # Every reward the trainer logged is exactly what the server computes for that response.
     for sample in rollouts(out):
         assert sample["reward"] == pytest.approx(length_reward(sample["response"]), abs=1e-6)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["after"]["reward_mean"] > summary["before"]["reward_mean"]
+    gain = summary["report_stats"]["gain"]
+    assert gain["ci_low"] > 0, gain  # the held-out gain is outside its 95% interval
+    assert summary["after"]["reward_mean"] > summary["before"]["reward_mean"] + 0.1, gain
+    assert (out / "report.md").exists()
     assert (out / "curves.png").stat().st_size > 1000
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
