@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 
 import uvicorn
 from fastapi import FastAPI
@@ -33,8 +34,8 @@ def brevity(response: str) -> float:
 RULES = {"second_person": second_person, "brevity": brevity}
 
 
-def make_app(rule: str) -> FastAPI:
-    reward = RULES[rule]
+def make_app(reward: Callable[[str], float], rule: str) -> FastAPI:
+    """A /score server whose reward is ``reward(response)`` (also used by the trainer tests)."""
     app = FastAPI()
 
     @app.get("/health/ready")
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("--rule", choices=sorted(RULES), default="second_person")
     args = parser.parse_args()
-    uvicorn.run(make_app(args.rule), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(make_app(RULES[args.rule], args.rule), host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -22,12 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from server.process import free_port  # noqa: E402
+from server.process import free_port, wait_until_ready  # noqa: E402
 
 
 class RuleServer:
@@ -38,14 +36,8 @@ class RuleServer:
                                       "--rule", rule])
 
     def __enter__(self) -> RuleServer:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise TimeoutError("the rule reward server did not start")
+        wait_until_ready(self.url, self.proc, 60)
+        return self
 
     def __exit__(self, *exc) -> None:
         self.proc.kill()

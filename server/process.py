@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,6 +21,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_ready(url: str, proc: subprocess.Popen, timeout: float,
+                     output: Callable[[], str] = lambda: "") -> None:
+    """Poll ``url``/health/ready until it answers 200; RuntimeError if ``proc`` exits first,
+    TimeoutError after ``timeout`` seconds (both with ``output()``, e.g. the server's log)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{output()}")
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"server not ready after {timeout}s:\n{output()}")
 
 
 class ServerProcess:
@@ -42,17 +60,7 @@ class ServerProcess:
         return self
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"server not ready after {self.ready_timeout}s:\n{self.output()}")
+        wait_until_ready(self.url, self.proc, self.ready_timeout, self.output)
 
     def output(self, tail: int = 5000) -> str:
         """The end of the server's log."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.process import free_port
+from server.process import free_port, wait_until_ready
 
 pytestmark = pytest.mark.slow
 
@@ -41,14 +41,8 @@ class LengthServer:
 
     def start(self) -> LengthServer:
         self.proc = subprocess.Popen([sys.executable, str(FIXTURES / "length_reward_server.py"), str(self.port)])
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise TimeoutError("length reward server did not start")
+        wait_until_ready(self.url, self.proc, 60)
+        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
