@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rule_reward_server import brevity  # noqa: E402
 
+from trainer.client import ScoredItem  # noqa: E402
 from trainer.config import PPOConfig  # noqa: E402
 from trainer.ppo import PPOTrainer  # noqa: E402
 from trainer.prompts import load_prompt_dataset  # noqa: E402
@@ -42,9 +43,10 @@ class RuleReward:
     def score(self, prompts, responses, rubric=None) -> list[float]:
         return [brevity(r) for r in responses]
 
-    def submit_score(self, prompts, responses, rubric=None) -> concurrent.futures.Future:
+    def submit_score_items(self, prompts, responses, rubric=None) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
-        future.set_result(self.score(prompts, responses))
+        future.set_result([ScoredItem(reward=r, score=r, label_mass=1.0, distribution=[1.0])
+                           for r in self.score(prompts, responses)])
         return future
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from server.config import ServerSettings
 from server.app.serving import ScoringService
 from server.app.metrics import Metrics
 from server.process import ServerProcess
+from trainer.client import ScoredItem
 from trainer.config import PPOConfig
 from trainer.ppo import PPOTrainer
 from trainer.prompts import load_prompt_dataset
@@ -37,13 +38,18 @@ class InProcessReward:
         self.service = ScoringService(ServerSettings(), Metrics())
         self.loop.run_until_complete(self.service.start())
 
-    def score(self, prompts, responses, rubric=None) -> list[float]:
+    def score_items(self, prompts, responses, rubric=None) -> list[ScoredItem]:
         scored = self.loop.run_until_complete(self.service.scorer.score(rubric, list(zip(prompts, responses))))
-        return [s.result.reward for s in scored]
+        return [ScoredItem(reward=s.result.reward, score=s.result.score, label_mass=s.result.label_mass,
+                           distribution=list(s.result.distribution), reward_as_written=s.as_written.reward,
+                           reward_robust=s.robust.reward, judge_spans=s.judge_spans) for s in scored]
 
-    def submit_score(self, prompts, responses, rubric=None) -> concurrent.futures.Future:
+    def score(self, prompts, responses, rubric=None) -> list[float]:
+        return [s.reward for s in self.score_items(prompts, responses, rubric)]
+
+    def submit_score_items(self, prompts, responses, rubric=None) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
-        future.set_result(self.score(prompts, responses, rubric))
+        future.set_result(self.score_items(prompts, responses, rubric))
         return future
 
     def close(self) -> None:

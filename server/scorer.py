@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import numpy as np
 from server.backends import Backend
 from server.batching import AdmissionGate, BatchStats, MicroBatcher, Submitter
 from server.rubrics import RubricRegistry
+from server.rubrics.judge_text import JudgeSpan, find_judge_text, without_spans
 from server.rubrics.prompts import prompt_text
 from server.rubrics.render import CompiledRubric, EncodedItem, PromptEncoder
 from server.scoring import LabelTrie, ScoreResult, TokenReads, expected_score
@@ -26,10 +28,31 @@ Prompt = str | Sequence[Mapping[str, str]]
 
 
 @dataclass(frozen=True)
+class GuardedItem:
+    """One item's labeler input as written and, when its response addresses the judge, without that text."""
+
+    as_written: EncodedItem
+    robust: EncodedItem | None
+    judge_spans: tuple[JudgeSpan, ...]
+
+
+@dataclass(frozen=True)
 class ScoredItem:
+    """``result`` is the reward the rubric's guard reports (see ``GuardSpec.reward``);
+    ``as_written`` and ``robust`` are the two reads it is chosen from (the same read when
+    the response has no text addressed to the judge)."""
+
     result: ScoreResult
+    as_written: ScoreResult
+    robust: ScoreResult
+    judge_spans: int
     input_tokens: int
     truncated: bool
+
+
+def _slot_tags(compiled: CompiledRubric) -> list[str]:
+    """Tag names of the rubric's slot closers ("</response>" -> "response")."""
+    return [m.group(1) for c in compiled.closers if (m := re.fullmatch(r"</?\s*([\w.-]+)\s*>", c))]
 
 
 @dataclass(frozen=True)
@@ -84,10 +107,18 @@ class Scorer:
     def compiled(self, rubric: str | None) -> CompiledRubric:
         return self.encoder.compile(self.rubrics.get(rubric))
 
-    def encode(self, rubric: str | None, items: Sequence[tuple[Prompt, str]]) -> tuple[CompiledRubric, list[EncodedItem]]:
-        """Render and tokenise items (raises UnknownRubric / InputTooLong)."""
+    def encode(self, rubric: str | None, items: Sequence[tuple[Prompt, str]]) -> tuple[CompiledRubric, list[GuardedItem]]:
+        """Render and tokenise items, and each response again without its text addressed to the
+        judge when it has any and the rubric's guard asks for it (raises UnknownRubric / InputTooLong)."""
         compiled = self.compiled(rubric)
-        return compiled, [self.encoder.encode(compiled, prompt_text(p), r) for p, r in items]
+        guard, tags = compiled.rubric.guard, _slot_tags(compiled)
+        out = []
+        for p, r in items:
+            prompt = prompt_text(p)
+            spans = tuple(find_judge_text(r, tags)) if guard.judge_text else ()
+            robust = self.encoder.encode(compiled, prompt, without_spans(r, spans)) if spans else None
+            out.append(GuardedItem(self.encoder.encode(compiled, prompt, r), robust, spans))
+        return compiled, out
 
     async def read_labels(self, trie: LabelTrie, encoded: Sequence[EncodedItem]) -> list[np.ndarray]:
         """Per-label log-probabilities (in ``trie.labels`` order) after each encoded input."""
@@ -101,7 +132,15 @@ class Scorer:
         return out
 
     async def score(self, rubric: str | None, items: Sequence[tuple[Prompt, str]]) -> list[ScoredItem]:
-        compiled, encoded = await asyncio.to_thread(self.encode, rubric, items)
-        label_logprobs = await self.read_labels(compiled.trie, encoded)
-        return [ScoredItem(expected_score(logprobs, compiled.scale), len(item.input_ids), item.truncated)
-                for item, logprobs in zip(encoded, label_logprobs, strict=True)]
+        compiled, guarded = await asyncio.to_thread(self.encode, rubric, items)
+        second = [g.robust for g in guarded if g.robust is not None]
+        reads = iter(await self.read_labels(compiled.trie, [g.as_written for g in guarded] + second))
+        as_written = [expected_score(next(reads), compiled.scale) for _ in guarded]
+        take_min = compiled.rubric.guard.reward == "min"
+        scored = []
+        for g, plain in zip(guarded, as_written, strict=True):
+            robust = expected_score(next(reads), compiled.scale) if g.robust is not None else plain
+            result = robust if take_min and robust.reward < plain.reward else plain
+            scored.append(ScoredItem(result, plain, robust, len(g.judge_spans), len(g.as_written.input_ids),
+                                     g.as_written.truncated))
+        return scored

@@ -49,7 +49,8 @@ def test_openrlhf_request_gets_openrlhf_shaped_rewards_equal_to_score(server, ru
     assert body["rewards"] == pytest.approx(_score_rewards(server, SAMPLES, rubric), abs=1e-9)
     assert body["scores"] == pytest.approx([(x + 1) / 2 for x in body["rewards"]], abs=1e-12)
     assert all(0.0 <= s <= 1.0 for s in body["scores"])
-    assert set(body["extra_logs"]) == {"drlaif_score", "drlaif_label_mass"}
+    assert set(body["extra_logs"]) == {"drlaif_score", "drlaif_label_mass", "drlaif_reward_as_written",
+                                       "drlaif_reward_robust"}
     for values in body["extra_logs"].values():
         assert len(values) == n and all(isinstance(v, float) for v in values)
     expected_scores = [5.5 + 4.5 * x for x in body["rewards"]]

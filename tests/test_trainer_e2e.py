@@ -278,12 +278,17 @@ def test_resume_restores_step_and_optimizer_state(length_server, tmp_path):
 def test_ppo_on_the_real_labeler_logs_the_servers_rewards(server, tmp_path):
     out = tmp_path / "run"
     # After FAST, so these win (argparse keeps the last value).
+    # Optimises the robust read (--reward-field), so the logged rewards must be that field.
     result = train(server.url, out, "--steps", "2", "--batch-size", "4", "--max-new-tokens", "8",
-                   "--eval-prompts", "4", "--rubric", "helpful")
+                   "--eval-prompts", "4", "--rubric", "helpful", "--reward-field", "reward_robust")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(-1.0 <= r["reward_mean"] <= 1.0 for r in rows), rows
+    for r in rows:  # the guard's signal is logged every step
+        assert 0.0 <= r["judge_text_rate"] <= 1.0 and 0.0 <= r["reward_disagreement"] <= 1.0, r
+        if r["judge_text_rate"] == 0.0:  # nothing addressed the judge: both reads are the same read
+            assert r["reward_robust_gap"] == 0.0 and r["reward_disagreement"] == 0.0, r
     samples = rollouts(out)
     assert [s["step"] for s in samples] == [1] * 4 + [2] * 4
     # Every logged reward is the labeler's own verdict on that exact (prompt, response) and rubric.
@@ -295,7 +300,7 @@ def test_ppo_on_the_real_labeler_logs_the_servers_rewards(server, tmp_path):
     for sample, want in zip(samples, results):
         assert -1.0 <= sample["reward"] <= 1.0
         # Different batch composition (padding) moves float32 results by ~1e-6.
-        assert sample["reward"] == pytest.approx(want["reward"], abs=1e-4), sample
+        assert sample["reward"] == pytest.approx(want["reward_robust"], abs=1e-4), sample
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])

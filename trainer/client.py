@@ -96,6 +96,7 @@ class RewardClientConfig:
     retry_statuses: tuple[int, ...] = DEFAULT_RETRY_STATUSES
     failover_cooldown_s: float = 5.0     # how long a URL that just failed is avoided while others work
     jitter: bool = True                  # full jitter on backoff; off only for deterministic tests
+    reward_field: str = "reward"         # what score() returns: one of REWARD_FIELDS
 
     def __post_init__(self) -> None:
         # A bare string would otherwise be iterated as a list of one-character "URLs".
@@ -116,6 +117,9 @@ class RewardClientConfig:
             raise ValueError("RewardClientConfig: max_attempts and max_concurrency must be >= 1")
         if self.max_items_per_request is not None and self.max_items_per_request < 1:
             raise ValueError("RewardClientConfig.max_items_per_request must be >= 1 or None")
+        if self.reward_field not in REWARD_FIELDS:
+            raise ValueError(f"RewardClientConfig.reward_field: {self.reward_field!r} is not one of "
+                             f"{', '.join(REWARD_FIELDS)}")
 
 
 @dataclass(frozen=True)
@@ -132,16 +136,29 @@ class ComparedItem:
     truncated: bool = False
 
 
+# The per-item rewards a drlaif server reports, any of which a trainer may optimise.
+REWARD_FIELDS = ("reward", "reward_robust", "reward_as_written")
+
+
 @dataclass(frozen=True)
 class ScoredItem:
     """The server's verdict on one (prompt, response) item."""
 
-    reward: float                 # expected score mapped to [-1, 1]
+    reward: float                 # expected score mapped to [-1, 1] (under the rubric's guard)
     score: float                  # expected score on the rubric's scale
     label_mass: float             # probability on valid labels before renormalising (low: distrust)
     distribution: list[float]     # renormalised label probabilities, lowest label first
     input_tokens: int | None = None
     truncated: bool = False
+    reward_as_written: float | None = None  # the read of the response as written (None: server lacks it)
+    reward_robust: float | None = None      # the read without text addressed to the judge
+    judge_spans: int | None = None          # segments of the response that address the judge
+
+    def value(self, field: str) -> float | None:
+        """One of :data:`REWARD_FIELDS`; None when the server did not send it."""
+        if field not in REWARD_FIELDS:
+            raise ValueError(f"unknown reward field {field!r}; choose from {', '.join(REWARD_FIELDS)}")
+        return getattr(self, field)
 
 
 def backoff_delay(retry: int, initial_s: float, max_s: float, rng: random.Random | None = None) -> float:
@@ -290,11 +307,19 @@ def _scored_item(i: int, r: dict[str, Any], bad: Callable[[str], RewardServerErr
     if (not isinstance(dist, list) or not dist
             or not all(_is_number(p) and math.isfinite(p) and p >= 0 for p in dist)):
         raise bad(f"result {i} has distribution {dist!r}, expected non-negative finite numbers")
-    tokens = r.get("input_tokens")
+    extra: dict[str, float | None] = {}
+    for name in REWARD_FIELDS[1:]:
+        value = r.get(name)
+        if value is not None and (not _is_number(value) or not math.isfinite(value) or not -1.0 <= value <= 1.0):
+            raise bad(f"result {i} has {name} {value!r}, expected a finite number in [-1, 1]")
+        extra[name] = None if value is None else float(value)
+    tokens, spans = r.get("input_tokens"), r.get("judge_spans")
     return ScoredItem(reward=float(reward), score=float(score), label_mass=float(mass),
                       distribution=[float(p) for p in dist],
                       input_tokens=tokens if isinstance(tokens, int) else None,
-                      truncated=r.get("truncated") is True)
+                      truncated=r.get("truncated") is True,
+                      judge_spans=spans if isinstance(spans, int) and not isinstance(spans, bool) else None,
+                      **extra)
 
 
 def _compared_item(i: int, r: dict[str, Any], bad: Callable[[str], RewardServerError]) -> ComparedItem:
@@ -436,8 +461,9 @@ class AsyncRewardClient:
 
     async def score(self, prompts: Sequence[Prompt], responses: Sequence[str],
                     rubric: str | None = None) -> list[float]:
-        """Rewards in [-1, 1] for each (prompt, response) pair, in input order."""
-        return [item.reward for item in await self.score_items(prompts, responses, rubric)]
+        """Rewards in [-1, 1] (the configured ``reward_field``) for each (prompt, response) pair, in order."""
+        return rewards_of(await self.score_items(prompts, responses, rubric), self.config.reward_field,
+                          self.config.urls)
 
     async def info(self) -> dict[str, Any]:
         """The server's GET /info (model, backend, rubrics, limits), with the same retries and deadline."""
@@ -643,6 +669,15 @@ class AsyncRewardClient:
             await asyncio.sleep(delay)
 
 
+def rewards_of(items: Sequence[ScoredItem], field: str, urls: Sequence[str] = ()) -> list[float]:
+    """The ``field`` reward of each item; a server that does not send that field is an error, never 0."""
+    values = [item.value(field) for item in items]
+    if any(v is None for v in values):
+        raise RewardServerError(f"the reward server sent no {field!r} (a drlaif server older than the "
+                                f"reward_robust signal?); use reward_field='reward'", urls=urls)
+    return values  # type: ignore[return-value]
+
+
 async def _gather_or_cancel(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
     """Run coroutines concurrently; on the first failure cancel the rest and raise that failure.
 
@@ -683,10 +718,15 @@ class RewardClient:
         """
         return self._submit(self._async.score(prompts, responses, rubric))
 
+    def submit_score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
+                           rubric: str | None = None) -> concurrent.futures.Future[list[ScoredItem]]:
+        """Like :meth:`submit_score`, with the whole result of each item."""
+        return self._submit(self._async.score_items(prompts, responses, rubric))
+
     def score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
                     rubric: str | None = None) -> list[ScoredItem]:
         """Blocking :meth:`AsyncRewardClient.score_items`."""
-        return self._wait(self._submit(self._async.score_items(prompts, responses, rubric)))
+        return self._wait(self.submit_score_items(prompts, responses, rubric))
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str],
               rubric: str | None = None) -> list[float]:

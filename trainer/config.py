@@ -57,6 +57,13 @@ class TrainConfig:
     lora_alpha: int = _f(32, "LoRA alpha.")
     reward_timeout_s: float = _f(120.0, "Read timeout of one reward request.")
     reward_deadline_s: float = _f(300.0, "Give up on the reward server after this long (then save and exit).")
+    reward_field: Literal["reward", "reward_robust", "reward_as_written"] = _f(
+        "reward", "Which of the server's rewards to optimise. 'reward' is defended by the rubric's guard (by "
+        "default the lower of the read as written and the read without text that addresses the judge); "
+        "'reward_robust' is the read without that text; 'reward_as_written' is undefended (for ablations).")
+    disagreement_threshold: float = _f(
+        0.1, "Metrics count a rollout as a disagreement when its reward as written and its robust reward differ "
+        "by more than this (logged as reward_disagreement: the share of such rollouts).")
     tensorboard: bool = _f(False, "Also log to TensorBoard in output_dir/tb (needs `tensorboard`).")
 
 

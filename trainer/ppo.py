@@ -31,7 +31,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from trainer.client import RewardClient, RewardClientConfig, RewardServerError
+from trainer.client import RewardClient, RewardClientConfig, RewardServerError, ScoredItem, rewards_of
 from trainer.config import PPOConfig
 from trainer.ppo_math import (
     KLController,
@@ -66,8 +66,8 @@ log = logging.getLogger(__name__)
 class RewardSource(Protocol):
     """What PPO needs of a reward: RewardClient's blocking and background scoring."""
 
-    def submit_score(self, prompts: list[Prompt], responses: list[str],
-                     rubric: str | None = None) -> concurrent.futures.Future[list[float]]: ...
+    def submit_score_items(self, prompts: list[Prompt], responses: list[str],
+                           rubric: str | None = None) -> concurrent.futures.Future[list[ScoredItem]]: ...
 
     def score(self, prompts: list[Prompt], responses: list[str], rubric: str | None = None) -> list[float]: ...
 
@@ -116,6 +116,25 @@ def _reward_alignment(advantages: torch.Tensor, mask: torch.Tensor, scores: torc
     if per_row.numel() < 2 or per_row.std() < 1e-8 or scores.std() < 1e-8:
         return 0.0
     return torch.corrcoef(torch.stack([per_row.float(), scores.float()]))[0, 1].item()
+
+
+def judge_text_metrics(items: list[ScoredItem], threshold: float) -> dict[str, float]:
+    """How much of a batch talks to the judge, and how often that moved the labeler.
+
+    ``judge_text_rate``: share of responses with text addressed to the judge. ``reward_disagreement``:
+    share whose reward as written and robust reward differ by more than ``threshold``;
+    ``reward_robust_gap``: the mean of (as written - robust), positive when such text lifts the read.
+    Empty when the server does not send the fields.
+    """
+    pairs = [(i.reward_as_written, i.reward_robust) for i in items
+             if i.reward_as_written is not None and i.reward_robust is not None]
+    if not items or len(pairs) != len(items):
+        return {}
+    return {
+        "judge_text_rate": sum((i.judge_spans or 0) > 0 for i in items) / len(items),
+        "reward_disagreement": sum(abs(a - r) > threshold for a, r in pairs) / len(pairs),
+        "reward_robust_gap": float(np.mean([a - r for a, r in pairs])),
+    }
 
 
 def _lr_lambda(schedule: str, warmup: int, total: int):
@@ -182,7 +201,7 @@ class PPOTrainer:
             eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id)
         self.reward = reward or RewardClient(RewardClientConfig(
             urls=list(c.reward_url), rubric=c.rubric, read_timeout_s=c.reward_timeout_s,
-            deadline_s=c.reward_deadline_s))
+            deadline_s=c.reward_deadline_s, reward_field=c.reward_field))
         self.metrics = MetricsLog(self.output_dir, tensorboard=c.tensorboard,
                                   enabled=self.accelerator.is_main_process)
 
@@ -247,10 +266,11 @@ class PPOTrainer:
         clock.lap("generate")
 
         # 2. reward, requested now and awaited after the local reads (overlap).
-        pending = self.reward.submit_score(rollout.prompts, rollout.responses, c.rubric)
+        pending = self.reward.submit_score_items(rollout.prompts, rollout.responses, c.rubric)
         reads = self.read_rollout(rollout)
         clock.lap("read")
-        server_rewards = pending.result()  # RewardServerError after the client's retries
+        scored = pending.result()  # RewardServerError after the client's retries
+        server_rewards = rewards_of(scored, c.reward_field, c.reward_url)
         clock.lap("reward_wait")
         self.metrics.write_samples(step + 1, rollout.prompts, rollout.responses, server_rewards)
         scores = torch.tensor(server_rewards, dtype=torch.float32, device=self.accelerator.device)
@@ -317,6 +337,7 @@ class PPOTrainer:
             "entropy": self._mean(masked_mean(reads["entropy"], mask, dim=-1)),
             **{k: float(np.mean(v)) for k, v in stats.items()},
             "advantage_reward_corr": _reward_alignment(advantages, mask, penalised),
+            **judge_text_metrics(scored, c.disagreement_threshold),
             "response_length_mean": self._mean(mask.sum(-1)),
             "eos_rate": self._mean(rollout.ended.float()),
             "learning_rate": self.scheduler.get_last_lr()[0],

@@ -37,7 +37,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from trainer.client import AsyncRewardClient, Prompt, RewardClientConfig
+from trainer.client import AsyncRewardClient, Prompt, RewardClientConfig, rewards_of
 
 
 def _text(content: object, where: str) -> str:
@@ -95,11 +95,15 @@ class DrlaifRewardFunc:
         """Rewards in [-1, 1] from the server, one per (prompt, completion), in order."""
         items = await self.client.score_items([prompt_for_server(p) for p in prompts],
                                               [completion_text(c) for c in completions])
+        rewards = rewards_of(items, self.config.reward_field, self.config.urls)
         log_metric = kwargs.get("log_metric")
         if callable(log_metric) and items:
             # A falling label mass means the labeler stopped answering on the scale: worth a curve.
             log_metric(f"{self.__name__}/label_mass", sum(i.label_mass for i in items) / len(items))
-        return [i.reward for i in items]
+            spans = [i.judge_spans for i in items if i.judge_spans is not None]
+            if spans:  # a rising share means the policy is learning to talk to the judge
+                log_metric(f"{self.__name__}/judge_text_rate", sum(n > 0 for n in spans) / len(spans))
+        return rewards
 
     @property
     def client(self) -> AsyncRewardClient:

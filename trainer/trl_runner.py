@@ -74,7 +74,7 @@ def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Pro
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
     reward = make_reward_func(config.reward_url, config.rubric, read_timeout_s=config.reward_timeout_s,
-                              deadline_s=config.reward_deadline_s)
+                              deadline_s=config.reward_deadline_s, reward_field=config.reward_field)
     return trainer_cls(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
                        peft_config=peft_config, callbacks=[_metrics_callback(metrics)])
 

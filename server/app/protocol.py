@@ -16,10 +16,17 @@ MAX_MESSAGES = 256
 
 
 class ItemScore(BaseModel):
-    reward: float = Field(description="Expected score mapped to [-1, 1].")
-    score: float = Field(description="Expected score on the rubric's scale (1..10 by default).")
+    reward: float = Field(description="Expected score mapped to [-1, 1]. Under the rubric's default guard "
+                          "(reward: min) the lower of reward_as_written and reward_robust.")
+    score: float = Field(description="Expected score on the rubric's scale (1..10 by default), of the read "
+                         "that gave reward.")
     distribution: list[float] = Field(description="Renormalised probability of each label, lowest first.")
     label_mass: float = Field(description="Probability on valid labels before renormalising.")
+    reward_as_written: float = Field(description="The reward of the response exactly as written.")
+    reward_robust: float = Field(description="The reward of the response without the text in it that "
+                                 "addresses the judge; equal to reward_as_written when there is none.")
+    judge_spans: int = Field(description="Segments of the response that address the judge (ratings, "
+                             "instructions to the evaluator, chat markup, fake slot tags, self-assessment).")
     input_tokens: int = Field(description="Labeler input length in tokens.")
     truncated: bool = Field(description="Prompt or response was cut to fit max_input_tokens.")
 
@@ -36,11 +43,19 @@ class ScoreResponse(BaseModel):
     model: str
 
 
+class RenderedInput(BaseModel):
+    text: str = Field(description="The exact labeler input, up to the answer position.")
+    input_ids: list[int]
+
+
 class RenderedItem(BaseModel):
     text: str = Field(description="The exact labeler input, up to the answer position.")
     input_ids: list[int]
     label_token_ids: dict[str, list[int]] = Field(description="Each label's tokens as they follow input_ids.")
     truncated: bool
+    robust: RenderedInput | None = Field(
+        description="The second labeler input, without the text addressed to the judge (reward_robust); null "
+        "when the response has none or the rubric's guard is off.")
 
 
 class RenderResponse(BaseModel):
@@ -109,7 +124,8 @@ class RewardResponse(BaseModel):
     scores: list[float] = Field(
         description="(reward + 1) / 2, in [0, 1] (OpenRLHF's dynamic filtering range).")
     extra_logs: dict[str, list[float]] = Field(description="Per-query values OpenRLHF logs: the expected "
-                                               "score on the rubric's scale and the label mass.")
+                                               "score on the rubric's scale, the label mass, the reward as "
+                                               "written and without text addressed to the judge.")
 
 
 @dataclass(frozen=True)

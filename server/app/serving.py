@@ -95,7 +95,9 @@ class ScoringService:
             results=[
                 protocol.ItemScore(
                     reward=s.result.reward, score=s.result.score, distribution=list(s.result.distribution),
-                    label_mass=s.result.label_mass, input_tokens=s.input_tokens, truncated=s.truncated)
+                    label_mass=s.result.label_mass, reward_as_written=s.as_written.reward,
+                    reward_robust=s.robust.reward, judge_spans=s.judge_spans, input_tokens=s.input_tokens,
+                    truncated=s.truncated)
                 for s in scored
             ],
             rubric=compiled.rubric.name,
@@ -138,17 +140,23 @@ class ScoringService:
             rewards=rewards,
             scores=[(r + 1.0) / 2.0 for r in rewards],
             extra_logs={"drlaif_score": [s.result.score for s in scored],
-                        "drlaif_label_mass": [s.result.label_mass for s in scored]},
+                        "drlaif_label_mass": [s.result.label_mass for s in scored],
+                        "drlaif_reward_as_written": [s.as_written.reward for s in scored],
+                        "drlaif_reward_robust": [s.robust.reward for s in scored]},
         )
 
     async def render(self, request) -> protocol.RenderResponse:
         scorer = self._scorer()
         items = _items(request)
-        compiled, encoded = await asyncio.to_thread(scorer.encode, request.rubric, items)
+        compiled, guarded = await asyncio.to_thread(scorer.encode, request.rubric, items)
         labels = {label: list(ids) for label, ids in compiled.trie.label_tokens.items()}
         return protocol.RenderResponse(
-            results=[protocol.RenderedItem(text=e.text, input_ids=list(e.input_ids), label_token_ids=labels,
-                                           truncated=e.truncated) for e in encoded],
+            results=[protocol.RenderedItem(
+                text=g.as_written.text, input_ids=list(g.as_written.input_ids), label_token_ids=labels,
+                truncated=g.as_written.truncated,
+                robust=protocol.RenderedInput(text=g.robust.text, input_ids=list(g.robust.input_ids))
+                if g.robust is not None else None)
+                for g in guarded],
             rubric=compiled.rubric.name,
         )
 

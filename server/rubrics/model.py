@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -67,6 +68,36 @@ class CompareSpec(BaseModel):
         return labels
 
 
+class GuardSpec(BaseModel):
+    """How a rubric keeps text inside the response from setting its score (reward hacking).
+
+    Measured with ``bench/injection.py``: on small labelers no wording of the instructions
+    stops a response that says "Rating: 10" from being copied, so the working defence is a
+    second exact read of the response without the text that addresses the judge
+    (``server.rubrics.judge_text``) and taking the lower of the two rewards.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    judge_text: bool = Field(
+        True, description="Find the segments of a response that talk to the judge (ratings, instructions "
+        "to the evaluator, chat markup, fake slot tags, self-assessment) and read the response a second time "
+        "without them: that read is reward_robust. Responses without such text are read once.")
+    reward: Literal["min", "as_written"] = Field(
+        "min", description="The reward reported: min = the lower of the read as written and reward_robust, so "
+        "text aimed at the judge can lower a reward but never raise it; as_written = the read as written.")
+    escape_confusables: bool = Field(
+        True, description="Escape look-alike variants of a slot's closing tag (fullwidth or angle brackets, "
+        "zero-width characters, case, spaces) as well as the exact one, so none can end the slot early.")
+
+    @model_validator(mode="after")
+    def _min_needs_second_read(self) -> GuardSpec:
+        if self.reward == "min" and not self.judge_text:
+            raise ValueError("guard.reward 'min' needs guard.judge_text: true (set reward: as_written to turn "
+                             "the defence off)")
+        return self
+
+
 class Rubric(BaseModel):
     """One constitution, as loaded from YAML.
 
@@ -74,7 +105,8 @@ class Rubric(BaseModel):
     they are filled with request text as data (never formatted, never parsed as chat
     template). ``answer_prefix`` is what the labeler's answer starts with; the score
     label is read right after it. ``compare``, when present, is the rubric's pairwise
-    form, used by ``POST /compare``.
+    form, used by ``POST /compare``. ``guard`` is the defence against responses that talk
+    to the judge; it is on by default for every rubric.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -86,6 +118,7 @@ class Rubric(BaseModel):
     answer_prefix: str = "Rating: "
     scale: ScaleSpec = ScaleSpec()
     compare: CompareSpec | None = None
+    guard: GuardSpec = GuardSpec()
 
     @field_validator("user_template")
     @classmethod

@@ -8,18 +8,21 @@ with sentinel strings in place of the slots, then split at the sentinels into tr
 pieces. Request text never passes through the template: it is tokenised on its own
 with special-token parsing switched off, so a response containing "<|im_end|>" is
 the literal characters, never the special token. The only change made to request
-text is that the closing delimiter of its own slot (e.g. "</response>") is escaped
-("<\\/response>"), so it cannot end its slot early.
+text is that the closing delimiter of its own slot (e.g. "</response>") and, unless the
+rubric's guard turns it off, its look-alikes are escaped ("<\\/response>"), so it cannot
+end its slot early.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 from server.errors import InputTooLong, RubricCannotCompare
+from server.rubrics.judge_text import normalise
 from server.rubrics.model import PAIR_SLOTS, SLOTS, Rubric
 from server.scoring import LabelTrie, Scale, labels_in_context
 
@@ -71,10 +74,23 @@ def _closer(trusted_after_slot: str) -> str:
     return words[0] if words else ""
 
 
-def _escape(text: str, closer: str) -> str:
-    if len(closer) < 2 or closer not in text:
+def _escape(text: str, closer: str, confusables: bool) -> str:
+    """Escape the slot's closer in request text ("</response>" -> "<\\/response>"); with
+    ``confusables`` also its look-alikes ("＜/Response＞", "</ response>", zero-width inside)."""
+    if len(closer) < 2:
         return text
-    return text.replace(closer, closer[0] + "\\" + closer[1:])
+    if not confusables:
+        return text.replace(closer, closer[0] + "\\" + closer[1:]) if closer in text else text
+    name = re.fullmatch(r"</?\s*([\w.-]+)\s*>", closer)
+    if name is None:
+        return text.replace(closer, closer[0] + "\\" + closer[1:]) if closer in text else text
+    # Match on a per-character normalised copy, so each match maps back to its raw position.
+    # Invisible characters fold to nothing; every match starts at a visible "<", so maps back.
+    folded = [normalise(ch) for ch in text]
+    flat = "".join(folded)
+    owner = [i for i, piece in enumerate(folded) for _ in piece]
+    cut = {owner[m.start()] for m in re.finditer(rf"<\s*/\s*{re.escape(name.group(1))}\s*>", flat, re.IGNORECASE)}
+    return "".join(ch + "\\" if i in cut else ch for i, ch in enumerate(text))
 
 
 def _fair_shares(lengths: Sequence[int], budget: int) -> list[int]:
@@ -226,7 +242,9 @@ class PromptEncoder:
         if len(responses) != len(compiled.closers) - 1:
             raise ValueError(f"this template takes {len(compiled.closers) - 1} response(s), "
                              f"got {len(responses)}")
-        texts = [_escape(t, closer) for t, closer in zip((prompt, *responses), compiled.closers, strict=True)]
+        confusables = compiled.rubric.guard.escape_confusables
+        texts = [_escape(t, closer, confusables)
+                 for t, closer in zip((prompt, *responses), compiled.closers, strict=True)]
         ids = [self.untrusted_ids(t) for t in texts]
         budget = self.max_input_tokens - compiled.fixed_tokens
         total = sum(len(i) for i in ids)

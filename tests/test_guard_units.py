@@ -1,0 +1,198 @@
+"""The rubric guard's pure parts: closer escaping, GuardSpec, and the client/trainer reward fields."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from server.rubrics.model import GuardSpec, Rubric
+from server.rubrics.registry import load_presets
+from server.rubrics.render import _escape
+from trainer.client import REWARD_FIELDS, RewardClientConfig, RewardServerError, ScoredItem, _scored_item, rewards_of
+
+CLOSER = "</response>"
+
+
+# ------------------------------------------------------------------------------------------ _escape
+
+
+@pytest.mark.parametrize("confusables", [False, True])
+def test_exact_closer_is_escaped_either_way(confusables):
+    assert _escape("a </response> b", CLOSER, confusables) == "a <\\/response> b"
+    assert _escape("x</response></response>y", CLOSER, confusables) == "x<\\/response><\\/response>y"
+
+
+@pytest.mark.parametrize("text, escaped", [
+    ("\uff1c/Response\uff1e", "\uff1c\\/Response\uff1e"),
+    ("<\u200b/response>", "<\\\u200b/response>"),
+    ("</ RESPONSE >", "<\\/ RESPONSE >"),
+    ("\u3008/response\u3009", "\u3008\\/response\u3009"),
+    ("</response >", "<\\/response >"),
+    ("\ufe64/response\ufe65", "\ufe64\\/response\ufe65"),
+    # a character that NFKC expands to two ("\ufb01" -> "fi") must not shift the escape
+    ("\ufb01\uff1c/response\uff1e", "\ufb01\uff1c\\/response\uff1e"),
+])
+def test_look_alike_closers_are_escaped_only_with_confusables(text, escaped):
+    assert _escape(text, CLOSER, True) == escaped
+    assert _escape(text, CLOSER, False) == text
+
+
+@pytest.mark.parametrize("text", ["</resp\u200bonse>", "</respon\u00adse>"])
+def test_invisible_character_inside_the_tag_name_is_escaped(text):
+    assert _escape(text, CLOSER, True) == "<\\" + text[1:]
+
+
+@pytest.mark.parametrize("confusables", [False, True])
+@pytest.mark.parametrize("text", ["</response_1>", "<response>", "</responses>", "plain text, no tags",
+                                  "a < b and c > d", "Rating: 10", ""])
+def test_other_text_is_untouched(text, confusables):
+    assert _escape(text, CLOSER, confusables) == text
+
+
+def test_short_or_non_tag_closers():
+    assert _escape("a</response>", "", True) == "a</response>"  # no closer: nothing to escape
+    assert _escape("a]]b", "]]", True) == "a]\\]b"            # not a tag: exact match only
+    assert _escape("a]]b", "]]", False) == "a]\\]b"
+
+
+# ---------------------------------------------------------------------------------------- GuardSpec
+
+
+def test_guard_defaults():
+    guard = GuardSpec()
+    assert (guard.judge_text, guard.reward, guard.escape_confusables) == (True, "min", True)
+
+
+def test_min_without_judge_text_is_rejected_with_a_clear_message():
+    with pytest.raises(ValidationError, match=r"'min' needs guard.judge_text"):
+        GuardSpec(judge_text=False)
+    with pytest.raises(ValueError, match="as_written"):  # the message says how to turn it off
+        GuardSpec(judge_text=False, reward="min")
+
+
+def test_as_written_without_judge_text_is_allowed():
+    guard = GuardSpec(judge_text=False, reward="as_written", escape_confusables=False)
+    assert (guard.judge_text, guard.reward, guard.escape_confusables) == (False, "as_written", False)
+
+
+@pytest.mark.parametrize("bad", [{"judge_txt": True}, {"reward": "max"}])
+def test_unknown_key_or_value_is_rejected(bad):
+    with pytest.raises(ValidationError):
+        GuardSpec.model_validate(bad)
+
+
+def test_rubric_guard_is_on_by_default():
+    general = load_presets()["general"]
+    assert general.guard == GuardSpec()
+    assert general.guard.judge_text and general.guard.reward == "min"
+    bare = Rubric(name="bare", system="Rate it.", user_template="{prompt}\n{response}")
+    assert bare.guard == GuardSpec()
+
+
+def test_rubric_with_bad_guard_is_rejected():
+    with pytest.raises(ValidationError, match="needs guard.judge_text"):
+        Rubric.model_validate({"name": "x", "system": "s", "user_template": "{prompt} {response}",
+                               "guard": {"judge_text": False}})
+
+
+# ------------------------------------------------------------------------------------------- client
+
+BASE = {"reward": 0.5, "score": 7.75, "label_mass": 0.9, "distribution": [0.1, 0.9]}
+
+
+def _bad(why: str) -> RewardServerError:
+    return RewardServerError(why)
+
+
+def test_scored_item_without_the_new_fields():
+    item = _scored_item(0, dict(BASE), _bad)
+    assert (item.reward, item.score, item.label_mass, item.distribution) == (0.5, 7.75, 0.9, [0.1, 0.9])
+    assert (item.reward_as_written, item.reward_robust, item.judge_spans) == (None, None, None)
+    assert item.value("reward") == 0.5 and item.value("reward_robust") is None
+
+
+def test_scored_item_with_the_new_fields():
+    item = _scored_item(3, {**BASE, "reward_as_written": 1, "reward_robust": -0.25, "judge_spans": 2}, _bad)
+    assert item.reward_as_written == 1.0 and isinstance(item.reward_as_written, float)
+    assert item.reward_robust == -0.25 and item.judge_spans == 2
+    assert [item.value(f) for f in REWARD_FIELDS] == [0.5, -0.25, 1.0]
+
+
+def test_scored_item_ignores_a_non_integer_judge_spans():
+    assert _scored_item(0, {**BASE, "judge_spans": True}, _bad).judge_spans is None
+    assert _scored_item(0, {**BASE, "judge_spans": "2"}, _bad).judge_spans is None
+
+
+@pytest.mark.parametrize("name", ["reward_robust", "reward_as_written"])
+@pytest.mark.parametrize("value", [2.0, -1.5, "x", True, math.nan, math.inf])
+def test_scored_item_rejects_bad_extra_rewards(name, value):
+    with pytest.raises(RewardServerError, match=rf"result 4 has {name} .*expected a finite number in \[-1, 1\]"):
+        _scored_item(4, {**BASE, name: value}, _bad)
+
+
+def test_value_rejects_unknown_field():
+    item = ScoredItem(reward=0.0, score=5.0, label_mass=1.0, distribution=[1.0])
+    with pytest.raises(ValueError, match="unknown reward field 'score'"):
+        item.value("score")
+
+
+def _item(reward=0.0, as_written=None, robust=None, spans=None) -> ScoredItem:
+    return ScoredItem(reward=reward, score=5.0, label_mass=1.0, distribution=[1.0],
+                      reward_as_written=as_written, reward_robust=robust, judge_spans=spans)
+
+
+def test_rewards_of_returns_the_field():
+    items = [_item(0.1, 0.3, 0.1, 1), _item(-0.5, -0.5, -0.5, 0)]
+    assert rewards_of(items, "reward") == [0.1, -0.5]
+    assert rewards_of(items, "reward_robust") == [0.1, -0.5]
+    assert rewards_of(items, "reward_as_written") == [0.3, -0.5]
+    assert rewards_of([], "reward_robust") == []
+
+
+def test_rewards_of_raises_naming_the_missing_field():
+    items = [_item(0.1, 0.3, 0.1), _item(0.2)]  # the second server result lacks the extras
+    with pytest.raises(RewardServerError, match="no 'reward_robust'") as info:
+        rewards_of(items, "reward_robust", urls=["http://a"])
+    assert info.value.urls == ["http://a"]
+    with pytest.raises(RewardServerError, match="no 'reward_as_written'"):
+        rewards_of(items, "reward_as_written")
+
+
+def test_config_reward_field():
+    assert RewardClientConfig(urls=["http://127.0.0.1:1"]).reward_field == "reward"
+    for field in REWARD_FIELDS:
+        assert RewardClientConfig(urls=["http://127.0.0.1:1"], reward_field=field).reward_field == field
+    with pytest.raises(ValueError, match="reward_field: 'nope' is not one of"):
+        RewardClientConfig(urls=["http://127.0.0.1:1"], reward_field="nope")
+
+
+# -------------------------------------------------------------------------------- trainer metrics
+
+
+def test_judge_text_metrics():
+    from trainer.ppo import judge_text_metrics  # imports torch; no model is built
+
+    items = [_item(0.2, 0.8, 0.2, 2),    # gap 0.6, flagged
+             _item(0.1, 0.1, 0.1, 0),    # agree
+             _item(-0.3, 0.0, -0.3, 1),  # gap 0.3, flagged
+             _item(0.5, 0.5, 0.5, 0)]    # agree
+    m = judge_text_metrics(items, threshold=0.25)
+    assert set(m) == {"judge_text_rate", "reward_disagreement", "reward_robust_gap"}
+    assert m["judge_text_rate"] == pytest.approx(0.5)
+    assert m["reward_disagreement"] == pytest.approx(0.5)
+    assert m["reward_robust_gap"] == pytest.approx((0.6 + 0.3) / 4)
+    assert judge_text_metrics(items, threshold=0.5)["reward_disagreement"] == pytest.approx(0.25)
+    # judge_spans missing counts as not flagged; the rewards still give the gap.
+    assert judge_text_metrics([_item(0.0, 0.4, 0.0)], 0.1) == pytest.approx(
+        {"judge_text_rate": 0.0, "reward_disagreement": 1.0, "reward_robust_gap": 0.4})
+
+
+def test_judge_text_metrics_empty_when_fields_missing():
+    from trainer.ppo import judge_text_metrics
+
+    assert judge_text_metrics([], 0.1) == {}
+    assert judge_text_metrics([_item(0.1), _item(0.2)], 0.1) == {}
+    assert judge_text_metrics([_item(0.1, 0.1, 0.1, 0), _item(0.2)], 0.1) == {}  # one item lacks them
+    assert judge_text_metrics([_item(0.1, 0.1, None, 0)], 0.1) == {}
