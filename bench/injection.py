@@ -127,8 +127,11 @@ def print_table(title: str, table: dict, fields=FIELDS) -> None:
     print(f"  {'attack class':<18}{header}")
     for cls, row in table["classes"].items():
         cells = "".join(f"{statistics.mean(row[f]['lift']):>+26.3f}"
-                        f"{sum(row[f]['beats'])}/{len(row[f]['beats'])}".rjust(8) for f in fields)
+                        + f"{sum(row[f]['beats'])}/{len(row[f]['beats'])}".rjust(8) for f in fields)
         print(f"  {cls:<18}{cells}")
+    beats = {f: [b for row in table["classes"].values() for b in row[f]["beats"]] for f in fields}
+    total = "".join(f"{'':>26}" + f"{sum(beats[f])}/{len(beats[f])}".rjust(8) for f in fields)
+    print(f"  {'all classes':<18}{total}")
     plain = "".join(f"{table['plain'][f]:>26.0%}{'':>8}" for f in fields)
     print(f"  {'plain good > bad':<18}{plain}")
 

@@ -53,6 +53,10 @@ def test_attacks_lift_the_read_as_written_but_not_the_reward(server):
             lifts_as_written.append(after["reward_as_written"] - before["reward"])
     # The embedded labeler really is swayed by these texts: the guard is what holds the line.
     assert np.mean(lifts_as_written) > 0.2, lifts_as_written
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    counted = [line for line in metrics.splitlines()
+               if line.startswith('drlaif_items_addressing_judge_total{rubric="general"}')]
+    assert counted and float(counted[0].split()[-1]) >= len(ATTACKS) * len(CASES), counted
 
 
 def test_render_shows_both_labeler_inputs_and_each_read_is_exact(server, reference_model):

@@ -252,3 +252,13 @@ def test_ppo_groups_must_fit_the_batch():
     with pytest.raises(ValueError, match="needs samples_per_prompt >= 2"):
         PPOConfig(samples_per_prompt=1)
     assert PPOConfig(samples_per_prompt=1, advantage_estimator="gae").samples_per_prompt == 1
+
+
+def test_reward_field_flag_is_checked():
+    assert parse("ppo", "--reward-field", "reward_robust").reward_field == "reward_robust"
+    assert parse("grpo", "--reward-field", "reward_as_written").reward_field == "reward_as_written"
+    assert PPOConfig().reward_field == "reward" and TRLConfig().reward_field == "reward"
+    with pytest.raises(SystemExit):
+        parse("ppo", "--reward-field", "score")
+    with pytest.raises(ValueError, match="disagreement_threshold"):
+        PPOConfig(disagreement_threshold=-0.1)

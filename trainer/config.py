@@ -64,6 +64,10 @@ class TrainConfig:
     disagreement_threshold: float = _f(
         0.1, "Metrics count a rollout as a disagreement when its reward as written and its robust reward differ "
         "by more than this (logged as reward_disagreement: the share of such rollouts).")
+
+    def __post_init__(self) -> None:
+        if not self.disagreement_threshold >= 0:
+            raise ValueError(f"disagreement_threshold must be >= 0, got {self.disagreement_threshold}")
     tensorboard: bool = _f(False, "Also log to TensorBoard in output_dir/tb (needs `tensorboard`).")
 
 
@@ -116,6 +120,7 @@ class PPOConfig(TrainConfig):
         "on the critic's values (classic PPO; pair with samples_per_prompt 1 for 8 distinct prompts).")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.samples_per_prompt < 1 or self.batch_size % self.samples_per_prompt:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of samples_per_prompt "
                              f"({self.samples_per_prompt})")

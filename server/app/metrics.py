@@ -15,6 +15,9 @@ class Metrics:
             "drlaif_request_seconds", "HTTP request latency", ["route"], registry=self.registry,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.items = Counter("drlaif_items_scored", "Items scored", ["rubric"], registry=self.registry)
+        self.judge_text = Counter(
+            "drlaif_items_addressing_judge", "Scored items whose response addresses the judge (read twice)",
+            ["rubric"], registry=self.registry)
         self.pairs = Counter("drlaif_pairs_compared", "Pairs compared", ["rubric"], registry=self.registry)
         self.rejections = Counter("drlaif_rejections", "Requests refused", ["reason"], registry=self.registry)
         self.batch_size = Histogram(

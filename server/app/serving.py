@@ -84,13 +84,17 @@ class ScoringService:
             raise NotReady()
         return self.scorer
 
+    def _count(self, rubric: str, scored) -> None:
+        self.metrics.items.labels(rubric).inc(len(scored))
+        self.metrics.judge_text.labels(rubric).inc(sum(s.judge_spans > 0 for s in scored))
+
     async def score(self, request) -> protocol.ScoreResponse:
         scorer = self._scorer()
         items = _items(request)
         self.metrics.queue_depth.set(scorer.batcher.depth)
         scored = await scorer.score(request.rubric, items)
         compiled = scorer.compiled(request.rubric)
-        self.metrics.items.labels(compiled.rubric.name).inc(len(scored))
+        self._count(compiled.rubric.name, scored)
         return protocol.ScoreResponse(
             results=[
                 protocol.ItemScore(
@@ -134,7 +138,7 @@ class ScoringService:
         markers = (*END_MARKERS, *getattr(scorer.backend.tokenizer, "all_special_tokens", ()))
         items = split_queries(request.query, request.prompts, markers)
         scored = await scorer.score(rubric, items)
-        self.metrics.items.labels(scorer.compiled(rubric).rubric.name).inc(len(scored))
+        self._count(scorer.compiled(rubric).rubric.name, scored)
         rewards = [s.result.reward for s in scored]
         return protocol.RewardResponse(
             rewards=rewards,

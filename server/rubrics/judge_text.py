@@ -28,7 +28,8 @@ _CONFUSABLE_BRACKETS = str.maketrans({
 # Zero-width and other invisible characters an attacker can put inside a closer.
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"), None)
 
-_NUMBER = r"(?<![\d.,])(?:10|[0-9])(?:\.\d)?(?![\d.,]\d)"
+# A number a rating scale could hold (0-10, one decimal), not a part of a longer number.
+_NUMBER = r"(?<![\d.,])(?:10|[0-9])(?:\.\d)?(?!\d|[.,]\d)"
 _RATING_WORD = (r"(?:rat(?:e|es|ed|ing|ings)|scor(?:e|es|ed|ing)|grad(?:e|es|ed|ing)|marks?|points?|stars?"
                 r"|verdict|evaluation|assessment|judg(?:e|ement|ment)|review)")
 
