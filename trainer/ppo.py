@@ -428,6 +428,7 @@ class PPOTrainer:
             else:
                 self.load_checkpoint(path)
                 log.info("resumed from %s at step %d", path, self.step_done)
+        self.metrics.start_at(self.step_done)
         summary: dict = {}
         if c.eval_prompts and self.step_done == 0:
             summary["before"] = self.evaluate(c.eval_prompts)

@@ -36,6 +36,17 @@ class MetricsLog:
             for prompt, response, reward in zip(prompts, responses, rewards, strict=True):
                 f.write(json.dumps({"step": step, "prompt": prompt, "response": response, "reward": reward}) + "\n")
 
+    def start_at(self, step_done: int) -> None:
+        """Drop what an earlier run logged past ``step_done``: all of it for a fresh run, the
+        steps after the checkpoint for a resumed one, so the files describe this run only."""
+        if not self.enabled:
+            return
+        for path in (self.path, self.path.with_name("rollouts.jsonl")):
+            if path.exists():
+                kept = [line for line in path.read_text().splitlines()
+                        if line.strip() and json.loads(line).get("step", 0) <= step_done]
+                path.write_text("".join(line + "\n" for line in kept))
+
     def read(self) -> list[dict[str, float]]:
         if not self.path.exists():
             return []

@@ -89,6 +89,8 @@ def train_with_trl(algorithm: str, config: TRLConfig, train_prompts: list[Prompt
         resume = True if any(output_dir.glob("checkpoint-*")) else None
     elif config.resume:
         resume = config.resume
+    if resume is None:
+        metrics.start_at(0)  # a fresh run into a used output_dir does not append to the old curves
     trainer.train(resume_from_checkpoint=resume)
     final = output_dir / "final"
     trainer.save_model(str(final))
