@@ -93,7 +93,8 @@ def main() -> None:
                              "e.g. --vllm-arg=--enforce-eager")
     args = parser.parse_args()
 
-    common = ["--log-level", "warning"] + (["--model", args.model] if args.model else [])
+    # The reward cache off: the rounds repeat the same items, and this measures computing them.
+    common = ["--log-level", "warning", "--reward-cache-items", "0"] + (["--model", args.model] if args.model else [])
     items = make_items(args.items)
     body = {"items": items}
     with tempfile.TemporaryDirectory(prefix="drlaif-bench-") as tmp:

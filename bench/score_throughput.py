@@ -75,7 +75,8 @@ def main() -> None:
 
     items = make_items(args.items)
     body = {"items": items}
-    server_args = ["--log-level", "warning", "--device", args.device]
+    # The reward cache off: the rounds repeat the same items, and this measures computing them.
+    server_args = ["--log-level", "warning", "--device", args.device, "--reward-cache-items", "0"]
     if args.model:
         server_args += ["--model", args.model]
 

@@ -87,6 +87,9 @@ class ServerSettings(BaseSettings):
         5.0, ge=0, description="How long an idle batcher waits for concurrent requests to join.")
     max_queue_items: int = Field(
         2048, ge=1, description="Queued sequences before requests are refused with 429.")
+    reward_cache_items: int = Field(
+        65_536, ge=0, description="Exact reward cache: label reads kept, keyed on the model and the exact "
+        "labeler token ids (a few hundred bytes each; least recently used out first). 0 turns it off.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ServerSettings:

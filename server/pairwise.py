@@ -24,6 +24,7 @@ class ComparedItem:
     order_ba: OrderRead | None
     input_tokens: int   # labeler input of one order (both orders have the same length)
     truncated: bool
+    cached: bool        # no order's read was computed for it (see Scorer.read_labels)
 
 
 def encode_pairs(scorer: Scorer, rubric: str | None, items: Sequence[tuple[Prompt, str, str]],
@@ -46,7 +47,8 @@ async def compare(scorer: Scorer, rubric: str | None, items: Sequence[tuple[Prom
                   debias: bool = True) -> list[ComparedItem]:
     """P(A better) for each (prompt, A, B); with ``debias`` both orders are read and averaged."""
     compiled, encoded = await asyncio.to_thread(encode_pairs, scorer, rubric, items, debias)
-    reads = [read_order(lp) for lp in await scorer.read_labels(compiled.trie, encoded)]
+    logprobs, hits = await scorer.read_labels(compiled.trie, encoded)
+    reads = [read_order(lp) for lp in logprobs]
     step = 2 if debias else 1
     out = []
     for i in range(0, len(encoded), step):
@@ -55,5 +57,5 @@ async def compare(scorer: Scorer, rubric: str | None, items: Sequence[tuple[Prom
         group = encoded[i : i + step]
         out.append(ComparedItem(preference=combine_orders(ab, ba), order_ab=ab, order_ba=ba,
                                 input_tokens=len(group[0].input_ids),
-                                truncated=any(e.truncated for e in group)))
+                                truncated=any(e.truncated for e in group), cached=all(hits[i : i + step])))
     return out

@@ -16,6 +16,7 @@ import numpy as np
 
 from server.backends import Backend
 from server.batching import AdmissionGate, BatchStats, MicroBatcher, Submitter
+from server.reward_cache import RewardCache, read_key
 from server.rubrics import RubricRegistry
 from server.rubrics.judge_text import JudgeSpan, find_judge_text, without_spans
 from server.rubrics.prompts import prompt_text
@@ -48,6 +49,7 @@ class ScoredItem:
     judge_spans: int
     input_tokens: int
     truncated: bool
+    cached: bool  # no read of this item was computed for it (see Scorer.read_labels)
 
 
 def _slot_tags(compiled: CompiledRubric) -> list[str]:
@@ -72,10 +74,13 @@ class Scorer:
     """Scores (prompt, response) items under a rubric with one backend."""
 
     def __init__(self, backend: Backend, rubrics: RubricRegistry, *, max_input_tokens: int,
-                 truncate: bool, batching: BatchingLimits,
-                 on_batch: Callable[[BatchStats], None] | None = None):
+                 truncate: bool, batching: BatchingLimits, cache_items: int = 0,
+                 on_batch: Callable[[BatchStats], None] | None = None,
+                 on_cache: Callable[[int, int], None] | None = None):
         self.backend = backend
         self.rubrics = rubrics
+        self.cache = RewardCache(cache_items)
+        self.on_cache = on_cache  # (hits, misses) of each read_labels call
         self.encoder = PromptEncoder(backend.tokenizer, max_input_tokens, truncate)
         # Compile every rubric (both forms) now: a rubric the tokenizer cannot serve fails at startup.
         max_label_tokens = max(form.trie.max_label_tokens for rubric in rubrics
@@ -120,11 +125,35 @@ class Scorer:
             out.append(GuardedItem(self.encoder.encode(compiled, prompt, r), robust, spans))
         return compiled, out
 
-    async def read_labels(self, trie: LabelTrie, encoded: Sequence[EncodedItem]) -> list[np.ndarray]:
-        """Per-label log-probabilities (in ``trie.labels`` order) after each encoded input."""
+    async def read_labels(self, trie: LabelTrie, encoded: Sequence[EncodedItem]) -> tuple[list[np.ndarray], list[bool]]:
+        """Per-label log-probabilities (in ``trie.labels`` order) after each encoded input, and
+        whether each came without computing it: from the reward cache, or (with the cache on)
+        from an identical input earlier in the same call."""
+        if not self.cache.enabled:
+            return await self._compute(trie, encoded), [False] * len(encoded)
+        keys = [read_key(self.backend.info.model, trie.label_tokens, item.input_ids) for item in encoded]
+        found: dict[bytes, np.ndarray] = {}
+        for key in dict.fromkeys(keys):
+            value = self.cache.get(key)
+            if value is not None:
+                found[key] = value
+        todo = [(key, item) for key, item in dict(zip(keys, encoded, strict=True)).items() if key not in found]
+        for (key, _), logprobs in zip(todo, await self._compute(trie, [item for _, item in todo]), strict=True):
+            found[key] = logprobs
+            self.cache.put(key, logprobs)
+        computed = {key for key, _ in todo}
+        cached = []
+        for key in keys:
+            cached.append(key not in computed)
+            computed.discard(key)  # a repeat of this input in the same call reuses the read
+        if self.on_cache is not None:
+            self.on_cache(sum(cached), len(keys) - sum(cached))
+        return [found[key] for key in keys], cached
+
+    async def _compute(self, trie: LabelTrie, encoded: Sequence[EncodedItem]) -> list[np.ndarray]:
+        """Label log-probabilities of each input, read by the backend through the batcher."""
         plans = [trie.plan(item.input_ids) for item in encoded]
-        flat = [seq for plan in plans for seq in plan]
-        answers = await self.batcher.submit(flat)
+        answers = await self.batcher.submit([seq for plan in plans for seq in plan])
         out, k = [], 0
         for plan in plans:
             out.append(trie.label_logprobs(answers[k : k + len(plan)]))
@@ -134,13 +163,17 @@ class Scorer:
     async def score(self, rubric: str | None, items: Sequence[tuple[Prompt, str]]) -> list[ScoredItem]:
         compiled, guarded = await asyncio.to_thread(self.encode, rubric, items)
         second = [g.robust for g in guarded if g.robust is not None]
-        reads = iter(await self.read_labels(compiled.trie, [g.as_written for g in guarded] + second))
-        as_written = [expected_score(next(reads), compiled.scale) for _ in guarded]
+        logprobs, hits = await self.read_labels(compiled.trie, [g.as_written for g in guarded] + second)
+        reads, from_cache = iter(logprobs), iter(hits)
+        as_written = [(expected_score(next(reads), compiled.scale), next(from_cache)) for _ in guarded]
         take_min = compiled.rubric.guard.reward == "min"
         scored = []
-        for g, plain in zip(guarded, as_written, strict=True):
-            robust = expected_score(next(reads), compiled.scale) if g.robust is not None else plain
+        for g, (plain, cached) in zip(guarded, as_written, strict=True):
+            robust = plain
+            if g.robust is not None:
+                robust = expected_score(next(reads), compiled.scale)
+                cached = cached and next(from_cache)
             result = robust if take_min and robust.reward < plain.reward else plain
             scored.append(ScoredItem(result, plain, robust, len(g.judge_spans), len(g.as_written.input_ids),
-                                     g.as_written.truncated))
+                                     g.as_written.truncated, cached))
         return scored

@@ -21,7 +21,9 @@ def embedded_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def server(embedded_model_dir) -> ServerProcess:
     """One real drlaif-server on the embedded labeler, shared by the integration tests."""
-    with ServerProcess("--max-wait-ms", "5") as proc:
+    # The reward cache is off here so that every test's reads are computed (batching, parity);
+    # tests/test_reward_cache.py runs its own server with the default cache.
+    with ServerProcess("--max-wait-ms", "5", "--reward-cache-items", "0") as proc:
         yield proc
 
 

@@ -97,7 +97,7 @@ def strict_server(embedded_model_dir, tmp_path_factory):
     with ServerProcess("--model", str(embedded_model_dir), "--api-key-file", str(key_file),
                        "--rubrics", str(rubrics), "--max-input-tokens", "512", "--no-truncate",
                        "--max-items-per-request", "4", "--max-queue-items", "4", "--max-batch-items", "1",
-                       "--max-batch-tokens", "1024") as proc:
+                       "--max-batch-tokens", "1024", "--reward-cache-items", "0") as proc:
         proc.key = "s3cret-key"
         yield proc
 

@@ -48,7 +48,7 @@ def vllm_server(embedded_model_dir):
     # 1 GiB of KV cache (23k tokens of this labeler) is plenty here and spares the suite's memory.
     proc = ServerProcess("--backend", "vllm", "--model", str(embedded_model_dir), "--enforce-eager",
                          "--max-items-per-request", str(MAX_ITEMS), "--max-queue-items", str(MAX_QUEUE),
-                         env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+                         "--reward-cache-items", "0", env={"VLLM_CPU_KVCACHE_SPACE": "1"})
     proc.start(wait_ready=False)
     try:
         deadline = time.monotonic() + 120

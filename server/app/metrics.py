@@ -18,6 +18,10 @@ class Metrics:
         self.judge_text = Counter(
             "drlaif_items_addressing_judge", "Scored items whose response addresses the judge (read twice)",
             ["rubric"], registry=self.registry)
+        self.cache_hits = Counter("drlaif_reward_cache_hits", "Label reads served from the reward cache",
+                                  registry=self.registry)
+        self.cache_misses = Counter("drlaif_reward_cache_misses", "Label reads computed (reward cache on)",
+                                    registry=self.registry)
         self.pairs = Counter("drlaif_pairs_compared", "Pairs compared", ["rubric"], registry=self.registry)
         self.rejections = Counter("drlaif_rejections", "Requests refused", ["reason"], registry=self.registry)
         self.batch_size = Histogram(
@@ -29,6 +33,10 @@ class Metrics:
     def observe_batch(self, stats: BatchStats) -> None:
         self.batch_size.observe(stats.items)
         self.batch_seconds.observe(stats.seconds)
+
+    def observe_cache(self, hits: int, misses: int) -> None:
+        self.cache_hits.inc(hits)
+        self.cache_misses.inc(misses)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -29,6 +29,8 @@ class ItemScore(BaseModel):
                              "instructions to the evaluator, chat markup, fake slot tags, self-assessment).")
     input_tokens: int = Field(description="Labeler input length in tokens.")
     truncated: bool = Field(description="Prompt or response was cut to fit max_input_tokens.")
+    cached: bool = Field(description="Served from the exact reward cache: no read of this item was computed "
+                         "for this request (the same labeler token ids were read before).")
 
 
 class ScaleInfo(BaseModel):
@@ -106,6 +108,7 @@ class ItemPreference(BaseModel):
                                     "per order.")
     input_tokens: int = Field(description="Labeler input length of one order, in tokens.")
     truncated: bool = Field(description="Prompt or a response was cut to fit max_input_tokens.")
+    cached: bool = Field(description="Served from the exact reward cache (both orders, when debiased).")
 
 
 class CompareResponse(BaseModel):

@@ -60,7 +60,9 @@ class ScoringService:
                 backend, self.rubrics, max_input_tokens=s.max_input_tokens, truncate=s.truncate,
                 batching=BatchingLimits(s.max_batch_items, s.max_batch_tokens, s.max_wait_ms / 1000,
                                         s.max_queue_items),
+                cache_items=s.reward_cache_items,
                 on_batch=self.metrics.observe_batch,
+                on_cache=self.metrics.observe_cache,
             )
             self.scorer.batcher.start()
             await self.scorer.score(None, [WARMUP_ITEM])
@@ -101,7 +103,7 @@ class ScoringService:
                     reward=s.result.reward, score=s.result.score, distribution=list(s.result.distribution),
                     label_mass=s.result.label_mass, reward_as_written=s.as_written.reward,
                     reward_robust=s.robust.reward, judge_spans=s.judge_spans, input_tokens=s.input_tokens,
-                    truncated=s.truncated)
+                    truncated=s.truncated, cached=s.cached)
                 for s in scored
             ],
             rubric=compiled.rubric.name,
@@ -123,7 +125,7 @@ class ScoringService:
                     consistent=c.preference.consistent,
                     label_mass=protocol.OrderValues(
                         ab=c.order_ab.label_mass, ba=c.order_ba.label_mass if c.order_ba else None),
-                    input_tokens=c.input_tokens, truncated=c.truncated)
+                    input_tokens=c.input_tokens, truncated=c.truncated, cached=c.cached)
                 for c in compared
             ],
             rubric=compiled.rubric.name,
