@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -50,11 +49,6 @@ class ScoredItem:
     input_tokens: int
     truncated: bool
     cached: bool  # no read of this item was computed for it (see Scorer.read_labels)
-
-
-def _slot_tags(compiled: CompiledRubric) -> list[str]:
-    """Tag names of the rubric's slot closers ("</response>" -> "response")."""
-    return [m.group(1) for c in compiled.closers if (m := re.fullmatch(r"</?\s*([\w.-]+)\s*>", c))]
 
 
 @dataclass(frozen=True)
@@ -116,7 +110,7 @@ class Scorer:
         """Render and tokenise items, and each response again without its text addressed to the
         judge when it has any and the rubric's guard asks for it (raises UnknownRubric / InputTooLong)."""
         compiled = self.compiled(rubric)
-        guard, tags = compiled.rubric.guard, _slot_tags(compiled)
+        guard, tags = compiled.rubric.guard, compiled.slot_tags
         out = []
         for p, r in items:
             prompt = prompt_text(p)
@@ -172,7 +166,8 @@ class Scorer:
             robust = plain
             if g.robust is not None:
                 robust = expected_score(next(reads), compiled.scale)
-                cached = cached and next(from_cache)
+                robust_cached = next(from_cache)  # always consumed, so the flags stay aligned
+                cached = cached and robust_cached
             result = robust if take_min and robust.reward < plain.reward else plain
             scored.append(ScoredItem(result, plain, robust, len(g.judge_spans), len(g.as_written.input_ids),
                                      g.as_written.truncated, cached))

@@ -18,6 +18,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 # Brackets that render like < and > but are other code points (NFKC maps only some of them).
 _CONFUSABLE_BRACKETS = str.maketrans({
@@ -91,13 +92,17 @@ def normalise(text: str) -> str:
     return unicodedata.normalize("NFKC", text).translate(_CONFUSABLE_BRACKETS).translate(_INVISIBLE)
 
 
+@lru_cache(maxsize=64)
+def _slot_tag_pattern(extra: tuple[str, ...]) -> re.Pattern[str]:
+    return tag_pattern((*_SLOT_TAGS, *extra))
+
+
 def tag_pattern(names: Iterable[str]) -> re.Pattern[str]:
     """Opening or closing tags with these names, spaced or cased any way: "</ Response >", "<reply_1>"."""
     alternatives = "|".join(sorted({re.escape(n.lower()) for n in names if n}, key=len, reverse=True))
     return re.compile(rf"<\s*/?\s*(?:{alternatives})(?:_\d+)?\s*>", re.IGNORECASE)
 
 
-_DEFAULT_TAGS = tag_pattern(_SLOT_TAGS)
 # Segments: lines, sentences within a line (a letter or closing bracket before ". ", "! ", "? ",
 # so "1. Preheat" and "3.5 m" stay whole), and a break before chat markup glued to an answer.
 _SENTENCE_END = re.compile(r"(?<=[A-Za-z)\]\"'][.!?])[ \t]+|\n|(?=<\|)|(?=</?s>)|(?=\[/?INST\])")
@@ -118,7 +123,7 @@ def find_judge_text(text: str, slot_tags: Iterable[str] = ()) -> list[JudgeSpan]
     ``slot_tags`` adds the tag names of the rubric's own slots (``"response"`` for
     ``</response>``) to the built-in list, so fake closers of any rubric are found.
     """
-    tags = tag_pattern((*_SLOT_TAGS, *slot_tags)) if slot_tags else _DEFAULT_TAGS
+    tags = _slot_tag_pattern(tuple(slot_tags))  # one compiled pattern per rubric, not per item
     found: list[JudgeSpan] = []
     for start, end in _segments(text):
         segment = normalise(text[start:end]).strip()

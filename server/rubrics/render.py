@@ -46,6 +46,11 @@ class CompiledTemplate:
     def fixed_tokens(self) -> int:
         return sum(len(p) for p in self.piece_ids) + self.trie.max_label_tokens
 
+    @property
+    def slot_tags(self) -> tuple[str, ...]:
+        """Tag names of the slots' closers that are tags ("</response>" -> "response")."""
+        return tuple(name for closer in self.closers if (name := tag_name(closer)))
+
 
 @dataclass(frozen=True)
 class CompiledRubric(CompiledTemplate):
@@ -74,14 +79,18 @@ def _closer(trusted_after_slot: str) -> str:
     return words[0] if words else ""
 
 
+def tag_name(closer: str) -> str | None:
+    """The name of a closer that is a tag ("</response>" -> "response"); None for other closers."""
+    m = re.fullmatch(r"</?\s*([\w.-]+)\s*>", closer)
+    return m.group(1) if m else None
+
+
 def _escape(text: str, closer: str, confusables: bool) -> str:
     """Escape the slot's closer in request text ("</response>" -> "<\\/response>"); with
     ``confusables`` also its look-alikes ("＜/Response＞", "</ response>", zero-width inside)."""
     if len(closer) < 2:
         return text
-    if not confusables:
-        return text.replace(closer, closer[0] + "\\" + closer[1:]) if closer in text else text
-    name = re.fullmatch(r"</?\s*([\w.-]+)\s*>", closer)
+    name = tag_name(closer) if confusables else None
     if name is None:
         return text.replace(closer, closer[0] + "\\" + closer[1:]) if closer in text else text
     # Match on a per-character normalised copy, so each match maps back to its raw position.
@@ -89,7 +98,7 @@ def _escape(text: str, closer: str, confusables: bool) -> str:
     folded = [normalise(ch) for ch in text]
     flat = "".join(folded)
     owner = [i for i, piece in enumerate(folded) for _ in piece]
-    cut = {owner[m.start()] for m in re.finditer(rf"<\s*/\s*{re.escape(name.group(1))}\s*>", flat, re.IGNORECASE)}
+    cut = {owner[m.start()] for m in re.finditer(rf"<\s*/\s*{re.escape(name)}\s*>", flat, re.IGNORECASE)}
     return "".join(ch + "\\" if i in cut else ch for i, ch in enumerate(text))
 
 
