@@ -74,21 +74,12 @@ class VLLMOpenAIServer:
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
         self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         try:
-            # vLLM's server has no /health/ready; wait_until_ready polls it, so poll /health here.
-            deadline = time.monotonic() + self.ready_timeout
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"vLLM's server exited with {self.proc.returncode}:\n{self.output()}")
-                try:
-                    if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                        return self
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.5)
-            raise TimeoutError(f"vLLM's server not ready after {self.ready_timeout}s:\n{self.output()}")
+            # vLLM's server has no /health/ready; /health answers 200 once the engine is up.
+            wait_until_ready(self.url, self.proc, self.ready_timeout, self.output, path="/health")
         except BaseException:
             self.__exit__()
             raise
+        return self
 
     def __exit__(self, *exc) -> None:
         if self.proc.poll() is None:

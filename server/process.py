@@ -24,15 +24,15 @@ def free_port() -> int:
 
 
 def wait_until_ready(url: str, proc: subprocess.Popen, timeout: float,
-                     output: Callable[[], str] = lambda: "") -> None:
-    """Poll ``url``/health/ready until it answers 200; RuntimeError if ``proc`` exits first,
+                     output: Callable[[], str] = lambda: "", path: str = "/health/ready") -> None:
+    """Poll ``url`` + ``path`` until it answers 200; RuntimeError if ``proc`` exits first,
     TimeoutError after ``timeout`` seconds (both with ``output()``, e.g. the server's log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{output()}")
         try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
