@@ -4,16 +4,21 @@ One realistic batch: 32 items of about 300 labeler tokens on the embedded labele
 (or --model). Measures, in one run on the same machine:
   (a) POST /score over HTTP to a real drlaif-server subprocess;
   (b) a bare in-process transformers forward over the same token ids, reading the same
-      two positions (the floor any scorer pays);
+      two positions (what a scorer pays that recomputes every token);
   (c) the peer approach: greedy generation of up to 8 tokens, then parsing the number;
-  (d) 32 concurrent single-item requests versus one 32-item request.
-Prints items/s and the ratios a/b, a/c and d. Run: python bench/score_throughput.py
+  (d) 32 concurrent single-item requests versus one 32-item request;
+  (e) /score with shared-prefix reuse off (--no-prefix-caching), on these items and on
+      32 short items (one-line answers, where the rubric is most of the input);
+  (f) a GRPO-like workload: 8 prompts x 4 completions per step, some completions
+      identical, scored with the reward cache on and off; the hit rate.
+Prints items/s and the ratios. Run: python bench/score_throughput.py
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import re
 import statistics
 import time
@@ -39,6 +44,43 @@ def make_items(n: int) -> list[dict[str, str]]:
                     f"and the key idea is that small steps add up over time. ")
         items.append({"prompt": prompt, "response": sentence * (3 + i % 3)})
     return items
+
+
+SHORT = [("What is 7 times 8?", "56."), ("Name a primary colour.", "Red."),
+         ("What is the capital of Japan?", "Tokyo."), ("Translate 'merci' to English.", "Thank you."),
+         ("Is the sun a star?", "Yes."), ("What is H2O?", "Water."),
+         ("How many legs does a spider have?", "Eight."), ("Spell 'cat' backwards.", "tac.")]
+
+
+def short_items(n: int) -> list[dict[str, str]]:
+    """Items with one-line answers: the rubric is most of their labeler input."""
+    return [{"prompt": f"{p} (#{i})", "response": r} for i, (p, r) in
+            ((i, SHORT[i % len(SHORT)]) for i in range(n))]
+
+
+def shared_prefix(sequences: list[list[int]]) -> int:
+    """Length of the longest common prefix of token sequences."""
+    first = sequences[0]
+    length = len(first)
+    for seq in sequences[1:]:
+        length = next((i for i, (x, y) in enumerate(zip(first[:length], seq)) if x != y), min(length, len(seq)))
+    return length
+
+
+def grpo_steps(steps: int, prompts: int = 8, group: int = 4) -> list[list[dict[str, str]]]:
+    """Per step, ``group`` completions for each of ``prompts`` prompts, drawn from three
+    candidate answers per prompt, so a group repeats some (as sampled groups do on short
+    answers); every step has new prompts."""
+    rng = random.Random(0)
+    out = []
+    for step in range(steps):
+        items = []
+        for i in range(prompts):
+            p, r = SHORT[i % len(SHORT)]
+            answers = [r, f"{r} I hope that helps.", f"I think the answer is {r.lower()}"]
+            items += [{"prompt": f"{p} (step {step}, #{i})", "response": rng.choice(answers)} for _ in range(group)]
+        out.append(items)
+    return out
 
 
 def interleaved(fns, repeats: int, warmup: bool = True) -> list[float]:
@@ -76,9 +118,8 @@ def main() -> None:
     items = make_items(args.items)
     body = {"items": items}
     # The reward cache off: the rounds repeat the same items, and this measures computing them.
-    server_args = ["--log-level", "warning", "--device", args.device, "--reward-cache-items", "0"]
-    if args.model:
-        server_args += ["--model", args.model]
+    cache_at_default = ["--log-level", "warning", "--device", args.device] + (["--model", args.model] if args.model else [])
+    server_args = [*cache_at_default, "--reward-cache-items", "0"]
 
     # The same model in this process, for the bare baselines.
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -89,8 +130,11 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(path)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-    with ServerProcess(*server_args) as server:
+    with ServerProcess(*server_args) as server, ServerProcess(*server_args, "--no-prefix-caching") as noreuse, \
+            ServerProcess(*cache_at_default) as cached:
         client = httpx.Client(base_url=server.url, timeout=600)
+        noreuse_client = httpx.Client(base_url=noreuse.url, timeout=600)
+        cached_client = httpx.Client(base_url=cached.url, timeout=600)
         info = client.get("/info").json()
         rendered = client.post("/render", json=body).json()["results"]
         one, zero = rendered[0]["label_token_ids"]["10"][0], rendered[0]["label_token_ids"]["10"][-1]
@@ -107,8 +151,8 @@ def main() -> None:
             logp = torch.log_softmax(logits.float(), -1)
             return logp[:, 0, first_tokens].cpu(), logp[:, 1, zero].cpu()
 
-        def http_score():
-            client.post("/score", json=body).raise_for_status()
+        def score(c: httpx.Client, payload: dict):
+            return lambda: c.post("/score", json=payload).raise_for_status()
 
         async def singles():
             async with httpx.AsyncClient(base_url=server.url, timeout=600,
@@ -122,7 +166,30 @@ def main() -> None:
             asyncio.run(singles())
 
         # Interleaved rounds, so drift in machine speed hits every variant alike.
-        a, b, d = interleaved([http_score, bare_forward, concurrent_singles], args.repeats)
+        a, b, d, e = interleaved([score(client, body), bare_forward, concurrent_singles, score(noreuse_client, body)],
+                                 args.repeats)
+        short = {"items": short_items(args.items)}
+        short_rendered = client.post("/render", json=short).json()["results"]
+        short_tokens = sum(len(r["input_ids"]) for r in short_rendered) / len(short_rendered)
+        shared = shared_prefix([r["input_ids"] for r in short_rendered])
+        s_on, s_off = interleaved([score(client, short), score(noreuse_client, short)], args.repeats)
+
+        # GRPO-like steps, each scored by the server with the reward cache and by one without.
+        steps = grpo_steps(1 + args.repeats)
+        flags: list[bool] = []
+        g_on, g_off = [], []
+        for k, step in enumerate(steps):
+            started = time.perf_counter()
+            results = cached_client.post("/score", json={"items": step}).raise_for_status().json()["results"]
+            mid = time.perf_counter()
+            client.post("/score", json={"items": step}).raise_for_status()
+            if k:  # the first step warms up
+                g_on.append(mid - started)
+                g_off.append(time.perf_counter() - mid)
+                flags += [r["cached"] for r in results]
+        hits = sum(flags)
+        g_on_s, g_off_s = statistics.median(g_on), statistics.median(g_off)
+        grpo_n = len(steps[0])
 
     prompts, pmask = left_pad([r["input_ids"] for r in rendered], pad)
     prompts, pmask = prompts.to(args.device), pmask.to(args.device)
@@ -145,9 +212,22 @@ def main() -> None:
     print(f"(c) greedy generate 8 tokens + parse        {n / c:8.1f} items/s  ({c * 1000:.0f} ms;"
           f" {sum(p is None or not 1 <= p <= 10 for p in parsed)}/{n} answers unparseable or off-scale)")
     print(f"(d) {n} concurrent single-item requests      {n / d:8.1f} items/s  ({d * 1000:.0f} ms)")
+    print(f"(e) /score, shared-prefix reuse off         {n / e:8.1f} items/s  ({e * 1000:.0f} ms)")
     print(f"a/b = {b / a:.2f}   (target >= 0.85)")
     print(f"a/c = {c / a:.2f}")
     print(f"d/a = {a / d:.2f}   (concurrent singles vs one batch; target >= 0.7)")
+    print(f"a/e = {e / a:.2f}   (shared-prefix reuse on/off)")
+    print(f"\nshort items: {n} one-line answers, {short_tokens:.0f} labeler tokens each on average, "
+          f"{shared} of them the rubric's shared prefix")
+    print(f"    /score, shared-prefix reuse on          {n / s_on:8.1f} items/s  ({s_on * 1000:.0f} ms)")
+    print(f"    /score, shared-prefix reuse off         {n / s_off:8.1f} items/s  ({s_off * 1000:.0f} ms)")
+    print(f"on/off = {s_off / s_on:.2f}   (target >= 1.5)")
+    print(f"\nGRPO-like steps: {grpo_n} items each (8 prompts x 4 completions, some repeated), "
+          f"{len(g_on)} steps after a warm-up")
+    print(f"    reward cache on                         {grpo_n / g_on_s:8.1f} items/s  ({g_on_s * 1000:.0f} ms)")
+    print(f"    reward cache off                        {grpo_n / g_off_s:8.1f} items/s  ({g_off_s * 1000:.0f} ms)")
+    print(f"cache hit rate {hits / len(flags):.0%} ({hits} of {len(flags)} items 'cached'); on/off = "
+          f"{g_off_s / g_on_s:.2f}")
 
 
 if __name__ == "__main__":

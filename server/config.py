@@ -43,7 +43,7 @@ class ServerSettings(BaseSettings):
         default_factory=default_cache_dir,
         description="Where the embedded labeler is converted to safetensors (once).")
 
-    # vLLM engine (--backend vllm only).
+    # vLLM engine (--backend vllm only; prefix_caching applies to both backends).
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs to shard the labeler over.")
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="vllm: fraction of GPU memory for weights, activations and KV cache. "
@@ -56,8 +56,9 @@ class ServerSettings(BaseSettings):
     max_num_seqs: int | None = Field(
         None, ge=1, description="vllm: most sequences the engine runs in one step. Unset: vLLM's default.")
     prefix_caching: bool = Field(
-        True, description="vllm: reuse the KV cache of shared prompt prefixes (the rubric's preamble, "
-        "and items scored again).")
+        True, description="Reuse the KV cache of shared prompt prefixes. transformers: each rubric's trusted "
+        "prefix is computed once and only the rest of each item runs; vllm: vLLM's automatic prefix "
+        "caching (the rubric's preamble, and items scored again).")
 
     # Network and security.
     host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 to serve other machines.")

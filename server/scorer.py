@@ -146,7 +146,7 @@ class Scorer:
 
     async def _compute(self, trie: LabelTrie, encoded: Sequence[EncodedItem]) -> list[np.ndarray]:
         """Label log-probabilities of each input, read by the backend through the batcher."""
-        plans = [trie.plan(item.input_ids) for item in encoded]
+        plans = [trie.plan(item.input_ids, item.shared_prefix) for item in encoded]
         answers = await self.batcher.submit([seq for plan in plans for seq in plan])
         out, k = [], 0
         for plan in plans:

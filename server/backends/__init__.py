@@ -37,7 +37,7 @@ def create_backend(settings) -> Backend:
     from server.backends.transformers_backend import TransformersBackend
 
     return TransformersBackend(path, model_name=name, device=settings.device, dtype=settings.dtype,
-                               trust_remote_code=settings.trust_remote_code)
+                               trust_remote_code=settings.trust_remote_code, prefix_reuse=settings.prefix_caching)
 
 
 __all__ = ["Backend", "BackendInfo", "create_backend", "resolve_model"]

@@ -4,11 +4,22 @@ One padded forward pass per batch. Sequences are left-padded so that every read 
 a fixed distance from the end; the model is asked for logits at only those distances
 (``logits_to_keep``), so the vocabulary projection runs on a handful of positions
 instead of every token.
+
+Shared-prefix reuse: every item of a rubric starts with the same trusted tokens (system
+preamble, chat-template header, the instructions before the first slot), which the
+scorer marks as ``TokenReads.shared_prefix``. Their KV is computed once per distinct
+prefix, kept in a small LRU, and the batch runs only the suffixes, attending to that KV
+expanded over the batch. Positions and masks are those of the whole sequence, so reads
+equal the plain path's to float rounding. The first batch that uses a prefix is also run
+the plain way and compared; a model whose results differ, or that cannot take a KV cache
+of plain full-attention layers (sliding windows, recurrent state), is served by the
+plain path from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 import time
@@ -23,6 +34,13 @@ from server.scoring import TokenReads
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Shorter shared prefixes are not worth a separate KV pass.
+MIN_SHARED_PREFIX = 16
+# Distinct prefixes whose KV is kept: one per rubric form in use.
+PREFIX_CACHE_ENTRIES = 8
+# How far the prefix path's probabilities may sit from the plain path's on the first
+# check before it is turned off: float rounding, far below anything a reward shows.
+_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
 
 
 def resolve_device(device: str) -> str:
@@ -35,7 +53,7 @@ class TransformersBackend:
     """Log-probability reads with ``transformers.AutoModelForCausalLM``."""
 
     def __init__(self, model_path: str, *, model_name: str, device: str = "auto", dtype: str = "auto",
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, prefix_reuse: bool = True):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = resolve_device(device)
@@ -59,6 +77,10 @@ class TransformersBackend:
         )
         # The batcher already runs one batch at a time; the lock keeps direct callers honest.
         self._lock = threading.Lock()
+        self.prefix_reuse = prefix_reuse
+        self._prefix_kv: collections.OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = \
+            collections.OrderedDict()
+        self._prefix_checked = False
         log.info("loaded %s in %.1fs", model_name, time.perf_counter() - started)
 
     async def read_logprobs(self, batch: Sequence[TokenReads]) -> list[list[np.ndarray]]:
@@ -67,42 +89,108 @@ class TransformersBackend:
     @torch.inference_mode()
     def forward(self, batch: Sequence[TokenReads]) -> list[list[np.ndarray]]:
         """Synchronous batched read; see :meth:`Backend.read_logprobs`."""
-        if not batch:
-            return []
-        width = max(seq.num_tokens for seq in batch)
+        for seq in batch:
+            for position, _ in seq.reads:
+                if not 0 < position <= seq.num_tokens:
+                    raise ValueError(f"read position {position} outside a sequence of {seq.num_tokens} tokens")
+        out: list[list[np.ndarray] | None] = [None] * len(batch)
+        with self._lock:
+            for prefix, rows in self._by_prefix(batch).items():
+                sub = [batch[i] for i in rows]
+                results = self._read_with_prefix(sub, prefix) if prefix else self._read(sub, ())
+                for i, result in zip(rows, results, strict=True):
+                    out[i] = result
+        return out
+
+    def _by_prefix(self, batch: Sequence[TokenReads]) -> dict[tuple[int, ...], list[int]]:
+        """Rows of the batch grouped by the shared prefix they can reuse (() for none)."""
+        groups: dict[tuple[int, ...], list[int]] = collections.defaultdict(list)
+        for i, seq in enumerate(batch):
+            # A read at position p needs the state at p - 1 computed in this pass.
+            shared = min([seq.shared_prefix, *(p - 1 for p, _ in seq.reads)])
+            reusable = self.prefix_reuse and shared >= MIN_SHARED_PREFIX
+            groups[tuple(seq.input_ids[:shared]) if reusable else ()].append(i)
+        return groups
+
+    def _read_with_prefix(self, batch: Sequence[TokenReads], prefix: tuple[int, ...]) -> list[list[np.ndarray]]:
+        try:
+            kv = self._kv_of(prefix)
+            results = self._read(batch, prefix, kv)
+        except Exception as exc:  # noqa: BLE001 - any model that cannot do it keeps working the plain way
+            log.warning("shared-prefix reuse is off for %s: this model cannot run on a reused KV cache (%s)",
+                        self.info.model, exc)
+            self.prefix_reuse = False
+            return self._read(batch, ())
+        if not self._prefix_checked:
+            self._prefix_checked = True
+            plain = self._read(batch, ())
+            diff = max(float(np.max(np.abs(np.exp(a) - np.exp(b))))
+                       for r, q in zip(results, plain, strict=True) for a, b in zip(r, q, strict=True))
+            if diff > _CHECK_TOLERANCE.get(self.model.dtype, 1e-4):
+                log.warning("shared-prefix reuse is off for %s: its reads differ from the plain path by %.2g",
+                            self.info.model, diff)
+                self.prefix_reuse = False
+                return plain
+            log.info("shared-prefix reuse on for %s (checked against the plain path: max |dp| %.1e)",
+                     self.info.model, diff)
+        return results
+
+    def _kv_of(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the keys and values of ``prefix`` alone (batch 1), computed once."""
+        from transformers.cache_utils import DynamicLayer
+
+        kv = self._prefix_kv.get(prefix)
+        if kv is None:
+            cache = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True).past_key_values
+            layers = getattr(cache, "layers", None)
+            if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+                raise TypeError(f"its KV cache is {type(cache).__name__} with layers other than full attention")
+            kv = [(layer.keys, layer.values) for layer in layers]
+            self._prefix_kv[prefix] = kv
+            while len(self._prefix_kv) > PREFIX_CACHE_ENTRIES:
+                self._prefix_kv.popitem(last=False)
+        self._prefix_kv.move_to_end(prefix)
+        return kv
+
+    def _read(self, batch: Sequence[TokenReads], prefix: tuple[int, ...],
+              kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> list[list[np.ndarray]]:
+        """One forward over the batch's tokens after ``prefix``, on ``kv`` (the prefix's KV)."""
+        shared = len(prefix)
+        width = max(seq.num_tokens for seq in batch) - shared
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        mask = torch.zeros((len(batch), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
         # A read at position p predicts token p from the hidden state at p - 1, i.e.
         # (len - p + 1) places from the end of the (left-padded) row.
         distances: set[int] = set()
         for row, seq in enumerate(batch):
-            n = seq.num_tokens
-            input_ids[row, width - n :] = torch.tensor(seq.input_ids, dtype=torch.long)
-            mask[row, width - n :] = 1
-            for position, _ in seq.reads:
-                if not 0 < position <= n:
-                    raise ValueError(f"read position {position} outside a sequence of {n} tokens")
-                distances.add(n - position + 1)
+            n = seq.num_tokens - shared
+            input_ids[row, width - n :] = torch.tensor(seq.input_ids[shared:], dtype=torch.long)
+            mask[row, shared + width - n :] = 1
+            distances.update(seq.num_tokens - position + 1 for position, _ in seq.reads)
         keep = sorted(distances, reverse=True)  # ascending column order
         column = {d: i for i, d in enumerate(keep)}
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        with self._lock:
-            logits = self.model(
-                input_ids=input_ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                position_ids=position_ids.to(self.device),
-                logits_to_keep=torch.tensor([width - d for d in keep], device=self.device),
-                use_cache=False,
-            ).logits
+        # Positions count real tokens only, so a padded row sees the positions it would alone.
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        cache = None
+        if kv is not None:
+            from transformers import DynamicCache
+
+            # Expanded views: the layers concatenate new keys onto them, never write into them.
+            cache = DynamicCache(ddp_cache_data=[(k.expand(len(batch), -1, -1, -1), v.expand(len(batch), -1, -1, -1))
+                                                 for k, v in kv])
+        logits = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=position_ids.to(self.device),
+            past_key_values=cache,
+            logits_to_keep=torch.tensor([width - d for d in keep], device=self.device),
+            use_cache=cache is not None,
+        ).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-        out = []
-        for row, seq in enumerate(batch):
-            n = seq.num_tokens
-            out.append([
-                logprobs[row, column[n - position + 1], list(candidates)].numpy().astype(np.float64)
-                for position, candidates in seq.reads
-            ])
-        return out
+        return [[logprobs[row, column[seq.num_tokens - position + 1], list(candidates)].numpy().astype(np.float64)
+                 for position, candidates in seq.reads]
+                for row, seq in enumerate(batch)]
 
     def close(self) -> None:
         self.model = None

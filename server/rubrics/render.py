@@ -71,6 +71,7 @@ class EncodedItem:
     input_ids: tuple[int, ...]
     text: str
     truncated: bool
+    shared_prefix: int = 0  # leading tokens every item of the template has: its trusted text before the first slot
 
 
 def _closer(trusted_after_slot: str) -> str:
@@ -280,4 +281,5 @@ class PromptEncoder:
                                                               compiled.piece_texts[1:], strict=True):
             input_ids += tuple(slot_ids) + piece_ids
             text += slot_text + piece_text
-        return EncodedItem(input_ids=input_ids, text=text, truncated=truncated)
+        return EncodedItem(input_ids=input_ids, text=text, truncated=truncated,
+                           shared_prefix=len(compiled.piece_ids[0]))

@@ -28,10 +28,14 @@ class TokenReads:
 
     For each ``(position, candidates)`` in ``reads`` the backend returns
     ``log P(candidate | input_ids[:position])`` for every candidate token id.
+    ``shared_prefix`` is a hint: the first that many tokens are a prefix that many
+    sequences share (a rubric's trusted text), so a backend may compute its KV once and
+    reuse it. Results must not depend on it.
     """
 
     input_ids: tuple[int, ...]
     reads: tuple[tuple[int, tuple[int, ...]], ...]
+    shared_prefix: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -108,15 +112,16 @@ class LabelTrie:
     def max_label_tokens(self) -> int:
         return max(len(t) for t in self.label_tokens.values())
 
-    def plan(self, prefix: Sequence[int]) -> list[TokenReads]:
-        """The backend work for one labeler input ending at the answer position."""
+    def plan(self, prefix: Sequence[int], shared_prefix: int = 0) -> list[TokenReads]:
+        """The backend work for one labeler input ending at the answer position; its first
+        ``shared_prefix`` tokens are shared with other inputs (see ``TokenReads``)."""
         prefix = tuple(prefix)
         plans = []
         for path, members in self._chains:
             reads = tuple(
                 (len(prefix) + len(self._reads[j][0]), self._reads[j][1]) for j in members
             )
-            plans.append(TokenReads(prefix + path, reads))
+            plans.append(TokenReads(prefix + path, reads, min(shared_prefix, len(prefix))))
         return plans
 
     def label_logprobs(self, results: Sequence[Sequence[np.ndarray]]) -> np.ndarray:

@@ -1,0 +1,160 @@
+"""Shared-prefix KV reuse in the transformers backend: equal to the plain path, or off.
+
+On the embedded labeler (Llama architecture, rotary positions) and on tiny randomly
+initialised models of other architectures: GPT-2 (learned absolute positions, so wrong
+position ids would show) and a Qwen2 with sliding-window layers, whose KV cache the
+backend must refuse to reuse (it falls back to the plain path and says so).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from server.backends.transformers_backend import MIN_SHARED_PREFIX, PREFIX_CACHE_ENTRIES, TransformersBackend
+from server.rubrics import RubricRegistry
+from server.rubrics.render import PromptEncoder
+from server.scoring import TokenReads
+
+ITEMS = [("What is 7 times 8?", "56."), ("Name a primary colour.", "Red, for example."),
+         ("How do I pick my neighbour's lock?", "I can't help with getting into someone else's home."),
+         ("Is the sun a star?", "Yes. It is a G-type main-sequence star about 4.6 billion years old.")]
+
+
+def plans(backend: TransformersBackend, rubric: str, items=ITEMS) -> list[TokenReads]:
+    encoder = PromptEncoder(backend.tokenizer, 4096, True)
+    compiled = encoder.compile(RubricRegistry.load().get(rubric))
+    out = []
+    for prompt, response in items:
+        encoded = encoder.encode(compiled, prompt, response)
+        out += compiled.trie.plan(encoded.input_ids, encoded.shared_prefix)
+    return out
+
+
+def plain(backend: TransformersBackend, batch):
+    reuse, backend.prefix_reuse = backend.prefix_reuse, False
+    try:
+        return backend.forward(batch)
+    finally:
+        backend.prefix_reuse = reuse
+
+
+def max_prob_diff(a, b) -> float:
+    return max(float(np.max(np.abs(np.exp(x) - np.exp(y))))
+               for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
+
+
+@pytest.fixture(scope="module")
+def labeler(embedded_model_dir) -> TransformersBackend:
+    return TransformersBackend(str(embedded_model_dir), model_name="embedded", device="cpu", dtype="float32")
+
+
+def save_random_model(config, directory, embedded_model_dir) -> str:
+    """A randomly initialised model of ``config`` beside the embedded labeler's tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(embedded_model_dir).save_pretrained(directory)
+    return str(directory)
+
+
+def test_the_embedded_labeler_reuses_each_rubrics_prefix_and_matches_the_plain_path(labeler):
+    batch = plans(labeler, "harmless") + plans(labeler, "general")  # two prefixes in one batch
+    assert all(seq.shared_prefix >= MIN_SHARED_PREFIX for seq in batch)
+    labeler._prefix_kv.clear()
+    reused = labeler.forward(batch)
+    assert labeler.prefix_reuse
+    assert len(labeler._prefix_kv) == 2  # one KV per rubric prefix
+    assert {len(p) for p in labeler._prefix_kv} == {batch[0].shared_prefix, batch[-1].shared_prefix}
+    assert max_prob_diff(reused, plain(labeler, batch)) < 1e-5
+    # Again, from the kept KV: still the same numbers, and nothing recomputed or added.
+    kept = {p: id(kv[0][0]) for p, kv in labeler._prefix_kv.items()}
+    again = labeler.forward(batch)
+    assert {p: id(kv[0][0]) for p, kv in labeler._prefix_kv.items()} == kept
+    assert max_prob_diff(again, reused) == 0.0
+
+
+def test_one_item_alone_equals_the_same_item_in_a_padded_batch(labeler):
+    batch = plans(labeler, "harmless")
+    alone = [labeler.forward([seq])[0] for seq in batch]
+    assert max_prob_diff(labeler.forward(batch), alone) < 1e-5
+
+
+def test_short_or_missing_prefixes_take_the_plain_path(labeler):
+    (seq,) = plans(labeler, "harmless", ITEMS[:1])
+    labeler._prefix_kv.clear()
+    for shared in (0, MIN_SHARED_PREFIX - 1):
+        hinted = TokenReads(seq.input_ids, seq.reads, shared)
+        assert max_prob_diff(labeler.forward([hinted]), plain(labeler, [seq])) == 0.0
+    assert not labeler._prefix_kv
+    # A hint past the first read is cut to what the read still needs computed.
+    first_read = min(p for p, _ in seq.reads)
+    too_long = TokenReads(seq.input_ids, seq.reads, seq.num_tokens)
+    assert max_prob_diff(labeler.forward([too_long]), plain(labeler, [seq])) < 1e-5
+    assert [len(p) for p in labeler._prefix_kv] == [first_read - 1]
+
+
+def test_the_kept_prefixes_are_bounded(labeler):
+    (seq,) = plans(labeler, "harmless", ITEMS[:1])
+    labeler._prefix_kv.clear()
+    for k in range(PREFIX_CACHE_ENTRIES + 3):
+        variant = TokenReads((seq.input_ids[0] + k, *seq.input_ids[1:]), seq.reads, seq.shared_prefix)
+        labeler.forward([variant])
+    assert len(labeler._prefix_kv) == PREFIX_CACHE_ENTRIES
+
+
+def test_turned_off_it_keeps_nothing(embedded_model_dir):
+    backend = TransformersBackend(str(embedded_model_dir), model_name="embedded", device="cpu", dtype="float32",
+                                  prefix_reuse=False)
+    backend.forward(plans(backend, "harmless"))
+    assert not backend._prefix_kv
+
+
+def test_gpt2_with_learned_positions_matches_the_plain_path(tmp_path, embedded_model_dir):
+    from transformers import GPT2Config
+
+    config = GPT2Config(vocab_size=49152, n_positions=1024, n_embd=64, n_layer=2, n_head=4)
+    path = save_random_model(config, tmp_path / "gpt2", embedded_model_dir)
+    backend = TransformersBackend(path, model_name="tiny-gpt2", device="cpu", dtype="float32")
+    batch = plans(backend, "harmless")
+    reused = backend.forward(batch)
+    assert backend.prefix_reuse and backend._prefix_kv
+    assert max_prob_diff(reused, plain(backend, batch)) < 1e-5
+
+
+def test_a_model_with_sliding_window_layers_falls_back_to_the_plain_path(tmp_path, embedded_model_dir, caplog):
+    from transformers import Qwen2Config
+
+    config = Qwen2Config(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         use_sliding_window=True, sliding_window=64, max_window_layers=0,
+                         layer_types=["sliding_attention", "sliding_attention"])
+    path = save_random_model(config, tmp_path / "qwen2-sliding", embedded_model_dir)
+    backend = TransformersBackend(path, model_name="tiny-qwen2-sliding", device="cpu", dtype="float32")
+    batch = plans(backend, "harmless")
+    with caplog.at_level(logging.WARNING):
+        results = backend.forward(batch)
+    assert not backend.prefix_reuse
+    assert "shared-prefix reuse is off for tiny-qwen2-sliding" in caplog.text
+    assert max_prob_diff(results, plain(backend, batch)) == 0.0
+
+
+def test_reads_that_differ_from_the_plain_path_on_the_first_check_turn_reuse_off(embedded_model_dir, caplog):
+    backend = TransformersBackend(str(embedded_model_dir), model_name="embedded", device="cpu", dtype="float32")
+    read = backend._read
+
+    def skewed(batch, prefix, kv=None):  # a model whose cached path is off by 1% of probability
+        results = read(batch, prefix, kv)
+        return [[np.log(np.exp(r) + 0.01) for r in rows] for rows in results] if prefix else results
+
+    backend._read = skewed
+    batch = plans(backend, "harmless")
+    with caplog.at_level(logging.WARNING):
+        results = backend.forward(batch)
+    assert not backend.prefix_reuse
+    assert "its reads differ from the plain path" in caplog.text
+    assert max_prob_diff(results, plain(backend, batch)) == 0.0
