@@ -47,6 +47,16 @@ def max_prob_diff(a, b) -> float:
                for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
 
 
+def assert_falls_back(backend: TransformersBackend, caplog, warning: str) -> None:
+    """The first batch turns reuse off with ``warning`` and answers exactly as the plain path."""
+    batch = plans(backend, "harmless")
+    with caplog.at_level(logging.WARNING):
+        results = backend.forward(batch)
+    assert not backend.prefix_reuse
+    assert warning in caplog.text
+    assert max_prob_diff(results, plain(backend, batch)) == 0.0
+
+
 @pytest.fixture(scope="module")
 def labeler(embedded_model_dir) -> TransformersBackend:
     return TransformersBackend(str(embedded_model_dir), model_name="embedded", device="cpu", dtype="float32")
@@ -135,12 +145,7 @@ def test_a_model_with_sliding_window_layers_falls_back_to_the_plain_path(tmp_pat
                          layer_types=["sliding_attention", "sliding_attention"])
     path = save_random_model(config, tmp_path / "qwen2-sliding", embedded_model_dir)
     backend = TransformersBackend(path, model_name="tiny-qwen2-sliding", device="cpu", dtype="float32")
-    batch = plans(backend, "harmless")
-    with caplog.at_level(logging.WARNING):
-        results = backend.forward(batch)
-    assert not backend.prefix_reuse
-    assert "shared-prefix reuse is off for tiny-qwen2-sliding" in caplog.text
-    assert max_prob_diff(results, plain(backend, batch)) == 0.0
+    assert_falls_back(backend, caplog, "shared-prefix reuse is off for tiny-qwen2-sliding")
 
 
 def test_reads_that_differ_from_the_plain_path_on_the_first_check_turn_reuse_off(embedded_model_dir, caplog):
@@ -152,9 +157,4 @@ def test_reads_that_differ_from_the_plain_path_on_the_first_check_turn_reuse_off
         return [[np.log(np.exp(r) + 0.01) for r in rows] for rows in results] if prefix else results
 
     backend._read = skewed
-    batch = plans(backend, "harmless")
-    with caplog.at_level(logging.WARNING):
-        results = backend.forward(batch)
-    assert not backend.prefix_reuse
-    assert "its reads differ from the plain path" in caplog.text
-    assert max_prob_diff(results, plain(backend, batch)) == 0.0
+    assert_falls_back(backend, caplog, "its reads differ from the plain path")
