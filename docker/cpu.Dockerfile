@@ -48,5 +48,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=5m --retries=3 \
   CMD ["python3", "-c", "import urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:8000/health/ready', timeout=5)"]
 
-# The server by default; docker-compose.yml runs the trainer with `entrypoint: drlaif-train`.
+# The server by default; docker-compose.cpu.yml runs the trainer with `entrypoint: drlaif-train`.
 ENTRYPOINT ["drlaif-server"]

@@ -1,4 +1,4 @@
-"""The prompt set that ships with drlaif (issue 3, item 5).
+"""The prompt set that ships with drlaif: training and held-out prompts for the trainer.
 
 A few hundred short prompts written for this project -- everyday questions and advice,
 factual knowledge, short instructions and writing tasks, simple reasoning and maths, short
