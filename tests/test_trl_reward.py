@@ -115,11 +115,19 @@ def test_plain_text_rewards_equal_the_clients(server, client_rewards):
     metrics: dict[str, list[float]] = {}
     with TrlLoop() as trl_loop:
         rewards = trl_loop.run(call_like_grpo(func, PLAIN_PROMPTS, PLAIN_COMPLETIONS, metrics))
+        # An older trl passes no logging hooks: the same rewards, nothing logged.
+        bare = trl_loop.run(func(prompts=PLAIN_PROMPTS, completions=PLAIN_COMPLETIONS))
         trl_loop.run(func.aclose())
     assert rewards == pytest.approx(client_rewards["plain"], abs=1e-4)
+    assert bare == pytest.approx(rewards, abs=1e-6)
     assert all(isinstance(r, float) and -1 <= r <= 1 for r in rewards)
-    (mass,) = metrics["drlaif/label_mass"]
-    assert 0.0 < mass <= 1.0
+    logged = metrics
+    assert set(logged) == {f"drlaif/{m}" for m in ("label_mass", "label_mass_min", "truncated_rate",
+                                                   "reward_seconds", "judge_text_rate")}
+    assert all(len(values) == 1 for values in logged.values())  # one call, one value each
+    (mass,), (least,) = logged["drlaif/label_mass"], logged["drlaif/label_mass_min"]
+    assert 0.0 < least <= mass <= 1.0
+    assert logged["drlaif/truncated_rate"] == [0.0] and logged["drlaif/reward_seconds"][0] > 0
 
 
 @pytest.mark.slow

@@ -34,10 +34,11 @@ stops: a reward is never invented.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from trainer.client import AsyncRewardClient, Prompt, RewardClientConfig, rewards_of
+from trainer.client import AsyncRewardClient, Prompt, RewardClientConfig, ScoredItem, rewards_of
 
 
 def _text(content: object, where: str) -> str:
@@ -81,6 +82,19 @@ def completion_text(completion: object) -> str:
     raise TypeError(f"completion must be a str or a list of chat messages, got {type(completion).__name__}")
 
 
+def batch_metrics(items: Sequence[ScoredItem], seconds: float) -> dict[str, float]:
+    """What a dashboard should show of one scored batch: a falling label mass means the labeler
+    stopped answering on the scale, a rising judge-text rate that the policy is learning to
+    talk to the judge."""
+    masses = [i.label_mass for i in items]
+    metrics = {"label_mass": sum(masses) / len(masses), "label_mass_min": min(masses),
+               "truncated_rate": sum(i.truncated for i in items) / len(items), "reward_seconds": seconds}
+    spans = [i.judge_spans for i in items if i.judge_spans is not None]
+    if spans:
+        metrics["judge_text_rate"] = sum(n > 0 for n in spans) / len(spans)
+    return metrics
+
+
 class DrlaifRewardFunc:
     """Async reward callable for trl's ``reward_funcs``; build it with :func:`make_reward_func`."""
 
@@ -92,17 +106,20 @@ class DrlaifRewardFunc:
 
     async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
                        **kwargs: Any) -> list[float]:
-        """Rewards in [-1, 1] from the server, one per (prompt, completion), in order."""
+        """Rewards in [-1, 1] from the server, one per (prompt, completion), in order.
+
+        When trl passes ``log_metric`` (GRPO/RLOO do), the batch's label mass (mean and
+        minimum), share of truncated items, share of responses addressing the judge and the
+        reward call's seconds go to trl's logs, under this function's name.
+        """
+        started = time.perf_counter()
         items = await self.client.score_items([prompt_for_server(p) for p in prompts],
                                               [completion_text(c) for c in completions])
         rewards = rewards_of(items, self.config.reward_field, self.config.urls)
         log_metric = kwargs.get("log_metric")
         if callable(log_metric) and items:
-            # A falling label mass means the labeler stopped answering on the scale: worth a curve.
-            log_metric(f"{self.__name__}/label_mass", sum(i.label_mass for i in items) / len(items))
-            spans = [i.judge_spans for i in items if i.judge_spans is not None]
-            if spans:  # a rising share means the policy is learning to talk to the judge
-                log_metric(f"{self.__name__}/judge_text_rate", sum(n > 0 for n in spans) / len(spans))
+            for name, value in batch_metrics(items, time.perf_counter() - started).items():
+                log_metric(f"{self.__name__}/{name}", value)
         return rewards
 
     @property

@@ -189,7 +189,9 @@ def request_models(max_items: int, max_chars: int, max_compare_items: int | None
         model_config = ConfigDict(extra="ignore")  # other OpenRLHF versions may send more keys
         query: list[Query] = Field(min_length=1, max_length=n_queries,
                                    description="Prompt followed by the response, one per sample.")
-        prompts: list[Text] = Field(max_length=n_queries, description="The prompt each query starts with.")
+        prompts: list[Text] = Field(
+            max_length=n_queries, description="The prompt of each query, whole; the query may begin with "
+            "only its end (OpenRLHF cuts long prompts from the left).")
         labels: list[Any] | None = Field(None, description="OpenRLHF's --label_key values; not used.")
 
     return RequestModels(score=ScoreRequest, compare=CompareRequest, reward=RewardRequest)

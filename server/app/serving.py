@@ -10,7 +10,7 @@ import time
 from server import __version__
 from server.app import protocol
 from server.app.metrics import Metrics
-from server.app.openrlhf import END_MARKERS, split_queries
+from server.app.openrlhf import END_MARKERS, labeler_items
 from server.backends import Backend, create_backend
 from server.config import ServerSettings
 from server.errors import NotReady
@@ -135,10 +135,11 @@ class ScoringService:
         )
 
     async def get_reward(self, request, rubric: str | None) -> protocol.RewardResponse:
-        """OpenRLHF's remote reward: each query split into (prompt, response) and scored as /score does."""
+        """OpenRLHF's remote reward: each query split into (prompt, response) and scored as /score does
+        (a chat-templated prompt as its messages)."""
         scorer = self._scorer()
         markers = (*END_MARKERS, *getattr(scorer.backend.tokenizer, "all_special_tokens", ()))
-        items = split_queries(request.query, request.prompts, markers)
+        items = labeler_items(request.query, request.prompts, markers)
         scored = await scorer.score(rubric, items)
         self._count(scorer.compiled(rubric).rubric.name, scored)
         rewards = [s.result.reward for s in scored]

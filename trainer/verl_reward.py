@@ -1,0 +1,179 @@
+"""A drlaif reward server as veRL's custom reward function.
+
+veRL calls ``compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs)``
+once per sample, from many concurrent reward-loop workers, and accepts ``async def``
+functions (it checks with ``inspect.iscoroutinefunction``). The prompt is not an argument:
+it travels in the sample's ``extra_info`` (veRL's docs keep it under ``"question"``).
+``data_source`` and ``ground_truth`` are ignored: the labeler judges the response itself.
+
+Point a veRL config at it::
+
+    custom_reward_function:
+      path: /path/to/drlaif/trainer/verl_reward.py   # or the installed module's file
+      name: compute_score                             # compute_score_sync for a sync reward manager
+    reward_model:
+      reward_manager: naive                           # or rate_limited, to bound concurrency
+
+and set, in the environment of the workers (fixed names):
+
+- ``DRLAIF_REWARD_URL``: the server, or a comma-separated list (round-robin, failover);
+- ``DRLAIF_RUBRIC``: the rubric to score with (default: the server's);
+- ``DRLAIF_API_KEY``: the server's API key, if it has one;
+- ``DRLAIF_PROMPT_KEY``: the ``extra_info`` key that holds the prompt (default ``question``);
+  a string or chat messages ``[{"role": ..., "content": ...}]``.
+
+Calls in one process are coalesced: each lands on a micro-batcher (the server's own, on a
+background event loop shared by every thread and loop of the process) that waits up to
+``DRLAIF_COALESCE_MS`` for company and sends up to ``DRLAIF_COALESCE_ITEMS`` samples in one
+scoring call, so 64 concurrent samples cost a request or two instead of 64. Each call
+returns ``{"score": reward, "label_mass": ..., "drlaif_score": ...}`` (veRL logs the keys
+besides ``score``). A reward is never invented: when the server gives no valid answer
+within the client's deadline (``DRLAIF_REWARD_DEADLINE_S``), the call raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.batching import MicroBatcher
+from trainer.client import AsyncRewardClient, Prompt, RewardClientConfig, ScoredItem, rewards_of
+from trainer.trl_reward import prompt_for_server
+
+
+class VerlRewardSettings(BaseSettings):
+    """The adapter's configuration, read from ``DRLAIF_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="DRLAIF_", extra="ignore", frozen=True)
+
+    reward_url: str = Field("", description="Server URL, or a comma-separated list.")
+    rubric: str | None = Field(None, description="Rubric to score with; unset: the server's default.")
+    prompt_key: str = Field("question", description="extra_info key that holds the prompt.")
+    reward_field: str = Field("reward", description="Which reward to return: reward, reward_robust or "
+                              "reward_as_written.")
+    reward_deadline_s: float = Field(600.0, gt=0, description="Seconds a call may take, retries included.")
+    coalesce_ms: float = Field(20.0, ge=0, description="How long an idle batcher waits for more samples.")
+    coalesce_items: int = Field(256, ge=1, description="Most samples in one scoring call.")
+
+    @field_validator("rubric")
+    @classmethod
+    def _blank_is_default(cls, value: str | None) -> str | None:
+        return value or None
+
+    def urls(self) -> list[str]:
+        urls = [u.strip() for u in self.reward_url.split(",") if u.strip()]
+        if not urls:
+            raise RuntimeError("DRLAIF_REWARD_URL is not set: export the drlaif server's URL "
+                               "(e.g. http://reward-server:8000) in the environment of veRL's reward workers")
+        return urls
+
+
+@dataclass
+class _Coalescer:
+    """One background event loop with the HTTP client and the micro-batcher on it."""
+
+    settings: VerlRewardSettings
+    pid: int
+    loop: asyncio.AbstractEventLoop
+    client: AsyncRewardClient
+    batcher: MicroBatcher
+
+    @classmethod
+    def start(cls, settings: VerlRewardSettings) -> _Coalescer:
+        config = RewardClientConfig(urls=settings.urls(), rubric=settings.rubric,
+                                    deadline_s=settings.reward_deadline_s, reward_field=settings.reward_field)
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, name="drlaif-verl-reward", daemon=True).start()
+        client = AsyncRewardClient(config)
+
+        async def score(samples: list[tuple[Prompt, str]]) -> list[ScoredItem]:
+            return await client.score_items([p for p, _ in samples], [r for _, r in samples])
+
+        async def make_batcher() -> MicroBatcher:
+            batcher = MicroBatcher(score, tokens_of=lambda _: 1, max_items=settings.coalesce_items,
+                                   max_tokens=settings.coalesce_items, max_wait_s=settings.coalesce_ms / 1000,
+                                   max_queue=1 << 30)
+            batcher.start()
+            return batcher
+
+        batcher = asyncio.run_coroutine_threadsafe(make_batcher(), loop).result()
+        return cls(settings, os.getpid(), loop, client, batcher)
+
+    def submit(self, prompt: Prompt, response: str) -> concurrent.futures.Future[dict[str, float]]:
+        async def one() -> dict[str, float]:
+            (item,) = await self.batcher.submit([(prompt, response)])
+            (reward,) = rewards_of([item], self.settings.reward_field, self.client.config.urls)
+            return {"score": reward, "label_mass": item.label_mass, "drlaif_score": item.score}
+
+        return asyncio.run_coroutine_threadsafe(one(), self.loop)
+
+    def close(self) -> None:
+        """Stop the batcher, close the client and end the loop's thread (from another thread)."""
+        async def shut() -> None:
+            await self.batcher.stop()
+            await self.client.aclose()
+
+        if self.pid == os.getpid() and self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(shut(), self.loop).result(timeout=30)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+_lock = threading.Lock()
+_coalescer: _Coalescer | None = None
+
+
+def _current() -> _Coalescer:
+    """The process's coalescer, rebuilt after a fork or when the environment changed."""
+    global _coalescer
+    settings = VerlRewardSettings()
+    with _lock:
+        if _coalescer is None or _coalescer.pid != os.getpid() or _coalescer.settings != settings:
+            if _coalescer is not None:
+                old, _coalescer = _coalescer, None
+                old.close()  # a forked child's copy has no thread, and close() leaves it alone
+            _coalescer = _Coalescer.start(settings)
+        return _coalescer
+
+
+def _prompt_of(extra_info: Mapping[str, Any] | None, key: str) -> Prompt:
+    if not isinstance(extra_info, Mapping) or key not in extra_info:
+        have = sorted(extra_info) if isinstance(extra_info, Mapping) else type(extra_info).__name__
+        raise KeyError(f"drlaif needs the prompt in extra_info[{key!r}] (DRLAIF_PROMPT_KEY); this sample's "
+                       f"extra_info has {have}. Put the prompt there in your dataset's extra_info, or set "
+                       "DRLAIF_PROMPT_KEY to the key that holds it.")
+    prompt = extra_info[key]
+    if isinstance(prompt, Sequence) and not isinstance(prompt, str):
+        prompt = list(prompt)  # veRL datasets often hold numpy arrays of message dicts
+    return prompt_for_server(prompt)
+
+
+def _submit(solution_str: str, extra_info: Mapping[str, Any] | None) -> concurrent.futures.Future:
+    coalescer = _current()
+    if not isinstance(solution_str, str):
+        raise TypeError(f"solution_str must be the decoded response text, got {type(solution_str).__name__}")
+    return coalescer.submit(_prompt_of(extra_info, coalescer.settings.prompt_key), solution_str)
+
+
+async def compute_score(data_source: Any, solution_str: str, ground_truth: Any = None,
+                        extra_info: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, float]:
+    """veRL's custom reward: the drlaif reward of ``solution_str`` for the prompt in ``extra_info``.
+
+    Raises :class:`trainer.client.RewardServerError` when the server gives no valid reward
+    within the deadline, and KeyError when the prompt is missing from ``extra_info``.
+    """
+    return await asyncio.wrap_future(_submit(solution_str, extra_info))
+
+
+def compute_score_sync(data_source: Any, solution_str: str, ground_truth: Any = None,
+                       extra_info: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, float]:
+    """The same as :func:`compute_score` for reward managers that call a plain function;
+    calls from concurrent threads are coalesced alike."""
+    return _submit(solution_str, extra_info).result()
