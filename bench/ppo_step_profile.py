@@ -6,7 +6,7 @@ the step is the trainer's work alone. Their steps alternate in one process, so a
 machine's speed hits both alike. Prints the median seconds per phase (generate, read = policy
 and reference log-probs and values, reward_wait, optimise) and the ratio of the step times.
 
-"previous" is the first wave's PPO: a separate value model (a second backbone, run forward and
+"previous" is the earlier PPO design: a separate value model (a second backbone, run forward and
 backward every minibatch), GAE lambda 0.95, value clip 0.2, two epochs, one response per prompt.
 
 Run: python bench/ppo_step_profile.py [--steps 4]
