@@ -41,6 +41,7 @@ bench: $(VLLM_STAMP)
 	$(BIN)/python bench/backends.py --vllm-arg=--enforce-eager
 	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/trainer_overhead.py
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -8,6 +8,10 @@ runs and no latency is added. A full queue rejects at once (429), never blocks.
 
 ``AdmissionGate`` is the same interface for engines that batch by themselves: work
 goes straight in, and only the bound on outstanding sequences remains.
+
+Both bound a backend call by ``call_timeout_s``: past it, the call's waiters get an
+error and the queue moves on. A call that cannot be cancelled (a thread) keeps running
+until it returns; ``overdue_s`` says how long, so that readiness can report it.
 """
 
 from __future__ import annotations
@@ -55,8 +59,13 @@ class BatchStats:
 class Submitter(Protocol[T_contra, R_co]):
     """What the scorer needs from a batcher: MicroBatcher and AdmissionGate."""
 
+    call_timeout_s: float | None  # bound on one backend call; None: unbounded
+
     @property
     def depth(self) -> int: ...
+
+    @property
+    def overdue_s(self) -> float | None: ...
 
     def start(self) -> None: ...
 
@@ -76,9 +85,12 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: float,
         max_queue: int,
         on_batch: Callable[[BatchStats], None] | None = None,
+        call_timeout_s: float | None = None,
     ):
         self._run = run
         self._tokens_of = tokens_of
+        self.call_timeout_s = call_timeout_s
+        self._overdue: dict[asyncio.Future, float] = {}  # backend calls past their deadline -> start time
         self.max_items = max_items
         self.max_tokens = max_tokens
         self.max_wait_s = max_wait_s
@@ -92,6 +104,11 @@ class MicroBatcher(Generic[T, R]):
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    @property
+    def overdue_s(self) -> float | None:
+        """How long the oldest backend call past its deadline has been running (None: none)."""
+        return _overdue_s(self._overdue)
 
     def start(self) -> None:
         if self._worker is None:
@@ -165,7 +182,8 @@ class MicroBatcher(Generic[T, R]):
                 continue
             started = loop.time()
             try:
-                results = await self._run([p.payload for p in batch])
+                results = await _bounded(self._run([p.payload for p in batch]), self.call_timeout_s,
+                                         self._overdue)
                 if len(results) != len(batch):
                     raise RuntimeError(f"backend returned {len(results)} results for {len(batch)} inputs")
             except asyncio.CancelledError:
@@ -187,6 +205,32 @@ class MicroBatcher(Generic[T, R]):
                     log.exception("on_batch callback failed")
 
 
+async def _bounded(call: Awaitable[R], timeout_s: float | None, overdue: dict[asyncio.Future, float]) -> R:
+    """Await a backend call for at most ``timeout_s``. Past it, the call is left running (a
+    thread cannot be interrupted; an engine request is aborted when its task is cancelled by
+    its owner) and tracked in ``overdue`` until it ends, and the waiter gets RuntimeError."""
+    future = asyncio.ensure_future(call)
+    if timeout_s is None:
+        return await future
+    started = asyncio.get_running_loop().time()
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+    except TimeoutError:
+        overdue[future] = started
+        future.add_done_callback(lambda f: (overdue.pop(f, None), f.cancelled() or f.exception()))
+        raise RuntimeError(f"the labeler backend did not answer within {timeout_s:g}s "
+                           "(--backend-timeout-s)") from None
+    except asyncio.CancelledError:
+        future.cancel()  # the waiter is gone: so is the need for the result
+        raise
+
+
+def _overdue_s(overdue: dict[asyncio.Future, float]) -> float | None:
+    if not overdue:
+        return None
+    return asyncio.get_running_loop().time() - min(overdue.values())
+
+
 class AdmissionGate(Generic[T, R]):
     """For engines that batch by themselves (vLLM's continuous batching).
 
@@ -203,11 +247,14 @@ class AdmissionGate(Generic[T, R]):
         tokens_of: Callable[[T], int],
         max_queue: int,
         on_batch: Callable[[BatchStats], None] | None = None,
+        call_timeout_s: float | None = None,
     ):
         self._run = run
         self._tokens_of = tokens_of
         self.max_queue = max_queue
         self._on_batch = on_batch
+        self.call_timeout_s = call_timeout_s
+        self._overdue: dict[asyncio.Future, float] = {}
         self._in_flight = 0
         self._tasks: set[asyncio.Task] = set()
         self._open = False
@@ -218,6 +265,11 @@ class AdmissionGate(Generic[T, R]):
     def depth(self) -> int:
         """Sequences admitted and not yet finished."""
         return self._in_flight
+
+    @property
+    def overdue_s(self) -> float | None:
+        """How long the oldest backend call past its deadline has been running (None: none)."""
+        return _overdue_s(self._overdue)
 
     def start(self) -> None:
         self._open = self._started = True
@@ -254,7 +306,7 @@ class AdmissionGate(Generic[T, R]):
         self._tasks.add(task)
         started = loop.time()
         try:
-            results = list(await task)
+            results = list(await _bounded(task, self.call_timeout_s, self._overdue))
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if task.cancelled() and not self._open and not (current and current.cancelling()):

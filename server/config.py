@@ -71,6 +71,11 @@ class ServerSettings(BaseSettings):
     # Input limits.
     max_items_per_request: int = Field(256, ge=1, description="Items per /score request (else 422).")
     max_field_chars: int = Field(32_000, ge=1, description="Characters per prompt/response (else 422).")
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Request body size, refused with 413 before it is parsed. "
+        "The default (64 MiB) holds the largest /score request the item and field limits allow, "
+        "256 x 2 x 32000 characters, as UTF-8 JSON even at 4 bytes a character (62.5 MiB); raise it "
+        "with those limits.")
     max_input_tokens: int = Field(
         4096, ge=128, description="Labeler input budget in tokens; longer items are truncated "
         "(see --truncate), and the model's context length caps it.")
@@ -91,6 +96,17 @@ class ServerSettings(BaseSettings):
     reward_cache_items: int = Field(
         65_536, ge=0, description="Exact reward cache: label reads kept, keyed on the model and the exact "
         "labeler token ids (a few hundred bytes each; least recently used out first). 0 turns it off.")
+
+    # Deadlines and shutdown.
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="A scoring request still unanswered after this long gets 504 and its queued "
+        "work is dropped. The default fits a full 256-item request on a CPU (about 0.5 s per item).")
+    backend_timeout_s: float = Field(
+        600.0, gt=0, description="A backend call (one batch) still running after this long fails its "
+        "requests with 503, and readiness reports the backend stuck until the call returns.")
+    shutdown_grace_s: float = Field(
+        60.0, ge=0, description="On SIGTERM: new scoring requests get 503 and readiness turns 503; requests "
+        "in flight get this long to finish, then the server exits 0.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ServerSettings:

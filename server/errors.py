@@ -51,3 +51,31 @@ class NotReady(DrlaifError):
 
     def __init__(self, message: str = "the labeler is still loading; retry shortly"):
         super().__init__(message, headers={"Retry-After": "5"})
+
+
+class BackendFailed(DrlaifError):
+    """The labeler engine raised or gave up on a batch; other requests are unaffected."""
+
+    status_code = 503
+    code = "backend_error"
+
+    def __init__(self, message: str):
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
+class ShuttingDown(DrlaifError):
+    """The server got SIGTERM: it finishes what it has and takes nothing new."""
+
+    status_code = 503
+    code = "shutting_down"
+
+    def __init__(self, message: str = "the server is shutting down; send this to another replica or retry "
+                 "after it restarts"):
+        super().__init__(message, headers={"Retry-After": "5"})
+
+
+class DeadlineExceeded(DrlaifError):
+    """A request ran past --request-timeout-s; its queued work is dropped."""
+
+    status_code = 504
+    code = "deadline_exceeded"

@@ -40,15 +40,36 @@ def wait_until_ready(url: str, proc: subprocess.Popen, timeout: float,
     raise TimeoutError(f"server not ready after {timeout}s:\n{output()}")
 
 
+# Inherited although DRLAIF_*: where the embedded labeler's converted copy lives, which
+# changes nothing the server does (like HF_HOME), and which the docker images point at a
+# prepared cache.
+INHERITED_DRLAIF = frozenset({"DRLAIF_CACHE_DIR"})
+
+
+def server_env(env: dict[str, str] | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a server subprocess: ``base`` (default ``os.environ``) without its
+    ``DRLAIF_*`` settings (but for :data:`INHERITED_DRLAIF`), then ``env`` on top."""
+    base = os.environ if base is None else base
+    kept = {k: v for k, v in base.items() if not k.startswith("DRLAIF_") or k in INHERITED_DRLAIF}
+    return {**kept, **(env or {})}
+
+
 class ServerProcess:
-    """A running drlaif-server; use as a context manager."""
+    """A running drlaif-server; use as a context manager.
+
+    The server is configured by ``args`` (flags) and ``env`` only: the ``DRLAIF_*``
+    variables of the caller's environment are not passed on (but ``DRLAIF_CACHE_DIR``), so
+    that a shell with, say, ``DRLAIF_API_KEY`` or ``DRLAIF_MODEL`` set starts the same server
+    as any other. Give such a setting in ``env`` (or as a flag) to use it. Every other
+    variable (``VLLM_*``, ``HF_*``, ``CUDA_VISIBLE_DEVICES``, ``PATH``, ...) is inherited.
+    """
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, ready_timeout: float = 600,
                  port: int | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [sys.executable, "-m", "server.cli", "--port", str(self.port), *args]
-        self.env = {**os.environ, **(env or {})}
+        self.env = server_env(env)
         self.ready_timeout = ready_timeout
         self.log = tempfile.NamedTemporaryFile("w+", prefix="drlaif-server-", suffix=".log", delete=False)
         self.proc: subprocess.Popen | None = None

@@ -15,6 +15,7 @@ import numpy as np
 
 from server.backends import Backend
 from server.batching import AdmissionGate, BatchStats, MicroBatcher, Submitter
+from server.errors import BackendFailed, DrlaifError
 from server.reward_cache import RewardCache, read_key
 from server.rubrics import RubricRegistry
 from server.rubrics.judge_text import JudgeSpan, find_judge_text, without_spans
@@ -147,7 +148,13 @@ class Scorer:
     async def _compute(self, trie: LabelTrie, encoded: Sequence[EncodedItem]) -> list[np.ndarray]:
         """Label log-probabilities of each input, read by the backend through the batcher."""
         plans = [trie.plan(item.input_ids, item.shared_prefix) for item in encoded]
-        answers = await self.batcher.submit([seq for plan in plans for seq in plan])
+        try:
+            answers = await self.batcher.submit([seq for plan in plans for seq in plan])
+        except DrlaifError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the engine raised, the client gets a 503
+            raise BackendFailed(f"the labeler backend failed on this request's batch: {type(exc).__name__}: "
+                                f"{exc}") from exc
         out, k = [], 0
         for plan in plans:
             out.append(trie.label_logprobs(answers[k : k + len(plan)]))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -7,7 +8,23 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from server.process import ServerProcess
+from server.process import INHERITED_DRLAIF, ServerProcess
+
+# DRLAIF_* variables that configure the tests themselves, not the server or the clients.
+TEST_KNOBS = frozenset({"DRLAIF_OPENRLHF_SRC"})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_drlaif_settings_from_the_shell():
+    """The shell's DRLAIF_* settings (DRLAIF_API_KEY, DRLAIF_MODEL, DRLAIF_BACKEND, ...) would
+    reach in-process settings, the reward clients and the trainer's subprocesses: the tests
+    run without them (a test that wants one sets it with monkeypatch). Session-scoped and
+    autouse, so it is in place before any other fixture."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("DRLAIF_") and name not in INHERITED_DRLAIF | TEST_KNOBS:
+                mp.delenv(name)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,13 @@ def wait(aw):
     return asyncio.wait_for(aw, TIMEOUT)
 
 
+async def settle(rounds: int = 50) -> None:
+    """Let every task that can run, run: ``rounds`` passes of the event loop, and no time
+    (no timer is due in them, so a batcher that waits for company is still waiting)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
 # --------------------------------------------------------------------------- basics
 
 
@@ -155,6 +162,35 @@ def test_idle_worker_does_not_wait_once_a_batch_is_full():
     run(main())
 
 
+def _late_company(max_wait_s: float) -> tuple[list, list]:
+    """One item, then, once the loop has run everything it could, a second one from another
+    task. Returns the batches run before the second came, and all the batches."""
+
+    async def main():
+        backend = FakeBackend()
+        # max_items=2: the second item fills the batch, so no test waits out a long max_wait.
+        batcher = make(backend, max_items=2, max_wait_s=max_wait_s)
+        try:
+            first = asyncio.create_task(batcher.submit(["first"]))
+            await settle()
+            before = [list(b) for b in backend.batches]
+            second = asyncio.create_task(batcher.submit(["second"]))
+            assert await wait(first) == ["out:first"] and await wait(second) == ["out:second"]
+            return before, backend.batches
+        finally:
+            await batcher.stop()
+
+    return run(main())
+
+
+def test_idle_worker_waits_for_company_up_to_max_wait():
+    # Waiting: the first item is still queued when the second comes, and they run together.
+    assert _late_company(max_wait_s=30.0) == ([], [["first", "second"]])
+    # Not waiting: the same loop passes were enough to run the first alone. (So the pair above
+    # was coalesced by the wait, not because the worker had not woken up yet.)
+    assert _late_company(max_wait_s=0.0) == ([["first"]], [["first"], ["second"]])
+
+
 def test_idle_worker_waits_at_most_max_wait_for_company():
     async def main():
         backend = FakeBackend()
@@ -162,8 +198,9 @@ def test_idle_worker_waits_at_most_max_wait_for_company():
         try:
             loop = asyncio.get_running_loop()
             start = loop.time()
+            # Alone, it runs once max_wait is over: wait() fails the test if it never does.
             assert await wait(batcher.submit(["lonely"])) == ["out:lonely"]
-            assert loop.time() - start < 1.0
+            assert loop.time() - start >= 0.04  # (the timer's resolution below 0.05)
         finally:
             await batcher.stop()
 
@@ -461,13 +498,14 @@ def test_gate_sends_concurrent_requests_straight_to_the_backend():
 
 def test_gate_does_not_wait_for_company():
     async def main():
-        backend = FakeBackend()
+        backend = FakeBackend(gate=True)
         gate = gate_for(backend)
         try:
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            assert await wait(gate.submit(["lonely"])) == ["out:lonely"]
-            assert loop.time() - start < 0.05
+            lonely = asyncio.create_task(gate.submit(["lonely"]))
+            await settle()  # loop passes only: a gate waiting on a timer would not be in yet
+            assert backend.batches == [["lonely"]]
+            backend.gate.set()
+            assert await wait(lonely) == ["out:lonely"]
         finally:
             await gate.stop()
 

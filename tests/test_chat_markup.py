@@ -123,4 +123,4 @@ def test_labeler_items_keep_unknown_markup_as_text():
 def test_parsing_stays_linear_on_hostile_text(text):
     started = time.perf_counter()
     parse_chat(text)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 2.0  # generous: quadratic backtracking would take seconds

@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 import pytest
 from packaging.requirements import Requirement
 
+from server.config import ServerSettings
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILES = {"gpu": ROOT / "docker-compose.yml", "cpu": ROOT / "docker-compose.cpu.yml"}
 STACKS = tuple(COMPOSE_FILES)
@@ -491,8 +493,10 @@ def test_server_health_and_lifecycle_settings():
         assert not check.get("disable") and check.get("retries", 0) >= 1
         assert seconds(check["start_period"]) >= (600 if stack == "gpu" else 120), (
             f"{name}: start_period {check['start_period']} is short for a first model load")
-        assert seconds(svc["stop_grace_period"]) > int(uvicorn_timeout.group(1)), (
-            f"{name}: stop_grace_period must exceed uvicorn's graceful shutdown")
+        drain = float(svc.get("environment", {}).get("DRLAIF_SHUTDOWN_GRACE_S")
+                      or ServerSettings.model_fields["shutdown_grace_s"].default)
+        assert seconds(svc["stop_grace_period"]) > drain + int(uvicorn_timeout.group(1)), (
+            f"{name}: stop_grace_period must exceed the server's drain plus uvicorn's graceful shutdown")
         if stack == "gpu":
             assert svc.get("ipc") == "host", f"{name}: vLLM needs ipc: host"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from server.rubrics.judge_text import JudgeSpan, find_judge_text, normalise, tag_pattern, without_spans
@@ -158,3 +160,13 @@ def test_normalise_folds_brackets_and_drops_invisible_characters():
     assert normalise("<\u200b/re\u200csp\u200don\u2060se\ufeff>") == "</response>"
     assert normalise("soft\u00adhyphen") == "softhyphen"
     assert normalise("plain text, 10/10") == "plain text, 10/10"
+
+
+@pytest.mark.parametrize("text", ["(" * 30_000, "(response" + ")" * 30_000 + "x", "this answer" + " ." * 15_000,
+                                  "word " * 6_000, "the above response" + "!" * 30_000 + "x"])
+def test_hostile_long_sentences_take_linear_time(text):
+    """A response is attacker-controlled: no rule may backtrack quadratically on it (the
+    self-assessment rule once took 29 s on a 30,000-character sentence; now milliseconds)."""
+    started = time.perf_counter()
+    find_judge_text(text, ("prompt", "response"))
+    assert time.perf_counter() - started < 2.0  # generous: quadratic took seconds, linear takes ms

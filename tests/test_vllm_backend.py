@@ -206,3 +206,28 @@ def test_an_engine_that_cannot_start_makes_the_server_exit_with_a_message(embedd
     finally:
         proc.stop()
     assert "this vLLM build runs on 'cpu'" in proc.output()
+
+
+def test_a_dead_engine_core_makes_the_server_refuse_then_exit_nonzero(embedded_model_dir):
+    """Kill vLLM's engine-core process under a running server: requests get 503 (or find the
+    server gone), never hang, and the process exits non-zero soon, for a supervisor's restart."""
+    with ServerProcess("--backend", "vllm", "--model", str(embedded_model_dir), "--enforce-eager",
+                       "--reward-cache-items", "0", env={"VLLM_CPU_KVCACHE_SPACE": "1"}) as proc:
+        assert _post(proc, "/score", GOOD).status_code == 200
+        cores = [p for p in psutil.Process(proc.proc.pid).children(recursive=True)
+                 if "EngineCore" in " ".join(p.cmdline()) or "EngineCore" in p.name()]
+        assert cores, "no vLLM engine-core process under the server"
+        for core in cores:
+            core.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        answers = []
+        while time.monotonic() < deadline and proc.alive():
+            try:
+                answers.append(httpx.post(f"{proc.url}/score", json=GOOD, timeout=30).status_code)
+                answers.append(httpx.get(f"{proc.url}/health/ready", timeout=10).status_code)
+            except httpx.TransportError:
+                break  # the server is gone already
+            time.sleep(0.2)
+        assert proc.proc.wait(60) not in (0, None)
+        assert set(answers) <= {503}, answers  # never a 200 from a dead engine, never a 500
+    assert "engine core died" in proc.output(tail=200_000)

@@ -12,7 +12,9 @@ from fastapi import FastAPI, Request
 
 from server import __version__
 from server.app.api_router import build_router
-from server.app.auth import bearer_auth
+from server.app.auth import BearerAuthMiddleware, bearer_auth
+from server.app.body_limit import BodyLimitMiddleware
+from server.app.disconnect import CancelOnDisconnect
 from server.app.errors import install_error_handlers
 from server.app.metrics import Metrics
 from server.app.protocol import request_models
@@ -22,19 +24,24 @@ from server.config import ServerSettings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: ServerSettings, on_load_failure: Callable[[], None] | None = None) -> FastAPI:
+def create_app(settings: ServerSettings, on_fatal: Callable[[], None] | None = None) -> FastAPI:
     """Build the app; the labeler loads in the background once the server is up.
 
-    A labeler that cannot load will never be ready: ``on_load_failure`` is called so
-    the runner can stop the server (``drlaif-server`` then exits with status 1).
+    A labeler that cannot load, or whose engine dies, will never be ready: ``on_fatal`` is
+    called so the runner can stop the server (``drlaif-server`` then exits with status 1).
     """
 
     def _check_loaded(task: asyncio.Task) -> None:
-        if on_load_failure is not None and not task.cancelled() and task.exception() is not None:
-            on_load_failure()
+        if on_fatal is not None and not task.cancelled() and task.exception() is not None:
+            on_fatal()
     metrics = Metrics()
-    service = ScoringService(settings, metrics)
-    auth = bearer_auth(settings.resolved_api_key())
+
+    def count_rejection(reason: str) -> None:
+        metrics.rejections.labels(reason).inc()
+
+    service = ScoringService(settings, metrics, on_fatal=on_fatal)
+    api_key = settings.resolved_api_key()
+    auth = bearer_auth(api_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -51,12 +58,17 @@ def create_app(settings: ServerSettings, on_load_failure: Callable[[], None] | N
     app = FastAPI(title="drlaif reward server", version=__version__, lifespan=lifespan,
                   description="Direct RLAIF: rewards in [-1, 1] from a labeler LLM's score probabilities.")
     app.state.service = service
-    install_error_handlers(app, on_reject=lambda reason: metrics.rejections.labels(reason).inc())
+    install_error_handlers(app, on_reject=count_rejection)
     app.include_router(build_router(
         service, request_models(settings.max_items_per_request, settings.max_field_chars,
                                 max_compare_items=max_compare_items(settings),
                                 # OpenRLHF sends its whole rollout batch in one /get_reward call.
                                 max_queries=settings.max_queue_items), auth))
+    # Inside `observe` (which counts their 401s and 413s), outside every route: the key guards
+    # all but /health/*, /docs and /openapi.json included; then an oversized body is refused
+    # before anything reads it.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, on_reject=count_rejection)
+    app.add_middleware(BearerAuthMiddleware, api_key=api_key)
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
@@ -67,5 +79,8 @@ def create_app(settings: ServerSettings, on_load_failure: Callable[[], None] | N
         metrics.requests.labels(path, str(response.status_code)).inc()
         metrics.latency.labels(path).observe(time.perf_counter() - started)
         return response
+
+    # Outermost, so that a client's disconnect cancels everything its request started.
+    app.add_middleware(CancelOnDisconnect, on_cancel=lambda path: metrics.rejections.labels("client_gone").inc())
 
     return app

@@ -12,64 +12,103 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from server.app import protocol
 from server.app.serving import ScoringService
 
-_ERRORS = {
-    code: {"model": protocol.ErrorResponse}
-    for code in (400, 401, 413, 422, 429, 503)
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                "schema": {"type": "integer"}}}
+# Every error has the same JSON body (server/app/errors.py); the description lists its error.type values.
+_ERROR_DOCS = {
+    400: ("invalid_json: the body is not valid JSON.", None),
+    401: ("The server has an API key and the request has no valid 'Authorization: Bearer <key>'.",
+          {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}),
+    413: ("body_too_large (the body is over --max-body-bytes), input_too_long (an item does not fit "
+          "max_input_tokens and the server runs with --no-truncate).", None),
+    422: ("invalid_request (the body or a parameter breaks the schema: a missing or extra field, a wrong "
+          "type, a limit), unknown_rubric, rubric_cannot_compare, query_mismatch (/get_reward: a query "
+          "that does not contain its prompt).", None),
+    429: ("overloaded: the queue is full.", _RETRY_AFTER),
+    503: ("not_ready (the labeler is loading), shutting_down, backend_error (the labeler failed or "
+          "stalled on the batch).", _RETRY_AFTER),
+    504: ("deadline_exceeded: not answered within --request-timeout-s; the request's queued work is "
+          "dropped.", None),
 }
+
+
+def _errors(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI ``responses`` for these error statuses: ErrorResponse as application/json."""
+    responses: dict[int | str, dict] = {}
+    for code in codes:
+        description, headers = _ERROR_DOCS[code]
+        responses[code] = {"model": protocol.ErrorResponse, "description": description}
+        if headers:
+            responses[code]["headers"] = headers
+    return responses
+
+
+_SCORING_ERRORS = _errors(400, 401, 413, 422, 429, 503, 504)
+_RENDER_ERRORS = _errors(400, 401, 413, 422, 503, 504)
+_GUARDED_ERRORS = _errors(401)
+_NOT_READY = {503: {**_errors(503)[503],
+                    "description": "not_ready: the labeler is loading or failed to load, its engine died, a "
+                    "backend call is stuck past --backend-timeout-s, or the server is shutting down."}}
+_METRICS = {200: {"description": "Prometheus text exposition format.",
+                  "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+            **_GUARDED_ERRORS}
 
 
 def build_router(service: ScoringService, models: protocol.RequestModels, auth) -> APIRouter:
     router = APIRouter()
     guarded = [Depends(auth)]
+    if models.rubrics is None:  # publish the loaded registry's rubric names as the schema's enum
+        models = models.with_rubrics(service.rubrics.names,
+                                     sorted(r.name for r in service.rubrics if r.compare is not None))
     ScoreRequest = models.score
     CompareRequest = models.compare
     RewardRequest = models.reward
 
-    @router.post("/score", response_model=protocol.ScoreResponse, responses=_ERRORS, dependencies=guarded,
-                 summary="Direct-RLAIF rewards for (prompt, response) items")
+    @router.post("/score", response_model=protocol.ScoreResponse, responses=_SCORING_ERRORS,
+                 dependencies=guarded, summary="Direct-RLAIF rewards for (prompt, response) items")
     async def score(body: ScoreRequest) -> protocol.ScoreResponse:
         return await service.score(body)
 
-    @router.post("/compare", response_model=protocol.CompareResponse, responses=_ERRORS, dependencies=guarded,
+    @router.post("/compare", response_model=protocol.CompareResponse, responses=_SCORING_ERRORS,
+                 dependencies=guarded,
                  summary="Pairwise preference P(A better) for (prompt, response_a, response_b) items")
     async def compare(body: CompareRequest) -> protocol.CompareResponse:
         return await service.compare(body)
 
     rubric_in_url = Query(None, description="Rubric to score with (OpenRLHF cannot send one in the body, "
                           "so it goes in the URL: /get_reward?rubric=harmless); the server's default when "
-                          "omitted.")
+                          "omitted.",
+                          json_schema_extra={"enum": list(models.rubrics)} if models.rubrics else None)
 
-    @router.post("/get_reward", response_model=protocol.RewardResponse, responses=_ERRORS,
+    @router.post("/get_reward", response_model=protocol.RewardResponse, responses=_SCORING_ERRORS,
                  dependencies=guarded, summary="OpenRLHF's remote reward protocol (--remote_rm_url)")
-    async def get_reward(body: RewardRequest, rubric: str | None = rubric_in_url) -> protocol.RewardResponse:
+    async def get_reward(body: RewardRequest, rubric: str = rubric_in_url) -> protocol.RewardResponse:
         return await service.get_reward(body, rubric)
 
-    @router.post("/render", response_model=protocol.RenderResponse, responses=_ERRORS, dependencies=guarded,
-                 summary="The exact labeler input and label tokens for each item")
+    @router.post("/render", response_model=protocol.RenderResponse, responses=_RENDER_ERRORS,
+                 dependencies=guarded, summary="The exact labeler input and label tokens for each item")
     async def render(body: ScoreRequest) -> protocol.RenderResponse:
         return await service.render(body)
 
-    @router.get("/info", response_model=protocol.InfoResponse, dependencies=guarded)
+    @router.get("/info", response_model=protocol.InfoResponse, responses=_GUARDED_ERRORS,
+                dependencies=guarded)
     async def info() -> protocol.InfoResponse:
         return service.info()
 
-    @router.get("/metrics", dependencies=guarded)
+    @router.get("/metrics", response_class=Response, responses=_METRICS, dependencies=guarded)
     async def metrics() -> Response:
         service.metrics.queue_depth.set(service.scorer.batcher.depth if service.scorer else 0)
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @router.get("/health/live")
+    @router.get("/health/live", response_model=protocol.HealthStatus)
     async def live() -> dict[str, str]:
         return {"status": "alive"}
 
-    @router.get("/health/ready", responses={503: {"model": protocol.ErrorResponse}})
+    @router.get("/health/ready", response_model=protocol.HealthStatus, responses=_NOT_READY)
     async def ready() -> JSONResponse:
-        if service.ready:
+        message = service.readiness()
+        if message is None:
             return JSONResponse({"status": "ready"})
-        if service.load_error is not None:
-            message = f"the labeler failed to load: {service.load_error}"
-        else:
-            message = "the labeler is loading"
         return JSONResponse({"error": {"type": "not_ready", "message": message}}, status_code=503,
                             headers={"Retry-After": "5"})
 

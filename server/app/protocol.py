@@ -1,16 +1,19 @@
 """Wire format: pydantic models for every request and response.
 
-Request models carry the configured limits (items per request, characters per field),
-so they are built per app by :func:`request_models`; the JSON schema in /docs shows
-the limits a given server enforces.
+Request models carry the configured limits (items per request, characters per field)
+and the names of the loaded rubrics, so they are built per app by :func:`request_models`;
+the JSON schema in /docs shows the limits and rubrics of a given server. They are strict
+where the schema is: a boolean must be ``true`` or ``false`` (not ``0`` or ``"yes"``);
+a number may be written as an integer (JSON has no separate float).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 MAX_MESSAGES = 256
 
@@ -80,7 +83,7 @@ class InfoResponse(BaseModel):
     device: str
     default_rubric: str
     rubrics: list[RubricInfo]
-    limits: dict[str, int | bool]
+    limits: dict[str, bool | int | float]
     ready: bool
 
 
@@ -90,7 +93,13 @@ class ErrorBody(BaseModel):
 
 
 class ErrorResponse(BaseModel):
+    """Every error response: ``{"error": {"type": ..., "message": ...}}``."""
+
     error: ErrorBody
+
+
+class HealthStatus(BaseModel):
+    status: str = Field(description="alive (/health/live) or ready (/health/ready).")
 
 
 class OrderValues(BaseModel):
@@ -136,20 +145,43 @@ class RequestModels:
     score: type[BaseModel]
     compare: type[BaseModel]
     reward: type[BaseModel]
+    rubrics: tuple[str, ...] | None = None  # the names published as the enum of rubric fields
+    limits: dict[str, int | None] = field(default_factory=dict, compare=False, repr=False)
+
+    def with_rubrics(self, rubrics: Sequence[str], compare_rubrics: Sequence[str]) -> RequestModels:
+        """The same models, their schema naming these rubrics (the loaded registry)."""
+        return request_models(**self.limits, rubrics=rubrics, compare_rubrics=compare_rubrics)
+
+
+def rubric_name(names: Sequence[str] | None) -> Any:
+    """The type of a rubric name: a string whose schema enumerates ``names`` (when there are any).
+
+    Only the schema is constrained: the registry answers an unknown name with a 422 that lists
+    the rubrics available, more helpful than a pydantic enum error.
+    """
+    if not names:
+        return str
+    return Annotated[str, WithJsonSchema({"type": "string", "enum": list(names)})]
 
 
 def request_models(max_items: int, max_chars: int, max_compare_items: int | None = None,
-                   max_queries: int | None = None) -> RequestModels:
+                   max_queries: int | None = None, rubrics: Sequence[str] | None = None,
+                   compare_rubrics: Sequence[str] | None = None) -> RequestModels:
     """Request models enforcing this server's limits in their schema.
 
     ``max_compare_items`` (default ``max_items``) bounds /compare, whose items are two
     labeler inputs each; ``max_queries`` (default ``max_items``) bounds /get_reward, whose
-    caller (OpenRLHF) sends a whole rollout batch in one request.
+    caller (OpenRLHF) sends a whole rollout batch in one request. ``rubrics`` (and
+    ``compare_rubrics``, those with a pairwise form) are published as the enum of the
+    rubric fields; without them the schema allows any string.
     """
     Text = Annotated[str, StringConstraints(max_length=max_chars)]
+    Rubric = rubric_name(rubrics)
+    CompareRubric = rubric_name(compare_rubrics)
+    strict = ConfigDict(extra="forbid", strict=True)
 
     class ChatMessage(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = strict
         role: Literal["system", "user", "assistant"]
         content: Text
 
@@ -158,25 +190,26 @@ def request_models(max_items: int, max_chars: int, max_compare_items: int | None
     rubric_description = "Rubric name; the server's default when omitted."
 
     class ScoreItem(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = strict
         prompt: PromptField = Field(description=prompt_description)
         response: Text
 
     class ScoreRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = strict
         items: list[ScoreItem] = Field(min_length=1, max_length=max_items)
-        rubric: str | None = Field(None, description=rubric_description)
+        rubric: Rubric | None = Field(None, description=rubric_description)
 
     class CompareItem(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = strict
         prompt: PromptField = Field(description=prompt_description)
         response_a: Text
         response_b: Text
 
     class CompareRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+        model_config = strict
         items: list[CompareItem] = Field(min_length=1, max_length=max_compare_items or max_items)
-        rubric: str | None = Field(None, description=rubric_description + " It must have a compare section.")
+        rubric: CompareRubric | None = Field(
+            None, description=rubric_description + " It must have a compare section.")
         debias: bool = Field(True, description="Read both orders (A first, then B first) and average them; "
                              "false reads only A first (half the cost, with the labeler's position bias).")
 
@@ -186,7 +219,8 @@ def request_models(max_items: int, max_chars: int, max_compare_items: int | None
     class RewardRequest(BaseModel):
         """OpenRLHF's remote reward request (``--remote_rm_url http://host:port/get_reward``)."""
 
-        model_config = ConfigDict(extra="ignore")  # other OpenRLHF versions may send more keys
+        # Other OpenRLHF versions may send more keys.
+        model_config = ConfigDict(extra="ignore", strict=True)
         query: list[Query] = Field(min_length=1, max_length=n_queries,
                                    description="Prompt followed by the response, one per sample.")
         prompts: list[Text] = Field(
@@ -194,4 +228,8 @@ def request_models(max_items: int, max_chars: int, max_compare_items: int | None
             "only its end (OpenRLHF cuts long prompts from the left).")
         labels: list[Any] | None = Field(None, description="OpenRLHF's --label_key values; not used.")
 
-    return RequestModels(score=ScoreRequest, compare=CompareRequest, reward=RewardRequest)
+    return RequestModels(
+        score=ScoreRequest, compare=CompareRequest, reward=RewardRequest,
+        rubrics=tuple(rubrics) if rubrics is not None else None,
+        limits={"max_items": max_items, "max_chars": max_chars, "max_compare_items": max_compare_items,
+                "max_queries": max_queries})

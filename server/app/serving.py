@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from server import __version__
 from server.app import protocol
@@ -13,13 +15,14 @@ from server.app.metrics import Metrics
 from server.app.openrlhf import END_MARKERS, labeler_items
 from server.backends import Backend, create_backend
 from server.config import ServerSettings
-from server.errors import NotReady
+from server.errors import DeadlineExceeded, NotReady, ShuttingDown
 from server.pairwise import compare
 from server.rubrics import RubricRegistry
 from server.scorer import BatchingLimits, Scorer
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 WARMUP_ITEM = ("Say hello.", "Hello!")
 
 
@@ -41,14 +44,21 @@ def max_compare_items(settings: ServerSettings) -> int:
 class ScoringService:
     """Owns the labeler's lifecycle and answers the API's questions."""
 
-    def __init__(self, settings: ServerSettings, metrics: Metrics):
+    def __init__(self, settings: ServerSettings, metrics: Metrics, on_fatal: Callable[[], None] | None = None):
+        """``on_fatal`` is called once when the labeler fails to load or its engine dies: the
+        server can never serve again, so the runner should stop (and exit non-zero)."""
         self.settings = settings
         self.metrics = metrics
+        self.on_fatal = on_fatal
         # Parsed up front so a bad rubrics file fails before the model loads.
         self.rubrics = RubricRegistry.load(settings.rubrics, settings.default_rubric)
         self.scorer: Scorer | None = None
         self.ready = False
         self.load_error: BaseException | None = None
+        self.fatal_error: str | None = None  # the load error or the engine's death, once either happens
+        self.draining = False  # SIGTERM: finish what is in flight, take nothing new
+        self.in_flight = 0  # scoring requests admitted and not yet answered
+        self._watchdog: asyncio.Task | None = None
 
     async def start(self) -> None:
         """Load the backend off the event loop, compile rubrics, warm up, then become ready."""
@@ -66,32 +76,86 @@ class ScoringService:
             )
             self.scorer.batcher.start()
             await self.scorer.score(None, [WARMUP_ITEM])
+            # Not before: the first call pays for lazy initialisation (and on vLLM, compilation).
+            self.scorer.batcher.call_timeout_s = s.backend_timeout_s
         except BaseException as exc:
             self.load_error = exc
+            self.fatal_error = f"the labeler failed to load: {type(exc).__name__}: {exc}"
             log.exception("the labeler failed to load")
             raise
         self.ready = True
+        self._watchdog = asyncio.create_task(self._watch(backend), name="drlaif-watchdog")
         info = backend.info
         log.info("ready in %.1fs: %s on %s/%s (%s), rubrics: %s", time.perf_counter() - started,
                  info.model, info.name, info.device, info.dtype, ", ".join(self.rubrics.names))
 
+    async def _watch(self, backend: Backend, every_s: float = 1.0) -> None:
+        """Turn unready, and stop the server, when the engine dies (a vLLM engine core that
+        crashed or was killed never comes back; a restart of the process does)."""
+        while (failure := backend.failure()) is None:
+            await asyncio.sleep(every_s)
+        log.error("%s; stopping the server", failure)
+        self.fatal_error = failure
+        self.ready = False
+        if self.on_fatal is not None:
+            self.on_fatal()
+
+    def readiness(self) -> str | None:
+        """None when ready to score; otherwise why not (for /health/ready's 503)."""
+        if self.fatal_error is not None:
+            return self.fatal_error
+        if self.draining:
+            return "the server is shutting down"
+        if not self.ready or self.scorer is None:
+            return "the labeler is loading"
+        failure = self.scorer.backend.failure()  # at once, not at the watchdog's next look
+        if failure is not None:
+            return failure
+        overdue = self.scorer.batcher.overdue_s
+        if overdue is not None:
+            return (f"a labeler backend call has run for {overdue:.0f}s, past --backend-timeout-s "
+                    f"({self.settings.backend_timeout_s:g}s); requests fail until it returns")
+        return None
+
     async def stop(self) -> None:
         self.ready = False
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.scorer is not None:
             await self.scorer.batcher.stop()
             self.scorer.backend.close()
 
     def _scorer(self) -> Scorer:
+        if self.fatal_error is not None:
+            raise NotReady(self.fatal_error)
         if not self.ready or self.scorer is None:
             raise NotReady()
         return self.scorer
+
+    async def _serve(self, work: Callable[[Scorer], Awaitable[T]]) -> T:
+        """Run one scoring request: refused while shutting down, counted while in flight, and
+        bounded by --request-timeout-s (its queued work is dropped when it runs out)."""
+        if self.draining:
+            raise ShuttingDown()
+        scorer = self._scorer()
+        self.in_flight += 1
+        timeout = self.settings.request_timeout_s
+        try:
+            return await asyncio.wait_for(work(scorer), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(f"the request was not answered within {timeout:g}s (--request-timeout-s); "
+                                   "its queued work was dropped. Send fewer items per request, or retry") from None
+        finally:
+            self.in_flight -= 1
 
     def _count(self, rubric: str, scored) -> None:
         self.metrics.items.labels(rubric).inc(len(scored))
         self.metrics.judge_text.labels(rubric).inc(sum(s.judge_spans > 0 for s in scored))
 
     async def score(self, request) -> protocol.ScoreResponse:
-        scorer = self._scorer()
+        return await self._serve(lambda scorer: self._score(scorer, request))
+
+    async def _score(self, scorer: Scorer, request) -> protocol.ScoreResponse:
         items = _items(request)
         self.metrics.queue_depth.set(scorer.batcher.depth)
         scored = await scorer.score(request.rubric, items)
@@ -112,7 +176,9 @@ class ScoringService:
         )
 
     async def compare(self, request) -> protocol.CompareResponse:
-        scorer = self._scorer()
+        return await self._serve(lambda scorer: self._compare(scorer, request))
+
+    async def _compare(self, scorer: Scorer, request) -> protocol.CompareResponse:
         items = [(_prompt(item), item.response_a, item.response_b) for item in request.items]
         compared = await compare(scorer, request.rubric, items, debias=request.debias)
         compiled = scorer.encoder.compile_comparison(scorer.rubrics.get(request.rubric))
@@ -137,7 +203,9 @@ class ScoringService:
     async def get_reward(self, request, rubric: str | None) -> protocol.RewardResponse:
         """OpenRLHF's remote reward: each query split into (prompt, response) and scored as /score does
         (a chat-templated prompt as its messages)."""
-        scorer = self._scorer()
+        return await self._serve(lambda scorer: self._get_reward(scorer, request, rubric))
+
+    async def _get_reward(self, scorer: Scorer, request, rubric: str | None) -> protocol.RewardResponse:
         markers = (*END_MARKERS, *getattr(scorer.backend.tokenizer, "all_special_tokens", ()))
         items = labeler_items(request.query, request.prompts, markers)
         scored = await scorer.score(rubric, items)
@@ -153,7 +221,9 @@ class ScoringService:
         )
 
     async def render(self, request) -> protocol.RenderResponse:
-        scorer = self._scorer()
+        return await self._serve(lambda scorer: self._render(scorer, request))
+
+    async def _render(self, scorer: Scorer, request) -> protocol.RenderResponse:
         items = _items(request)
         compiled, guarded = await asyncio.to_thread(scorer.encode, request.rubric, items)
         labels = {label: list(ids) for label, ids in compiled.trie.label_tokens.items()}

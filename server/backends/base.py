@@ -49,6 +49,10 @@ class Backend(Protocol):
         """
         ...
 
+    def failure(self) -> str | None:
+        """None while the engine can serve; else why it never will again (the server then exits)."""
+        ...
+
     def close(self) -> None:
         """Release the engine."""
         ...

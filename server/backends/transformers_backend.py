@@ -117,6 +117,8 @@ class TransformersBackend:
             kv = self._kv_of(prefix)
             results = self._read(batch, prefix, kv)
         except Exception as exc:  # noqa: BLE001 - any model that cannot do it keeps working the plain way
+            if self.model is None:
+                raise  # closed under a running batch (shutdown): nothing to learn about the model
             log.warning("shared-prefix reuse is off for %s: this model cannot run on a reused KV cache (%s)",
                         self.info.model, exc)
             self.prefix_reuse = False
@@ -191,6 +193,9 @@ class TransformersBackend:
         return [[logprobs[row, column[seq.num_tokens - position + 1], list(candidates)].numpy().astype(np.float64)
                  for position, candidates in seq.reads]
                 for row, seq in enumerate(batch)]
+
+    def failure(self) -> str | None:
+        return None  # in-process: an error fails its batch, never the engine
 
     def close(self) -> None:
         self.model = None

@@ -199,6 +199,13 @@ class VLLMBackend:
             raise RuntimeError(f"vLLM did not keep the forced token {forced} (got {final.outputs[0].token_ids[0]})")
         return list(final.outputs[0].logprobs[:steps])
 
+    def failure(self) -> str | None:
+        """Why the engine is gone (its engine-core process died), else None."""
+        engine = self.engine
+        if engine is not None and getattr(engine, "errored", False):
+            return "the vLLM engine core died (see the log above for its last words); it cannot recover"
+        return None
+
     def close(self) -> None:
         """Stop the engine and its processes."""
         engine, self.engine = self.engine, None

@@ -53,10 +53,12 @@ _RULES: dict[str, re.Pattern[str]] = {
         r"|\b(?:reply|answer|respond|output)\s+only\b",
         re.IGNORECASE | re.DOTALL),
     # The response grading itself: "This answer is perfect", "(A flawless, authoritative response.)".
+    # Anchored: the lookahead scans to the end, so trying it at every position would be
+    # quadratic in the length of a sentence (a 30k-character one took 29 s).
     "self_assessment": re.compile(
-        r"(?=.*\b(?:this|my|the\s+above|above|preceding|following)\s+(?:response|answer|reply|explanation)"
+        r"^(?=.*\b(?:this|my|the\s+above|above|preceding|following)\s+(?:response|answer|reply|explanation)"
         r"|.*\b(?:response|answer|reply|facts?|information|everything)\s+(?:above|here)"
-        r"|^\W*\(.*\b(?:response|answer|reply)\W*\)\W*$|.*\bexperts?\s+(?:agree|confirm|verified|approve))"
+        r"|^[^\w(]*\(.*\b(?:response|answer|reply)[^\w)]*\)[^\w)]*$|.*\bexperts?\s+(?:agree|confirm|verified|approve))"
         r".*\b(?:excellent|perfect|flawless|best|accurate|correct|complete|verified|authoritative|expert\S*"
         r"|outstanding|ideal|top|helpful|safe)\b",
         re.IGNORECASE),

@@ -1,0 +1,137 @@
+"""Faults, deadlines, disconnects and shutdown, on real server processes.
+
+The server runs tests/fixtures/faulty_server.py: drlaif-server whose real (embedded
+labeler) backend is wrapped by hooks that raise, hang or delay chosen calls and count
+the work that reaches it. Every test checks the status codes and that the server still
+serves afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.process import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+FIXTURE = Path(__file__).parent / "fixtures" / "faulty_server.py"
+ITEM = {"prompt": "What is the capital of France?", "response": "Paris."}
+
+
+class FaultyServer(ServerProcess):
+    """A ServerProcess running the fault-injecting fixture instead of server.cli."""
+
+    def __init__(self, tmp_path: Path, *args: str):
+        self.control = tmp_path / "control.json"
+        self.calls = tmp_path / "calls.txt"
+        self.control.write_text("{}")
+        self.calls.write_text("")
+        super().__init__("--reward-cache-items", "0", *args,
+                         env={"FAULTY_CONTROL": str(self.control), "FAULTY_CALLS": str(self.calls)})
+        self.args = [sys.executable, str(FIXTURE), *self.args[3:]]  # in place of "-m server.cli"
+
+    def set_faults(self, **control) -> None:
+        self.control.write_text(json.dumps(control))
+
+    def backend_calls(self) -> list[tuple[int, int]]:
+        """(call number, sequences) of every backend call so far."""
+        return [tuple(map(int, line.split())) for line in self.calls.read_text().splitlines()]
+
+    def next_call(self) -> int:
+        return len(self.backend_calls()) + 1
+
+    def score(self, n: int = 1, timeout: float = 120) -> httpx.Response:
+        items = [{"prompt": f"{ITEM['prompt']} ({k})", "response": ITEM["response"]} for k in range(n)]
+        return httpx.post(f"{self.url}/score", json={"items": items}, timeout=timeout)
+
+    def ready(self) -> httpx.Response:
+        return httpx.get(f"{self.url}/health/ready", timeout=10)
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_a_backend_call_that_raises_fails_only_its_batch(tmp_path):
+    with FaultyServer(tmp_path) as server:
+        server.set_faults(raise_calls=[server.next_call()])
+        failed = server.score()
+        assert failed.status_code == 503
+        error = failed.json()["error"]
+        assert error["type"] == "backend_error" and "injected failure" in error["message"]
+        assert failed.headers["retry-after"]
+        assert server.ready().status_code == 200
+        assert server.score(2).status_code == 200  # the next batch is served
+        assert server.alive()
+
+
+def test_a_hanging_backend_call_times_out_and_the_queue_moves_on(tmp_path):
+    with FaultyServer(tmp_path, "--request-timeout-s", "3", "--backend-timeout-s", "5") as server:
+        server.set_faults(hang_calls=[server.next_call()], hang_s=15)
+        started = time.monotonic()
+        stuck = server.score()
+        assert stuck.status_code == 504
+        assert stuck.json()["error"]["type"] == "deadline_exceeded"
+        assert time.monotonic() - started < 10
+        # Past the backend deadline the stuck call is reported, and it no longer holds the queue.
+        wait_for(lambda: server.ready().status_code == 503, 10, "readiness to report the stuck call")
+        assert "--backend-timeout-s" in server.ready().json()["error"]["message"]
+        assert server.score().status_code == 200
+        # Once the stuck call returns, the server is ready again.
+        wait_for(lambda: server.ready().status_code == 200, 20, "readiness to recover")
+        assert server.score().status_code == 200
+
+
+def test_a_client_that_disconnects_has_its_queued_items_dropped(tmp_path):
+    with FaultyServer(tmp_path) as server:
+        server.set_faults(delay_s=3)
+        first = server.next_call()
+        busy = threading.Thread(target=server.score)  # holds the backend for 3 s
+        busy.start()
+        wait_for(lambda: server.next_call() > first, 10, "the first request to reach the backend")
+        with pytest.raises(httpx.ReadTimeout):
+            server.score(8, timeout=0.5)  # queued behind the busy call, then abandoned
+        busy.join()
+        server.set_faults()
+        time.sleep(0.5)  # a queued batch would be dispatched by now
+        assert [n for call, n in server.backend_calls() if call >= first] == [1]  # only the first request's item
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert 'drlaif_rejections_total{reason="client_gone"} 1.0' in metrics
+        assert server.score().status_code == 200
+        log = server.output(tail=100_000)
+        assert "client went away" in log
+        assert "ERROR" not in log and "Traceback" not in log
+
+
+def test_sigterm_finishes_the_requests_in_flight_then_exits_0(tmp_path):
+    with FaultyServer(tmp_path, "--shutdown-grace-s", "60") as server:
+        server.set_faults(delay_s=2)
+        first = server.next_call()
+        answers: list[httpx.Response] = []
+        in_flight = [threading.Thread(target=lambda n=n: answers.append(server.score(n))) for n in (24, 3)]
+        for thread in in_flight:
+            thread.start()
+        wait_for(lambda: server.next_call() > first, 10, "the requests to reach the backend")
+        server.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: server.ready().status_code == 503, 5, "readiness to turn 503")
+        assert server.ready().json()["error"]["message"] == "the server is shutting down"
+        refused = server.score()
+        assert refused.status_code == 503 and refused.json()["error"]["type"] == "shutting_down"
+        for thread in in_flight:
+            thread.join(60)
+        assert [r.status_code for r in answers] == [200, 200]
+        assert sorted(len(r.json()["results"]) for r in answers) == [3, 24]
+        assert server.proc.wait(30) == 0
