@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -35,7 +36,7 @@ import httpx
 
 from server.backends import resolve_model
 from server.backends.embedded import default_cache_dir
-from server.process import ServerProcess, free_port, wait_until_ready
+from server.process import ServerProcess, free_port, stop_process, wait_until_ready
 from server.rubrics import RubricRegistry
 
 ITEMS_FILE = Path(__file__).parent / "data" / "hh_harmless_like.jsonl"
@@ -82,13 +83,7 @@ class VLLMOpenAIServer:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 60)
 
 
 def naive_scores(choices: list[dict]) -> list[float | None]:
@@ -96,7 +91,7 @@ def naive_scores(choices: list[dict]) -> list[float | None]:
     out = []
     for choice in choices:
         top = choice["logprobs"]["top_logprobs"][0]
-        mass = {DIGITS[t.strip()]: 2.718281828459045 ** lp for t, lp in top.items() if t.strip() in DIGITS}
+        mass = {DIGITS[t.strip()]: math.exp(lp) for t, lp in top.items() if t.strip() in DIGITS}
         total = sum(mass.values())
         out.append(sum(d * p for d, p in mass.items()) / total if total > 0 else None)
     return out

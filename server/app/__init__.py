@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 
 from server import __version__
 from server.app.api_router import build_router
-from server.app.auth import BearerAuthMiddleware, bearer_auth
+from server.app.auth import BearerAuthMiddleware
 from server.app.body_limit import BodyLimitMiddleware
 from server.app.disconnect import CancelOnDisconnect
 from server.app.errors import install_error_handlers
@@ -41,7 +41,6 @@ def create_app(settings: ServerSettings, on_fatal: Callable[[], None] | None = N
 
     service = ScoringService(settings, metrics, on_fatal=on_fatal)
     api_key = settings.resolved_api_key()
-    auth = bearer_auth(api_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -63,7 +62,7 @@ def create_app(settings: ServerSettings, on_fatal: Callable[[], None] | None = N
         service, request_models(settings.max_items_per_request, settings.max_field_chars,
                                 max_compare_items=max_compare_items(settings),
                                 # OpenRLHF sends its whole rollout batch in one /get_reward call.
-                                max_queries=settings.max_queue_items), auth))
+                                max_queries=settings.max_queue_items)))
     # Inside `observe` (which counts their 401s and 413s), outside every route: the key guards
     # all but /health/*, /docs and /openapi.json included; then an oversized body is refused
     # before anything reads it.

@@ -5,7 +5,7 @@ model classes, which are closure variables, as real objects.
 """
 
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -54,9 +54,10 @@ _METRICS = {200: {"description": "Prometheus text exposition format.",
             **_GUARDED_ERRORS}
 
 
-def build_router(service: ScoringService, models: protocol.RequestModels, auth) -> APIRouter:
+def build_router(service: ScoringService, models: protocol.RequestModels) -> APIRouter:
+    """The API's routes. Auth is not here: server.app.auth's middleware guards every path
+    but /health/*."""
     router = APIRouter()
-    guarded = [Depends(auth)]
     if models.rubrics is None:  # publish the loaded registry's rubric names as the schema's enum
         models = models.with_rubrics(service.rubrics.names,
                                      sorted(r.name for r in service.rubrics if r.compare is not None))
@@ -64,13 +65,11 @@ def build_router(service: ScoringService, models: protocol.RequestModels, auth) 
     CompareRequest = models.compare
     RewardRequest = models.reward
 
-    @router.post("/score", response_model=protocol.ScoreResponse, responses=_SCORING_ERRORS,
-                 dependencies=guarded, summary="Direct-RLAIF rewards for (prompt, response) items")
+    @router.post("/score", response_model=protocol.ScoreResponse, responses=_SCORING_ERRORS, summary="Direct-RLAIF rewards for (prompt, response) items")
     async def score(body: ScoreRequest) -> protocol.ScoreResponse:
         return await service.score(body)
 
     @router.post("/compare", response_model=protocol.CompareResponse, responses=_SCORING_ERRORS,
-                 dependencies=guarded,
                  summary="Pairwise preference P(A better) for (prompt, response_a, response_b) items")
     async def compare(body: CompareRequest) -> protocol.CompareResponse:
         return await service.compare(body)
@@ -80,22 +79,19 @@ def build_router(service: ScoringService, models: protocol.RequestModels, auth) 
                           "omitted.",
                           json_schema_extra={"enum": list(models.rubrics)} if models.rubrics else None)
 
-    @router.post("/get_reward", response_model=protocol.RewardResponse, responses=_SCORING_ERRORS,
-                 dependencies=guarded, summary="OpenRLHF's remote reward protocol (--remote_rm_url)")
+    @router.post("/get_reward", response_model=protocol.RewardResponse, responses=_SCORING_ERRORS, summary="OpenRLHF's remote reward protocol (--remote_rm_url)")
     async def get_reward(body: RewardRequest, rubric: str = rubric_in_url) -> protocol.RewardResponse:
         return await service.get_reward(body, rubric)
 
-    @router.post("/render", response_model=protocol.RenderResponse, responses=_RENDER_ERRORS,
-                 dependencies=guarded, summary="The exact labeler input and label tokens for each item")
+    @router.post("/render", response_model=protocol.RenderResponse, responses=_RENDER_ERRORS, summary="The exact labeler input and label tokens for each item")
     async def render(body: ScoreRequest) -> protocol.RenderResponse:
         return await service.render(body)
 
-    @router.get("/info", response_model=protocol.InfoResponse, responses=_GUARDED_ERRORS,
-                dependencies=guarded)
+    @router.get("/info", response_model=protocol.InfoResponse, responses=_GUARDED_ERRORS)
     async def info() -> protocol.InfoResponse:
         return service.info()
 
-    @router.get("/metrics", response_class=Response, responses=_METRICS, dependencies=guarded)
+    @router.get("/metrics", response_class=Response, responses=_METRICS)
     async def metrics() -> Response:
         service.metrics.queue_depth.set(service.scorer.batcher.depth if service.scorer else 0)
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)

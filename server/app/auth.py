@@ -4,14 +4,14 @@
 needs ``Authorization: Bearer <key>``: the API routes, ``/docs``, ``/redoc``,
 ``/openapi.json``, and any route added later, which is protected without having to ask
 for it. Unknown paths answer 401 too, so a client without the key learns nothing about
-which routes exist. :func:`bearer_auth` is the same check as a route dependency.
+which routes exist.
 """
 
 from __future__ import annotations
 
 import hmac
 
-from fastapi import HTTPException, Request, status
+from fastapi import status
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -25,17 +25,6 @@ CHALLENGE = {"WWW-Authenticate": "Bearer"}
 def _authorized(authorization: str | None, expected: bytes) -> bool:
     scheme, _, token = (authorization or "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
-
-
-def bearer_auth(api_key: str | None):
-    """A FastAPI dependency that checks ``Authorization: Bearer <key>``; a no-op without a key."""
-    expected = api_key.encode() if api_key else None
-
-    async def check(request: Request) -> None:
-        if expected is not None and not _authorized(request.headers.get("authorization"), expected):
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail=MESSAGE, headers=CHALLENGE)
-
-    return check
 
 
 def route_path(scope: Scope) -> str:
