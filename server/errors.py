@@ -20,6 +20,13 @@ class UnknownRubric(DrlaifError):
     code = "unknown_rubric"
 
 
+class InvalidRubric(DrlaifError):
+    """A request's rubric settings (reasoning) that do not validate or cannot be served."""
+
+    status_code = 422
+    code = "invalid_rubric"
+
+
 class RubricCannotCompare(DrlaifError):
     status_code = 422
     code = "rubric_cannot_compare"
@@ -35,6 +42,13 @@ class QueryMismatch(DrlaifError):
 class InputTooLong(DrlaifError):
     status_code = 413
     code = "input_too_long"
+
+
+class RequestTooLarge(DrlaifError):
+    """A request whose work alone exceeds the queue bound: it could never be admitted."""
+
+    status_code = 413
+    code = "request_too_large"
 
 
 class Overloaded(DrlaifError):

@@ -1,7 +1,8 @@
-"""The scoring pipeline: text -> rubric prompt -> token ids -> backend reads -> reward.
+"""The scoring pipeline: text -> rubric prompt -> token ids -> [rationales] -> backend reads -> reward.
 
-This is where the pure pieces meet: rubric rendering, the label trie, the micro-batcher
-and the backend. It knows nothing of HTTP.
+This is where the pure pieces meet: rubric rendering, the reasoning stage, the label trie,
+the micro-batchers (one for label reads, one for generation, so that rationales never hold
+up direct reads) and the backend. It knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -10,18 +11,23 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from server.backends import Backend
+from server.backends.base import Generation, GenerationRequest
 from server.batching import AdmissionGate, BatchStats, MicroBatcher, Submitter
-from server.errors import BackendFailed, DrlaifError
-from server.reward_cache import RewardCache, read_key
+from server.errors import BackendFailed, DrlaifError, InvalidRubric, RequestTooLarge
+from server.reasoning import NO_RATIONALE, Rationale, label_input, rationale_of, rationale_requests
+from server.reward_cache import RewardCache, generation_key, read_key
 from server.rubrics import RubricRegistry
 from server.rubrics.judge_text import JudgeSpan, find_judge_text, without_spans
+from server.rubrics.model import ReasoningSpec, Rubric
 from server.rubrics.prompts import prompt_text
-from server.rubrics.render import CompiledRubric, EncodedItem, PromptEncoder
-from server.scoring import LabelTrie, ScoreResult, TokenReads, expected_score
+from server.rubrics.render import CompiledRubric, CompiledTemplate, EncodedItem, PromptEncoder
+from server.scoring import LabelTrie, ScoreResult, TokenReads, expected_score, mean_of_samples
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +44,51 @@ class GuardedItem:
 
 
 @dataclass(frozen=True)
+class SampleRead:
+    """One label read of an item: after one rationale on a reasoned form, else right after
+    the rendered input (``label_input_ids`` are all the ids before the read)."""
+
+    logprobs: np.ndarray
+    label_input_ids: tuple[int, ...]
+    rationale: Rationale = NO_RATIONALE
+
+
+@dataclass(frozen=True)
+class ItemRead:
+    """Every sample read of one labeler input; ``cached``: none of it was computed for it."""
+
+    samples: tuple[SampleRead, ...]
+    cached: bool
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return sum(len(s.rationale.token_ids) for s in self.samples)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One read of an item as a score: the mean over its samples, and each sample's own."""
+
+    result: ScoreResult
+    samples: tuple[tuple[SampleRead, ScoreResult], ...]
+
+
+@dataclass(frozen=True)
 class ScoredItem:
     """``result`` is the reward the rubric's guard reports (see ``GuardSpec.reward``);
     ``as_written`` and ``robust`` are the two reads it is chosen from (the same read when
-    the response has no text addressed to the judge)."""
+    the response has no text addressed to the judge); ``samples`` are those of the read
+    reported. ``reasoning_tokens`` counts the rationale tokens of both reads."""
 
     result: ScoreResult
     as_written: ScoreResult
     robust: ScoreResult
+    samples: tuple[tuple[SampleRead, ScoreResult], ...]
     judge_spans: int
     input_tokens: int
     truncated: bool
-    cached: bool  # no read of this item was computed for it (see Scorer.read_labels)
+    cached: bool  # no read or rationale of this item was computed for it (see Scorer.read_labels)
+    reasoning_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +114,7 @@ class Scorer:
         self.backend = backend
         self.rubrics = rubrics
         self.cache = RewardCache(cache_items)
+        self.rationales = RewardCache(cache_items)  # generations, for repeated reasoned items
         self.on_cache = on_cache  # (hits, misses) of each read_labels call
         self.encoder = PromptEncoder(backend.tokenizer, max_input_tokens, truncate)
         # Compile every rubric (both forms) now: a rubric the tokenizer cannot serve fails at startup.
@@ -88,10 +128,13 @@ class Scorer:
                         max_input_tokens, context, fitting)
             max_input_tokens = self.encoder.max_input_tokens = fitting  # compiled rubrics do not depend on it
         self.batcher: Submitter[TokenReads, list]
+        self.generator: Submitter[GenerationRequest, Generation]
         if backend.info.continuous_batching:
             # The engine batches concurrent work itself; a wait here would only add latency.
             self.batcher = AdmissionGate(backend.read_logprobs, tokens_of=lambda seq: seq.num_tokens,
                                          max_queue=batching.max_queue, on_batch=on_batch)
+            self.generator = AdmissionGate(backend.generate, tokens_of=_generation_tokens,
+                                           max_queue=batching.max_queue)
         else:
             self.batcher = MicroBatcher(
                 backend.read_logprobs,
@@ -103,13 +146,68 @@ class Scorer:
                 max_queue=batching.max_queue,
                 on_batch=on_batch,
             )
+            # Generation has its own worker and queue: a batch of rationales runs beside the
+            # label reads (the backend interleaves them), never in front of them.
+            self.generator = MicroBatcher(
+                backend.generate, tokens_of=_generation_tokens, max_items=batching.max_items,
+                max_tokens=batching.tokens_per_batch(backend.info.device, max_input_tokens),
+                max_wait_s=batching.max_wait_s, max_queue=batching.max_queue)
 
-    def compiled(self, rubric: str | None) -> CompiledRubric:
-        return self.encoder.compile(self.rubrics.get(rubric))
+    @property
+    def batchers(self) -> tuple[Submitter, Submitter]:
+        return self.batcher, self.generator
 
-    def encode(self, rubric: str | None, items: Sequence[tuple[Prompt, str]]) -> tuple[CompiledRubric, list[GuardedItem]]:
+    def start(self) -> None:
+        for batcher in self.batchers:
+            batcher.start()
+
+    async def stop(self) -> None:
+        for batcher in self.batchers:
+            await batcher.stop()
+
+    def set_call_timeout(self, seconds: float | None) -> None:
+        for batcher in self.batchers:
+            batcher.call_timeout_s = seconds
+
+    @property
+    def overdue_s(self) -> float | None:
+        """How long the oldest backend call past its deadline has run (None: none is)."""
+        overdue = [o for b in self.batchers if (o := b.overdue_s) is not None]
+        return max(overdue) if overdue else None
+
+    def rubric(self, name: str | None, reasoning: Mapping[str, Any] | None = None) -> Rubric:
+        """The named rubric (the default for None); with a request's ``reasoning`` settings, a
+        variant whose reasoning block is those settings over its own (over the defaults when it
+        has none). Raises UnknownRubric, or InvalidRubric for settings that do not validate."""
+        rubric = self.rubrics.get(name)
+        if reasoning is None:
+            return rubric
+
+        def merged(base: ReasoningSpec | None) -> ReasoningSpec:
+            return ReasoningSpec.model_validate({**(base.model_dump(exclude_unset=True) if base else {}),
+                                                 **reasoning})
+
+        try:
+            update: dict[str, Any] = {"reasoning": merged(rubric.reasoning)}
+            if rubric.compare is not None and rubric.compare.reasoning is not None:
+                update["compare"] = rubric.compare.model_copy(update={"reasoning": merged(rubric.compare.reasoning)})
+        except ValidationError as exc:
+            problems = "; ".join(".".join(map(str, e["loc"])) + ": " * bool(e["loc"])
+                                 + e["msg"].removeprefix("Value error, ") for e in exc.errors())
+            raise InvalidRubric(f"rubric {rubric.name!r}: invalid reasoning settings: {problems}") from None
+        return rubric.model_copy(update=update)
+
+    def compiled(self, rubric: Rubric) -> CompiledRubric:
+        """The rating form of a rubric (InvalidRubric when a request's variant cannot compile)."""
+        return _compiling(self.encoder.compile, rubric)
+
+    def compiled_comparison(self, rubric: Rubric):
+        """The pairwise form of a rubric (RubricCannotCompare when it has none)."""
+        return _compiling(self.encoder.compile_comparison, rubric)
+
+    def encode(self, rubric: Rubric, items: Sequence[tuple[Prompt, str]]) -> tuple[CompiledRubric, list[GuardedItem]]:
         """Render and tokenise items, and each response again without its text addressed to the
-        judge when it has any and the rubric's guard asks for it (raises UnknownRubric / InputTooLong)."""
+        judge when it has any and the rubric's guard asks for it (raises InputTooLong)."""
         compiled = self.compiled(rubric)
         guard, tags = compiled.rubric.guard, compiled.slot_tags
         out = []
@@ -148,34 +246,119 @@ class Scorer:
     async def _compute(self, trie: LabelTrie, encoded: Sequence[EncodedItem]) -> list[np.ndarray]:
         """Label log-probabilities of each input, read by the backend through the batcher."""
         plans = [trie.plan(item.input_ids, item.shared_prefix) for item in encoded]
-        try:
-            answers = await self.batcher.submit([seq for plan in plans for seq in plan])
-        except DrlaifError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - whatever the engine raised, the client gets a 503
-            raise BackendFailed(f"the labeler backend failed on this request's batch: {type(exc).__name__}: "
-                                f"{exc}") from exc
+        answers = await _submit(self.batcher, [seq for plan in plans for seq in plan], "batch")
         out, k = [], 0
         for plan in plans:
             out.append(trie.label_logprobs(answers[k : k + len(plan)]))
             k += len(plan)
         return out
 
-    async def score(self, rubric: str | None, items: Sequence[tuple[Prompt, str]]) -> list[ScoredItem]:
+    async def generate(self, requests: Sequence[GenerationRequest]) -> tuple[list[Generation], list[bool]]:
+        """Each request's generation, and whether it came from the rationale cache (or an
+        identical request earlier in the call) instead of being computed for it."""
+        keys = [generation_key(self.backend.info.model, r) for r in requests]
+        found = {key: value for key in dict.fromkeys(keys) if (value := self.rationales.get(key)) is not None}
+        todo = {key: r for key, r in zip(keys, requests, strict=True) if key not in found}
+        if todo:
+            computed = await _submit(self.generator, list(todo.values()), "generation")
+            for key, generation in zip(todo, computed, strict=True):
+                found[key] = generation
+                self.rationales.put(key, generation)
+        cached = []
+        for key in keys:
+            cached.append(key not in todo)
+            todo.pop(key, None)
+        return [found[key] for key in keys], cached
+
+    async def read(self, compiled: CompiledTemplate, encoded: Sequence[EncodedItem],
+                   seed: int | None = None) -> list[ItemRead]:
+        """Every sample read of each encoded input: one direct read, or on a reasoned form one
+        read after each of its rationales (``seed`` picks sampled rationales)."""
+        reasoning = compiled.reasoning
+        if reasoning is None:
+            logprobs, hits = await self.read_labels(compiled.trie, encoded)
+            return [ItemRead((SampleRead(lp, item.input_ids),), hit)
+                    for item, lp, hit in zip(encoded, logprobs, hits, strict=True)]
+        planned = [rationale_requests(reasoning, item, seed) for item in encoded]
+        wanted = [r for per_item in planned for r in per_item if r is not None]
+        generations, gen_hits = await self.generate(wanted) if wanted else ([], [])
+        done = iter(zip(generations, gen_hits, strict=True))
+        samples: list[list[tuple[Rationale, bool]]] = []  # per item, per sample: (rationale, from cache)
+        for per_item in planned:
+            row = []
+            for request in per_item:
+                if request is None:
+                    row.append((NO_RATIONALE, True))
+                else:
+                    generation, hit = next(done)
+                    row.append((rationale_of(generation, reasoning), hit))
+            samples.append(row)
+        inputs = [label_input(item, rationale, reasoning)
+                  for item, per_item in zip(encoded, samples, strict=True) for rationale, _ in per_item]
+        logprobs, hits = await self.read_labels(compiled.trie, inputs)
+        reads, k = [], 0
+        for per_item in samples:
+            n = len(per_item)
+            reads.append(ItemRead(
+                tuple(SampleRead(lp, item.input_ids, rationale) for lp, item, (rationale, _)
+                      in zip(logprobs[k : k + n], inputs[k : k + n], per_item, strict=True)),
+                cached=all(hits[k : k + n]) and all(hit for _, hit in per_item)))
+            k += n
+        return reads
+
+    async def score(self, rubric: Rubric, items: Sequence[tuple[Prompt, str]], *,
+                    seed: int | None = None) -> list[ScoredItem]:
         compiled, guarded = await asyncio.to_thread(self.encode, rubric, items)
         second = [g.robust for g in guarded if g.robust is not None]
-        logprobs, hits = await self.read_labels(compiled.trie, [g.as_written for g in guarded] + second)
-        reads, from_cache = iter(logprobs), iter(hits)
-        as_written = [(expected_score(next(reads), compiled.scale), next(from_cache)) for _ in guarded]
+        reads = iter(await self.read(compiled, [g.as_written for g in guarded] + second, seed))
+        first = [next(reads) for _ in guarded]
         take_min = compiled.rubric.guard.reward == "min"
         scored = []
-        for g, (plain, cached) in zip(guarded, as_written, strict=True):
-            robust = plain
+        for g, read in zip(guarded, first, strict=True):
+            plain = robust = judge(read, compiled)
+            cached, tokens = read.cached, read.reasoning_tokens
             if g.robust is not None:
-                robust = expected_score(next(reads), compiled.scale)
-                robust_cached = next(from_cache)  # always consumed, so the flags stay aligned
-                cached = cached and robust_cached
-            result = robust if take_min and robust.reward < plain.reward else plain
-            scored.append(ScoredItem(result, plain, robust, len(g.judge_spans), len(g.as_written.input_ids),
-                                     g.as_written.truncated, cached))
+                robust_read = next(reads)  # always consumed, so the reads stay aligned
+                robust = judge(robust_read, compiled)
+                cached, tokens = cached and robust_read.cached, tokens + robust_read.reasoning_tokens
+            reported = robust if take_min and robust.result.reward < plain.result.reward else plain
+            scored.append(ScoredItem(reported.result, plain.result, robust.result, reported.samples,
+                                     len(g.judge_spans), len(g.as_written.input_ids), g.as_written.truncated,
+                                     cached, tokens))
         return scored
+
+
+def judge(read: ItemRead, compiled: CompiledRubric) -> Judgement:
+    """An item's score from its sample reads: each sample's exact score and their mean."""
+    samples = tuple((s, expected_score(s.logprobs, compiled.scale)) for s in read.samples)
+    return Judgement(mean_of_samples([r for _, r in samples], compiled.scale), samples)
+
+
+def _generation_tokens(request: GenerationRequest) -> int:
+    return len(request.prompt_ids) + request.max_tokens
+
+
+def _compiling(compile_form, rubric: Rubric):
+    """Compile a rubric form; a registry rubric compiled at startup, so an error here is a
+    request-level variant's (reasoning settings the tokenizer cannot serve): 422."""
+    try:
+        return compile_form(rubric)
+    except ValueError as exc:
+        raise InvalidRubric(str(exc)) from None
+
+
+async def _submit(batcher: Submitter, payloads: Sequence, what: str) -> list:
+    """Run payloads through a batcher; whatever the engine raised becomes BackendFailed (503)."""
+    bound = getattr(batcher, "max_queue", None)
+    if bound is not None and len(payloads) > bound:
+        raise RequestTooLarge(
+            f"this request needs {len(payloads)} labeler {'generations' if what == 'generation' else 'reads'} "
+            f"(items x reasoning samples x reads per item), more than the queue holds ({bound}, "
+            "--max-queue-items); send fewer items or samples per request")
+    try:
+        return list(await batcher.submit(payloads))
+    except DrlaifError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the engine raised, the client gets a 503
+        raise BackendFailed(f"the labeler backend failed on this request's {what}: {type(exc).__name__}: "
+                            f"{exc}") from exc

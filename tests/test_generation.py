@@ -139,25 +139,6 @@ def test_requests_must_fit_the_context_with_every_token_the_model_reads():
         check_generation_fits([(1, 2, 3)], 10)
 
 
-# --------------------------------------------------------------------------- the transformers stopping criterion
-
-
-def test_the_stopping_criterion_ends_rows_at_their_stop_or_their_own_length():
-    from server.backends.transformers_backend import _StopCriteria
-
-    requests = [GenerationRequest((1,), 3, stop=((8, 9),)), GenerationRequest((1,), 2),
-                GenerationRequest((1,), 9, stop=((4,),))]
-    criteria = _StopCriteria(requests, start=2)  # two (padded) prompt columns
-
-    def call(*rows):
-        return criteria(torch.tensor(rows), None).tolist()
-
-    assert call([0, 8, 9], [0, 1, 5], [0, 1, 5]) == [False, False, False]  # 8, 9 is in the prompt
-    assert call([0, 8, 9, 8], [0, 1, 5, 6], [0, 1, 5, 4]) == [False, True, True]
-    assert call([0, 8, 9, 8, 9], [0, 1, 5, 6, 6], [0, 1, 5, 4, 3]) == [True, True, False]
-    assert call([0, 8, 5, 6, 7], [0, 1, 5, 6, 6], [0, 1, 5, 4, 3]) == [True, True, False]  # length 3
-
-
 # --------------------------------------------------------------------------- vLLM requests, with a fake engine
 
 

@@ -15,7 +15,25 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
+from server.backends.base import MAX_SEED
+
 MAX_MESSAGES = 256
+
+
+FinishReason = Literal["stop", "length", "eos", "none"]
+FINISH_DESCRIPTION = ("Why the rationale ended: stop (at a stop string, which is not part of it), length (the "
+                      "budget), eos (the labeler ended its turn), none (a budget of 0).")
+
+
+class ReasonedSample(BaseModel):
+    rationale: str = Field(description="The labeler's rationale, decoded from its own token ids.")
+    label_input_ids: list[int] = Field(description="Every token id before the label read: the rendered input "
+                                       "(/render's input_ids), the rationale's ids as generated, then the "
+                                       "answer prefix the server appended.")
+    distribution: list[float] = Field(description="This sample's renormalised label distribution, lowest "
+                                      "label first.")
+    score: float = Field(description="This sample's expected score.")
+    finish_reason: FinishReason = Field(description=FINISH_DESCRIPTION)
 
 
 class ItemScore(BaseModel):
@@ -34,6 +52,16 @@ class ItemScore(BaseModel):
     truncated: bool = Field(description="Prompt or response was cut to fit max_input_tokens.")
     cached: bool = Field(description="Served from the exact reward cache: no read of this item was computed "
                          "for this request (the same labeler token ids were read before).")
+    reasoning_tokens: int = Field(0, description="Rationale tokens the labeler generated for this item (every "
+                                  "sample, both reads when the guard reads twice); 0 for a direct rubric.")
+    sample_scores: list[float] | None = Field(
+        None, description="Reasoning rubrics: each sample's expected score (distribution is their mean "
+        "distribution, so score follows from that mean); null for a direct rubric.")
+    score_spread: float | None = Field(None, description="Reasoning rubrics: the standard deviation of "
+                                       "sample_scores (0 with one sample).")
+    samples: list[ReasonedSample] | None = Field(
+        None, description="Reasoning rubrics with return_rationale: each sample's rationale and read, of the "
+        "read that gave reward.")
 
 
 class ScaleInfo(BaseModel):
@@ -53,10 +81,25 @@ class RenderedInput(BaseModel):
     input_ids: list[int]
 
 
+class RenderedReasoning(BaseModel):
+    answer_ids: list[int] = Field(description="The trusted ids the server appends after the rationale; the "
+                                  "labels are read after them.")
+    stop_ids: list[list[int]] = Field(description="Token sequences that end the rationale (each stop string "
+                                      "in the contexts it may follow); they are not kept in it.")
+    max_tokens: int = Field(description="The rationale budget.")
+    samples: int
+    temperature: float
+
+
 class RenderedItem(BaseModel):
-    text: str = Field(description="The exact labeler input, up to the answer position.")
-    input_ids: list[int]
-    label_token_ids: dict[str, list[int]] = Field(description="Each label's tokens as they follow input_ids.")
+    text: str = Field(description="The exact labeler input, up to the answer position (reasoning rubrics: up "
+                      "to where the rationale begins).")
+    input_ids: list[int] = Field(description="Its token ids; for a reasoning rubric every sample's "
+                                 "label_input_ids start with exactly these.")
+    label_token_ids: dict[str, list[int]] = Field(description="Each label's tokens as they follow input_ids "
+                                                  "(reasoning rubrics: as they follow reasoning.answer_ids).")
+    reasoning: RenderedReasoning | None = Field(
+        None, description="Reasoning rubrics: how the label input continues after input_ids; null for direct.")
     truncated: bool
     robust: RenderedInput | None = Field(
         description="The second labeler input, without the text addressed to the judge (reward_robust); null "
@@ -102,6 +145,19 @@ class HealthStatus(BaseModel):
     status: str = Field(description="alive (/health/live) or ready (/health/ready).")
 
 
+class PairSample(BaseModel):
+    rationale: str
+    label_input_ids: list[int]
+    distribution: list[float] = Field(description="(first shown is better, second shown is better), "
+                                      "renormalised.")
+    finish_reason: FinishReason = Field(description=FINISH_DESCRIPTION)
+
+
+class PairSamples(BaseModel):
+    ab: list[PairSample] = Field(description="With response A shown first.")
+    ba: list[PairSample] | None = Field(description="With response A shown second; null when debias is off.")
+
+
 class OrderValues(BaseModel):
     ab: float = Field(description="With response A shown first.")
     ba: float | None = Field(description="With response A shown second; null when debias is off.")
@@ -118,6 +174,10 @@ class ItemPreference(BaseModel):
     input_tokens: int = Field(description="Labeler input length of one order, in tokens.")
     truncated: bool = Field(description="Prompt or a response was cut to fit max_input_tokens.")
     cached: bool = Field(description="Served from the exact reward cache (both orders, when debiased).")
+    reasoning_tokens: int = Field(0, description="Rationale tokens generated for this pair (all samples of "
+                                  "both orders); 0 for a direct rubric.")
+    samples: PairSamples | None = Field(None, description="Reasoning rubrics with return_rationale: each "
+                                        "order's samples.")
 
 
 class CompareResponse(BaseModel):
@@ -186,6 +246,29 @@ def request_models(max_items: int, max_chars: int, max_compare_items: int | None
         content: Text
 
     PromptField = Text | Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+
+    class ReasoningSettings(BaseModel):
+        """A request's reasoning settings, over the rubric's reasoning block (or over the
+        defaults, which turns reasoning on for a direct rubric)."""
+
+        model_config = strict
+        instruction: Text | None = None
+        max_tokens: int | None = Field(None, ge=0, le=8192)
+        samples: int | None = Field(None, ge=1, le=16)
+        temperature: float | None = Field(None, ge=0.0, le=4.0)
+        stop: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] | None = Field(
+            None, max_length=8)
+        close: Annotated[str, StringConstraints(max_length=200)] | None = None
+        thinking: bool | None = None
+
+    reasoning_field = Field(None, description="Reason before the label read (see the rubric's reasoning block: "
+                            "instruction, max_tokens, samples, temperature, stop, close, thinking); the settings "
+                            "given replace the rubric's own. {} turns reasoning on with the defaults.")
+    seed_field = Field(None, ge=0, le=MAX_SEED, description="Seed of sampled rationales (temperature > 0): the "
+                       "same request with the same seed gives the same reward; default 0. Each sample's own "
+                       "seed is derived from it, the item's rendered ids and the sample's index.")
+    rationale_field = Field(False, description="Reasoning rubrics: return each sample's rationale, label input "
+                            "ids and read.")
     prompt_description = "A string, an HH-style transcript, or a list of chat messages."
     rubric_description = "Rubric name; the server's default when omitted."
 
@@ -198,6 +281,9 @@ def request_models(max_items: int, max_chars: int, max_compare_items: int | None
         model_config = strict
         items: list[ScoreItem] = Field(min_length=1, max_length=max_items)
         rubric: Rubric | None = Field(None, description=rubric_description)
+        reasoning: ReasoningSettings | None = reasoning_field
+        seed: int | None = seed_field
+        return_rationale: bool = rationale_field
 
     class CompareItem(BaseModel):
         model_config = strict
@@ -212,6 +298,9 @@ def request_models(max_items: int, max_chars: int, max_compare_items: int | None
             None, description=rubric_description + " It must have a compare section.")
         debias: bool = Field(True, description="Read both orders (A first, then B first) and average them; "
                              "false reads only A first (half the cost, with the labeler's position bias).")
+        reasoning: ReasoningSettings | None = reasoning_field
+        seed: int | None = seed_field
+        return_rationale: bool = rationale_field
 
     Query = Annotated[str, StringConstraints(max_length=2 * max_chars)]
     n_queries = max_queries or max_items

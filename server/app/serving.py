@@ -19,6 +19,7 @@ from server.errors import DeadlineExceeded, NotReady, ShuttingDown
 from server.pairwise import compare
 from server.rubrics import RubricRegistry
 from server.scorer import BatchingLimits, Scorer
+from server.scoring import score_spread
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,16 @@ def _prompt(item) -> str | list[dict[str, str]]:
 def _items(request) -> list[tuple[str | list[dict[str, str]], str]]:
     """(prompt, response) pairs from a validated request."""
     return [(_prompt(item), item.response) for item in request.items]
+
+
+def _reasoning(request) -> dict | None:
+    """A request's reasoning settings, only those it gives (None: the rubric's own)."""
+    settings = getattr(request, "reasoning", None)
+    return None if settings is None else settings.model_dump(exclude_none=True)
+
+
+def _decode(tokenizer, token_ids) -> str:
+    return tokenizer.decode(list(token_ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
 def max_compare_items(settings: ServerSettings) -> int:
@@ -74,10 +85,10 @@ class ScoringService:
                 on_batch=self.metrics.observe_batch,
                 on_cache=self.metrics.observe_cache,
             )
-            self.scorer.batcher.start()
-            await self.scorer.score(None, [WARMUP_ITEM])
+            self.scorer.start()
+            await self.scorer.score(self.scorer.rubric(None), [WARMUP_ITEM])
             # Not before: the first call pays for lazy initialisation (and on vLLM, compilation).
-            self.scorer.batcher.call_timeout_s = s.backend_timeout_s
+            self.scorer.set_call_timeout(s.backend_timeout_s)
         except BaseException as exc:
             self.load_error = exc
             self.fatal_error = f"the labeler failed to load: {type(exc).__name__}: {exc}"
@@ -111,7 +122,7 @@ class ScoringService:
         failure = self.scorer.backend.failure()  # at once, not at the watchdog's next look
         if failure is not None:
             return failure
-        overdue = self.scorer.batcher.overdue_s
+        overdue = self.scorer.overdue_s
         if overdue is not None:
             return (f"a labeler backend call has run for {overdue:.0f}s, past --backend-timeout-s "
                     f"({self.settings.backend_timeout_s:g}s); requests fail until it returns")
@@ -122,7 +133,7 @@ class ScoringService:
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self.scorer is not None:
-            await self.scorer.batcher.stop()
+            await self.scorer.stop()
             self.scorer.backend.close()
 
     def _scorer(self) -> Scorer:
@@ -158,16 +169,26 @@ class ScoringService:
     async def _score(self, scorer: Scorer, request) -> protocol.ScoreResponse:
         items = _items(request)
         self.metrics.queue_depth.set(scorer.batcher.depth)
-        scored = await scorer.score(request.rubric, items)
-        compiled = scorer.compiled(request.rubric)
+        rubric = scorer.rubric(request.rubric, _reasoning(request))
+        scored = await scorer.score(rubric, items, seed=request.seed)
+        compiled = scorer.compiled(rubric)
         self._count(compiled.rubric.name, scored)
+        tokenizer = scorer.backend.tokenizer
+        reasoned = compiled.reasoning is not None
         return protocol.ScoreResponse(
             results=[
                 protocol.ItemScore(
                     reward=s.result.reward, score=s.result.score, distribution=list(s.result.distribution),
                     label_mass=s.result.label_mass, reward_as_written=s.as_written.reward,
                     reward_robust=s.robust.reward, judge_spans=s.judge_spans, input_tokens=s.input_tokens,
-                    truncated=s.truncated, cached=s.cached)
+                    truncated=s.truncated, cached=s.cached, reasoning_tokens=s.reasoning_tokens,
+                    sample_scores=[r.score for _, r in s.samples] if reasoned else None,
+                    score_spread=score_spread([r for _, r in s.samples]) if reasoned else None,
+                    samples=[protocol.ReasonedSample(
+                        rationale=_decode(tokenizer, read.rationale.token_ids),
+                        label_input_ids=list(read.label_input_ids), distribution=list(r.distribution),
+                        score=r.score, finish_reason=read.rationale.finish_reason) for read, r in s.samples]
+                    if reasoned and request.return_rationale else None)
                 for s in scored
             ],
             rubric=compiled.rubric.name,
@@ -180,9 +201,19 @@ class ScoringService:
 
     async def _compare(self, scorer: Scorer, request) -> protocol.CompareResponse:
         items = [(_prompt(item), item.response_a, item.response_b) for item in request.items]
-        compared = await compare(scorer, request.rubric, items, debias=request.debias)
-        compiled = scorer.encoder.compile_comparison(scorer.rubrics.get(request.rubric))
+        rubric = scorer.rubric(request.rubric, _reasoning(request))
+        compared = await compare(scorer, rubric, items, debias=request.debias, seed=request.seed)
+        compiled = scorer.compiled_comparison(rubric)
         self.metrics.pairs.labels(compiled.rubric.name).inc(len(compared))
+        tokenizer = scorer.backend.tokenizer
+
+        def samples(order) -> list[protocol.PairSample]:
+            return [protocol.PairSample(rationale=_decode(tokenizer, read.rationale.token_ids),
+                                        label_input_ids=list(read.label_input_ids),
+                                        distribution=[r.p_first, r.p_second],
+                                        finish_reason=read.rationale.finish_reason) for read, r in order]
+
+        show = compiled.reasoning is not None and request.return_rationale
         return protocol.CompareResponse(
             results=[
                 protocol.ItemPreference(
@@ -191,7 +222,11 @@ class ScoringService:
                     consistent=c.preference.consistent,
                     label_mass=protocol.OrderValues(
                         ab=c.order_ab.label_mass, ba=c.order_ba.label_mass if c.order_ba else None),
-                    input_tokens=c.input_tokens, truncated=c.truncated, cached=c.cached)
+                    input_tokens=c.input_tokens, truncated=c.truncated, cached=c.cached,
+                    reasoning_tokens=c.reasoning_tokens,
+                    samples=protocol.PairSamples(ab=samples(c.samples_ab),
+                                                 ba=samples(c.samples_ba) if request.debias else None)
+                    if show else None)
                 for c in compared
             ],
             rubric=compiled.rubric.name,
@@ -208,29 +243,38 @@ class ScoringService:
     async def _get_reward(self, scorer: Scorer, request, rubric: str | None) -> protocol.RewardResponse:
         markers = (*END_MARKERS, *getattr(scorer.backend.tokenizer, "all_special_tokens", ()))
         items = labeler_items(request.query, request.prompts, markers)
-        scored = await scorer.score(rubric, items)
-        self._count(scorer.compiled(rubric).rubric.name, scored)
+        chosen = scorer.rubric(rubric)
+        scored = await scorer.score(chosen, items)
+        self._count(chosen.name, scored)
         rewards = [s.result.reward for s in scored]
-        return protocol.RewardResponse(
-            rewards=rewards,
-            scores=[(r + 1.0) / 2.0 for r in rewards],
-            extra_logs={"drlaif_score": [s.result.score for s in scored],
-                        "drlaif_label_mass": [s.result.label_mass for s in scored],
-                        "drlaif_reward_as_written": [s.as_written.reward for s in scored],
-                        "drlaif_reward_robust": [s.robust.reward for s in scored]},
-        )
+        extra_logs = {"drlaif_score": [s.result.score for s in scored],
+                      "drlaif_label_mass": [s.result.label_mass for s in scored],
+                      "drlaif_reward_as_written": [s.as_written.reward for s in scored],
+                      "drlaif_reward_robust": [s.robust.reward for s in scored]}
+        if chosen.reasoning is not None:
+            extra_logs["drlaif_reasoning_tokens"] = [float(s.reasoning_tokens) for s in scored]
+            extra_logs["drlaif_score_spread"] = [score_spread([r for _, r in s.samples]) for s in scored]
+        return protocol.RewardResponse(rewards=rewards, scores=[(r + 1.0) / 2.0 for r in rewards],
+                                       extra_logs=extra_logs)
 
     async def render(self, request) -> protocol.RenderResponse:
         return await self._serve(lambda scorer: self._render(scorer, request))
 
     async def _render(self, scorer: Scorer, request) -> protocol.RenderResponse:
         items = _items(request)
-        compiled, guarded = await asyncio.to_thread(scorer.encode, request.rubric, items)
+        compiled, guarded = await asyncio.to_thread(scorer.encode, scorer.rubric(request.rubric,
+                                                                                 _reasoning(request)), items)
         labels = {label: list(ids) for label, ids in compiled.trie.label_tokens.items()}
+        reasoning = None
+        if compiled.reasoning is not None:
+            spec = compiled.reasoning.spec
+            reasoning = protocol.RenderedReasoning(
+                answer_ids=list(compiled.reasoning.answer_ids), stop_ids=[list(s) for s in compiled.reasoning.stop_ids],
+                max_tokens=spec.max_tokens, samples=spec.samples, temperature=spec.temperature)
         return protocol.RenderResponse(
             results=[protocol.RenderedItem(
                 text=g.as_written.text, input_ids=list(g.as_written.input_ids), label_token_ids=labels,
-                truncated=g.as_written.truncated,
+                truncated=g.as_written.truncated, reasoning=reasoning,
                 robust=protocol.RenderedInput(text=g.robust.text, input_ids=list(g.robust.input_ids))
                 if g.robust is not None else None)
                 for g in guarded],

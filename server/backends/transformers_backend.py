@@ -15,13 +15,15 @@ the plain way and compared; a model whose results differ, or that cannot take a 
 of plain full-attention layers (sliding windows, recurrent state), is served by the
 plain path from then on.
 
-Generation (:meth:`TransformersBackend.generate`) is ``model.generate`` on the KV cache:
-greedy requests as one left-padded batch (attention mask, positions counted over real
-tokens, as in the reads), each sampled request alone with torch's random state seeded by
-its seed, so that its tokens depend on nothing else in the batch. A stopping criterion
-ends each row at its first stop sequence or its own ``max_tokens``. The model's own
-generation config (repetition penalty, top-k, ...) is set aside: greedy is the plain
-argmax, sampling the plain softmax at the request's temperature, as on vLLM.
+Generation (:meth:`TransformersBackend.generate`) is a plain decoding loop on the KV
+cache: all requests as one left-padded batch (attention mask, positions counted over real
+tokens, as in the reads); greedy rows take the argmax, sampled rows draw from the plain
+softmax at their temperature with a generator seeded by their own seed, so that their
+tokens depend on nothing else in the batch (up to float rounding of a padded batch). A row
+leaves the batch at EOS, its first stop sequence or its own ``max_tokens``. The model's
+generation config (repetition penalty, top-k, ...) plays no part, as on vLLM. The loop
+holds the model for ``DECODE_CHUNK`` steps at a time, so that label reads never wait for a
+whole rationale.
 """
 
 from __future__ import annotations
@@ -32,13 +34,13 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from server.backends.base import (BackendInfo, Generation, GenerationRequest, check_generation_fits,
-                                  eos_token_ids, finish_generation, resolve_dtype)
+                                  eos_token_ids, finish_generation, resolve_dtype, stop_end)
 from server.scoring import TokenReads
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ PREFIX_CACHE_ENTRIES = 8
 # How far the prefix path's probabilities may sit from the plain path's on the first
 # check before it is turned off: float rounding, far below anything a reward shows.
 _CHECK_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+# Decode steps per hold of the model: a label read waits at most this long behind generation.
+DECODE_CHUNK = 8
 
 
 def resolve_device(device: str) -> str:
@@ -79,10 +83,6 @@ class TransformersBackend:
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
         self.eos_ids = eos_token_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
-        # generate() fills every setting a call leaves unset from the model's generation config:
-        # a bare one keeps the checkpoint's sampling preferences (top-k, penalties) out of it.
-        self.model.generation_config = GenerationConfig(eos_token_id=sorted(self.eos_ids) or None,
-                                                        pad_token_id=self.pad_id)
         self.info = BackendInfo(
             name="transformers",
             model=model_name,
@@ -210,53 +210,88 @@ class TransformersBackend:
                 for row, seq in enumerate(batch)]
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        return await asyncio.to_thread(self.generate_sync, requests)
+        """See :meth:`Backend.generate`. The model is held for at most ``DECODE_CHUNK`` steps at
+        a time, so label reads queued behind a long rationale run between its chunks."""
+        check_generation_fits(requests, self.info.max_context)
+        unique = list(dict.fromkeys(requests))  # an identical request has the identical answer
+        decoding = await asyncio.to_thread(self._start_decoding, unique)
+        while not decoding.finished:
+            await asyncio.to_thread(self._decode, decoding, DECODE_CHUNK)
+        done = dict(zip(unique, decoding.generations(self.eos_ids), strict=True))
+        return [done[r] for r in requests]
 
-    @torch.inference_mode()
     def generate_sync(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """Synchronous generation; see :meth:`Backend.generate`."""
         check_generation_fits(requests, self.info.max_context)
-        unique = list(dict.fromkeys(requests))  # an identical request has the identical answer
-        done: dict[GenerationRequest, Generation] = {}
-        with self._lock:
-            greedy = [r for r in unique if r.temperature == 0]
-            if greedy:
-                done.update(zip(greedy, self._generate(greedy), strict=True))
-            for request in unique:
-                if request.temperature > 0:
-                    # The seed governs this request only: the process's random state comes back after.
-                    accelerator = self.device.type != "cpu"
-                    with torch.random.fork_rng(devices=[self.device] if accelerator else [],
-                                               device_type=self.device.type if accelerator else None):
-                        torch.manual_seed(request.seed)
-                        (done[request],) = self._generate([request])
+        unique = list(dict.fromkeys(requests))
+        decoding = self._start_decoding(unique)
+        while not decoding.finished:
+            self._decode(decoding, DECODE_CHUNK)
+        done = dict(zip(unique, decoding.generations(self.eos_ids), strict=True))
         return [done[r] for r in requests]
 
-    def _generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        """One ``model.generate`` over left-padded rows; sampled at the temperature of the
-        first request when it is above 0 (callers send sampled requests one at a time)."""
+    @torch.inference_mode()
+    def _start_decoding(self, requests: Sequence[GenerationRequest]) -> _Decoding:
+        """Prefill: one forward over the left-padded prompts, keeping their KV cache."""
         width = max(len(r.prompt_ids) for r in requests)
         input_ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(requests), width), dtype=torch.long)
         for row, request in enumerate(requests):
             input_ids[row, width - len(request.prompt_ids):] = torch.tensor(request.prompt_ids, dtype=torch.long)
             mask[row, width - len(request.prompt_ids):] = 1
-        temperature = requests[0].temperature
-        # The plain argmax, or the plain softmax at the temperature (top_k 0: generate()'s default is 50).
-        sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 \
-            else dict(do_sample=False)
-        config = GenerationConfig(
-            **sampling, max_new_tokens=max(r.max_tokens for r in requests), num_beams=1, repetition_penalty=1.0,
-            eos_token_id=sorted(self.eos_ids) or None, pad_token_id=self.pad_id, use_cache=True,
-            return_dict_in_generate=False,
-        )
-        # Positions come from the attention mask (generate() counts real tokens only).
-        out = self.model.generate(
-            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), generation_config=config,
-            stopping_criteria=StoppingCriteriaList([_StopCriteria(requests, width)]),
-        )
-        rows = out[:, width:].tolist()
-        return [finish_generation(row, request, self.eos_ids) for row, request in zip(rows, requests, strict=True)]
+        # Positions count real tokens only, so a padded row sees the positions it would alone.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with self._lock:
+            out = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                             position_ids=positions.to(self.device), use_cache=True, logits_to_keep=1)
+        generators = []
+        for request in requests:
+            generator = None
+            if request.temperature > 0:  # the seed governs this row only, whatever else is in the batch
+                generator = torch.Generator(device=self.device).manual_seed(request.seed)
+            generators.append(generator)
+        return _Decoding(requests=list(requests), generators=generators, tokens=[[] for _ in requests],
+                         done=[False] * len(requests),
+                         rows=list(range(len(requests))), logits=out.logits[:, -1], cache=out.past_key_values,
+                         mask=mask.to(self.device), next_position=positions[:, -1].to(self.device) + 1)
+
+    @torch.inference_mode()
+    def _decode(self, d: _Decoding, steps: int) -> None:
+        """Up to ``steps`` decode steps: pick each live row's next token (argmax, or a sample
+        from its own generator), retire rows that reached EOS, a stop sequence or their length,
+        and run the survivors one position further on the KV cache."""
+        with self._lock:
+            for _ in range(steps):
+                picked = []
+                for i, row in enumerate(d.rows):
+                    request, logits = d.requests[row], d.logits[i]
+                    if request.temperature > 0:
+                        probs = torch.softmax(logits.float() / request.temperature, dim=-1)
+                        token = int(torch.multinomial(probs, 1, generator=d.generators[row]))
+                    else:
+                        token = int(logits.argmax())
+                    picked.append(token)
+                    if not d.done[row]:
+                        d.tokens[row].append(token)
+                        d.done[row] = self._row_done(request, d.tokens[row])
+                live = [i for i, row in enumerate(d.rows) if not d.done[row]]
+                if not live:
+                    d.rows = []
+                    return
+                if len(live) < len(d.rows) and d.drop_rows(live):
+                    picked = [picked[i] for i in live]
+                    d.rows = [d.rows[i] for i in live]
+                # Rows that could not be dropped decode on; their tokens are no longer kept.
+                d.mask = torch.cat([d.mask, d.mask.new_ones((len(d.rows), 1))], 1)
+                out = self.model(input_ids=torch.tensor([[t] for t in picked], device=self.device),
+                                 attention_mask=d.mask, position_ids=d.next_position[:, None],
+                                 past_key_values=d.cache, use_cache=True)
+                d.cache, d.logits = out.past_key_values, out.logits[:, -1]
+                d.next_position = d.next_position + 1
+
+    def _row_done(self, request: GenerationRequest, tokens: list[int]) -> bool:
+        return (len(tokens) >= request.max_tokens or tokens[-1] in self.eos_ids
+                or stop_end(tokens, request.stop, after=len(tokens) - 1) is not None)
 
     def failure(self) -> str | None:
         return None  # in-process: an error fails its batch, never the engine
@@ -265,19 +300,38 @@ class TransformersBackend:
         self.model = None
 
 
-class _StopCriteria(StoppingCriteria):
-    """Ends each row once its generated tokens (those after column ``start``) end with one
-    of its request's stop sequences, or number its ``max_tokens``."""
+@dataclass
+class _Decoding:
+    """Generation in progress: per request its tokens so far, whether it is done, and its
+    random generator (None: greedy); ``rows`` maps the model batch's rows (the live requests) to request indices, and
+    ``logits``, ``cache``, ``mask``, ``next_position`` are that batch's state."""
 
-    def __init__(self, requests: Sequence[GenerationRequest], start: int):
-        self.requests = list(requests)
-        self.start = start
-        self.longest = max((len(s) for r in requests for s in r.stop), default=0)
+    requests: list[GenerationRequest]
+    generators: list[torch.Generator | None]
+    tokens: list[list[int]]
+    done: list[bool]
+    rows: list[int]
+    logits: torch.Tensor
+    cache: object
+    mask: torch.Tensor
+    next_position: torch.Tensor
 
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        generated = input_ids.shape[1] - self.start
-        tails = input_ids[:, input_ids.shape[1] - min(self.longest, generated):].tolist()
-        done = [generated >= r.max_tokens
-                or any(len(s) <= generated and tuple(tail[len(tail) - len(s):]) == s for s in r.stop)
-                for r, tail in zip(self.requests, tails, strict=True)]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+    @property
+    def finished(self) -> bool:
+        return not self.rows
+
+    def drop_rows(self, keep: list[int]) -> bool:
+        """Keep only the batch rows ``keep`` (so finished rows cost nothing more); False when
+        this model's cache cannot drop rows, and nothing changed."""
+        layers = getattr(self.cache, "layers", None)
+        if not layers or not all(hasattr(layer, "batch_select_indices") for layer in layers):
+            return False
+        index = torch.tensor(keep, device=self.mask.device)
+        for layer in layers:
+            layer.batch_select_indices(index)
+        self.logits, self.mask, self.next_position = self.logits[index], self.mask[index], self.next_position[index]
+        return True
+
+    def generations(self, eos_ids) -> list[Generation]:
+        return [finish_generation(tokens, request, eos_ids)
+                for tokens, request in zip(self.tokens, self.requests, strict=True)]

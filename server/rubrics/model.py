@@ -39,6 +39,64 @@ class ScaleSpec(BaseModel):
         return Scale(self.min, self.max)
 
 
+class ReasoningSpec(BaseModel):
+    """Reasoned judgements: the labeler writes a rationale first, then the label is read.
+
+    The rendered input ends where the labeler's answer begins (the user message carries
+    ``instruction`` after the template, or, with ``thinking``, the chat template opens its
+    thinking block). The labeler generates up to ``max_tokens`` tokens, cut before the first
+    ``stop`` string; the server then appends ``close`` and the form's answer prefix as
+    trusted token ids and reads the label distribution exactly at that position, never
+    from the rationale's text. With ``samples`` > 1 that many rationales are sampled and
+    their exact distributions averaged.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    instruction: str = Field(
+        "First explain briefly what the reply does well and badly, then give the rating.",
+        description="Appended to the user message after the template: what to reason about before answering.")
+    max_tokens: int = Field(
+        128, ge=0, le=8192, description="Rationale budget in tokens; it counts towards max_input_tokens (the "
+        "labeler input as read is rendered input + rationale + answer prefix). 0: no rationale, the label is "
+        "read right after the instruction.")
+    samples: int = Field(1, ge=1, le=16, description="Rationales per item; their exact distributions are "
+                         "averaged. More than 1 needs temperature > 0.")
+    temperature: float = Field(0.0, ge=0.0, le=4.0, description="0: greedy (deterministic); above 0: sampled "
+                               "with a seed derived from the item and the request's seed.")
+    stop: list[str] | None = Field(
+        None, max_length=8, description="Where the rationale ends (the stop text is not part of it); default: "
+        "the form's answer prefix without trailing spaces (\"Rating:\"), or \"</think>\" with thinking.")
+    close: str | None = Field(
+        None, max_length=200, description="Trusted text the server appends after the rationale, before the "
+        "answer prefix; default: a newline, or \"</think>\\n\\n\" with thinking.")
+    thinking: bool = Field(
+        False, description="Use the labeler's own thinking block (a chat template with a Qwen3-style "
+        "enable_thinking switch) instead of asking in the user message; instruction may then be empty.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ReasoningSpec:
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(f"reasoning.samples={self.samples} needs temperature > 0: greedy rationales would "
+                             "all be the same")
+        if not self.thinking and not self.instruction.strip():
+            raise ValueError("reasoning.instruction is empty: say what to reason about (or set thinking: true)")
+        if self.stop is not None and any(not s.strip() for s in self.stop):
+            raise ValueError("reasoning.stop strings must not be empty or whitespace")
+        return self
+
+    def stop_strings(self, answer_prefix: str) -> list[str]:
+        """The stop strings in force for a form with this answer prefix."""
+        if self.stop is not None:
+            return list(self.stop)
+        return ["</think>"] if self.thinking else [answer_prefix.rstrip() or answer_prefix]
+
+    def close_text(self) -> str:
+        if self.close is not None:
+            return self.close
+        return "</think>\n\n" if self.thinking else "\n"
+
+
 class CompareSpec(BaseModel):
     """The pairwise form of a rubric: which of two responses is better by the same criteria.
 
@@ -54,6 +112,8 @@ class CompareSpec(BaseModel):
     user_template: str
     answer_prefix: str = "Preferred: "
     labels: tuple[str, str] = Field(("1", "2"), description="answers naming the first / second response")
+    reasoning: ReasoningSpec | None = Field(
+        None, description="the pairwise form's own reasoning; default: the rubric's reasoning block")
 
     @field_validator("user_template")
     @classmethod
@@ -106,7 +166,8 @@ class Rubric(BaseModel):
     template). ``answer_prefix`` is what the labeler's answer starts with; the score
     label is read right after it. ``compare``, when present, is the rubric's pairwise
     form, used by ``POST /compare``. ``guard`` is the defence against responses that talk
-    to the judge; it is on by default for every rubric.
+    to the judge; it is on by default for every rubric. ``reasoning``, when present, has
+    the labeler write a rationale before the label is read.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -119,6 +180,8 @@ class Rubric(BaseModel):
     scale: ScaleSpec = ScaleSpec()
     compare: CompareSpec | None = None
     guard: GuardSpec = GuardSpec()
+    reasoning: ReasoningSpec | None = Field(
+        None, description="reason before the label read (see ReasoningSpec); absent: one direct read")
 
     @field_validator("user_template")
     @classmethod

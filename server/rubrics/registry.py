@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -12,35 +13,64 @@ from server.errors import UnknownRubric
 from server.rubrics.model import Rubric
 
 
-def _parse(data: object, source: str) -> list[Rubric]:
-    """A YAML document is one rubric, a list of rubrics, or ``{rubrics: [...]}``."""
+def _merged(base: dict, override: dict) -> dict:
+    """``base`` with ``override``'s keys: mappings merge key by key, other values replace."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _derived(entry: object, known: Mapping[str, Rubric], what: str) -> object:
+    """An entry with ``extends: <name>`` is that rubric with the entry's keys over its own
+    (nested blocks such as ``compare`` merge key by key)."""
+    if not isinstance(entry, dict) or "extends" not in entry:
+        return entry
+    fields = dict(entry)
+    base_name = fields.pop("extends")
+    base = known.get(base_name) if isinstance(base_name, str) else None
+    if base is None:
+        raise ValueError(f"{what} extends {base_name!r}, which is not defined before it; have {sorted(known)}")
+    return _merged(base.model_dump(exclude_unset=True), fields)
+
+
+def _parse(data: object, source: str, known: Mapping[str, Rubric] | None = None) -> list[Rubric]:
+    """A YAML document is one rubric, a list of rubrics, or ``{rubrics: [...]}``; ``known``
+    are the rubrics an entry may extend (besides those before it in the document)."""
     if isinstance(data, dict) and "rubrics" in data:
         data = data["rubrics"]
     entries = data if isinstance(data, list) else [data]
+    known = dict(known or {})
     rubrics = []
     for i, entry in enumerate(entries):
+        what = f"{source}: rubric #{i + 1}"
         try:
-            rubrics.append(Rubric.model_validate(entry))
+            rubric = Rubric.model_validate(_derived(entry, known, what))
         except ValidationError as exc:
-            raise ValueError(f"{source}: rubric #{i + 1} is invalid:\n{exc}") from exc
+            raise ValueError(f"{what} is invalid:\n{exc}") from exc
+        rubrics.append(rubric)
+        known[rubric.name] = rubric
     return rubrics
 
 
 def load_presets() -> dict[str, Rubric]:
-    presets = {}
-    for file in sorted(resources.files("server.rubrics.presets").iterdir(), key=lambda f: f.name):
-        if file.name.endswith(".yaml"):
-            for rubric in _parse(yaml.safe_load(file.read_text()), f"preset {file.name}"):
-                presets[rubric.name] = rubric
+    """The built-in rubrics; a file whose name ends in ``-reasoned.yaml`` (loaded after the
+    others) derives the reasoned variants of the presets."""
+    presets: dict[str, Rubric] = {}
+    files = [f for f in resources.files("server.rubrics.presets").iterdir() if f.name.endswith(".yaml")]
+    for file in sorted(files, key=lambda f: (f.name.endswith("-reasoned.yaml"), f.name)):
+        for rubric in _parse(yaml.safe_load(file.read_text()), f"preset {file.name}", presets):
+            presets[rubric.name] = rubric
     return presets
 
 
-def load_file(path: Path) -> list[Rubric]:
+def load_file(path: Path, known: Mapping[str, Rubric] | None = None) -> list[Rubric]:
+    """A user's rubrics; an entry may extend one of ``known`` (the presets) by name."""
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"cannot read rubrics file {path}: {exc}") from exc
-    return _parse(data, str(path))
+    return _parse(data, str(path), known)
 
 
 class RubricRegistry:
@@ -56,7 +86,7 @@ class RubricRegistry:
     def load(cls, user_file: Path | None = None, default: str = "general") -> RubricRegistry:
         rubrics = load_presets()
         if user_file is not None:
-            rubrics.update({r.name: r for r in load_file(user_file)})
+            rubrics.update({r.name: r for r in load_file(user_file, rubrics)})
         return cls(rubrics, default)
 
     @property

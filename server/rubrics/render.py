@@ -17,18 +17,36 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from server.errors import InputTooLong, RubricCannotCompare
 from server.rubrics.judge_text import normalise
-from server.rubrics.model import PAIR_SLOTS, SLOTS, Rubric
+from server.rubrics.model import PAIR_SLOTS, SLOTS, ReasoningSpec, Rubric
 from server.scoring import LabelTrie, Scale, labels_in_context
 
 TRUNCATION_MARKER = " [...] "
 # Below this many tokens for prompt and response(s) together a rubric is unusable.
 MIN_SLOT_BUDGET = 64
+# Compiled forms kept per encoder: the registry's rubrics and recent request-level variants.
+COMPILED_CACHE = 64
+# Texts a stop string may follow in generated text; each can tokenise it differently
+# (a leading space or newline merges into the first token with byte-level BPE).
+_STOP_CONTEXTS = ("", " ", "\n", "\n\n", ".", ":", "a", "**", "(")
+
+
+@dataclass(frozen=True)
+class CompiledReasoning:
+    """A form's reasoning stage for one tokenizer: the rationale stops at any of
+    ``stop_ids`` (token sequences of the stop strings in every context they may follow),
+    then ``answer_ids`` (close text + answer prefix, trusted) are appended before the read."""
+
+    spec: ReasoningSpec
+    stop_texts: tuple[str, ...]
+    stop_ids: tuple[tuple[int, ...], ...]
+    answer_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -41,10 +59,17 @@ class CompiledTemplate:
     piece_ids: tuple[tuple[int, ...], ...]
     closers: tuple[str, ...]
     trie: LabelTrie
+    what: str  # how errors name it: "rubric 'general'", "rubric 'general' (compare form)"
+    # Reasoned forms: the pieces end where the rationale begins; the trie's labels follow
+    # reasoning.answer_ids. None: the pieces end with the answer prefix (one direct read).
+    reasoning: CompiledReasoning | None = field(default=None, kw_only=True)
 
     @property
     def fixed_tokens(self) -> int:
-        return sum(len(p) for p in self.piece_ids) + self.trie.max_label_tokens
+        """Tokens of an item that are not request text: the trusted pieces, the rationale
+        budget and appended answer prefix of a reasoned form, and the longest label."""
+        extra = len(self.reasoning.answer_ids) + self.reasoning.spec.max_tokens if self.reasoning else 0
+        return sum(len(p) for p in self.piece_ids) + extra + self.trie.max_label_tokens
 
     @property
     def slot_tags(self) -> tuple[str, ...]:
@@ -140,8 +165,7 @@ class PromptEncoder:
         self.tokenizer = tokenizer
         self.max_input_tokens = max_input_tokens
         self.truncate = truncate
-        self._compiled: dict[str, CompiledRubric] = {}
-        self._compared: dict[str, CompiledComparison] = {}
+        self._compiled: OrderedDict[tuple[str, str], CompiledTemplate] = OrderedDict()
 
     def trusted_ids(self, text: str) -> list[int]:
         """Tokenise rubric/template text: its special-token strings are real special tokens."""
@@ -163,26 +187,42 @@ class PromptEncoder:
             return []
         return [bos] if self.tokenizer("x")["input_ids"][:1] == [bos] else []
 
-    def _template(self, system: str, user: str) -> str:
+    def _template(self, system: str, user: str, thinking: bool = False) -> str:
         tok = self.tokenizer
         if not tok.chat_template:
+            if thinking:
+                raise ValueError("reasoning.thinking needs a chat template; this labeler has none")
             return f"{system}\n\n{user}\n\n"
+        switch = {"enable_thinking": True} if thinking else {}
+
+        def render(messages, **extra) -> str:
+            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         try:
-            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = render(messages, **switch)
         except Exception:  # noqa: BLE001 - templates that reject a system role raise arbitrary errors
-            merged = [{"role": "user", "content": f"{system}\n\n{user}"}]
-            return tok.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+            messages = [{"role": "user", "content": f"{system}\n\n{user}"}]
+            text = render(messages, **switch)
+        if thinking and render(messages, enable_thinking=False) == text:
+            raise ValueError("reasoning.thinking needs a chat template with an enable_thinking switch "
+                             "(Qwen3-style); this labeler's template ignores it: use an instruction instead")
+        return text
 
     def _pieces(self, what: str, system: str, user_template: str, answer_prefix: str,
-                slots: Sequence[str], labels: Sequence[str]) -> dict:
-        """Trusted pieces, closers and label trie of one template (the fields of a CompiledTemplate)."""
+                slots: Sequence[str], labels: Sequence[str], reasoning: ReasoningSpec | None = None) -> dict:
+        """Trusted pieces, closers, label trie and reasoning stage of one template (the fields
+        of a CompiledTemplate). A reasoned template ends where the rationale begins."""
         nonce = secrets.token_hex(8)
         sentinels = [f"\ue000{nonce}-{i}\ue000" for i in range(len(slots))]
         user = user_template
         for slot, sentinel in zip(slots, sentinels, strict=True):
             user = user.replace(slot, sentinel)
-        text = self._template(system.strip(), user.strip()) + answer_prefix
+        user = user.strip()
+        if reasoning is not None and reasoning.instruction.strip():
+            user += "\n\n" + reasoning.instruction.strip()
+        thinking = reasoning is not None and reasoning.thinking
+        text = self._template(system.strip(), user, thinking) + ("" if reasoning else answer_prefix)
         if any(text.count(s) != 1 for s in sentinels):
             raise ValueError(f"{what}: the chat template dropped or repeated a slot")
         piece_texts, rest = [], text
@@ -190,7 +230,12 @@ class PromptEncoder:
             piece, rest = rest.split(sentinel)
             piece_texts.append(piece)
         piece_texts.append(rest)
-        label_tokens = labels_in_context(self.trusted_ids, piece_texts[-1], labels)
+        compiled_reasoning = None
+        label_context = piece_texts[-1]
+        if reasoning is not None:
+            label_context = reasoning.close_text() + answer_prefix
+            compiled_reasoning = self._reasoning(what, reasoning, answer_prefix, label_context)
+        label_tokens = labels_in_context(self.trusted_ids, label_context, labels)
         piece_ids = [tuple(self.trusted_ids(p)) for p in piece_texts]
         piece_ids[0] = tuple(self._bos) + piece_ids[0]
         return {
@@ -198,7 +243,31 @@ class PromptEncoder:
             "piece_ids": tuple(piece_ids),
             "closers": tuple(_closer(p) for p in piece_texts[1:]),
             "trie": LabelTrie(label_tokens),
+            "reasoning": compiled_reasoning,
         }
+
+    def _reasoning(self, what: str, spec: ReasoningSpec, answer_prefix: str, answer_text: str) -> CompiledReasoning:
+        """Compile a reasoning stage; a stop string the tokenizer cannot produce is an error."""
+        special = set(getattr(self.tokenizer, "all_special_ids", ()) or ())
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        stop_texts = spec.stop_strings(answer_prefix)
+        stop_ids: dict[tuple[int, ...], None] = {}
+        for stop in stop_texts:
+            alone = self.trusted_ids(stop)
+            if unk is not None and unk in alone or \
+                    self.tokenizer.decode(alone, clean_up_tokenization_spaces=False) != stop:
+                raise ValueError(f"{what}: reasoning stop string {stop!r} cannot be matched: the labeler's "
+                                 "tokenizer does not represent it exactly")
+            if special & set(alone):
+                raise ValueError(f"{what}: reasoning stop string {stop!r} holds a special token the labeler "
+                                 "never emits as text (generation ends at its end-of-sequence token anyway)")
+            for context in _STOP_CONTEXTS:
+                before = self.trusted_ids(context)
+                ids = self.trusted_ids(context + stop)
+                if ids[: len(before)] == before and len(ids) > len(before):
+                    stop_ids[tuple(ids[len(before):])] = None
+        return CompiledReasoning(spec=spec, stop_texts=tuple(stop_texts), stop_ids=tuple(stop_ids),
+                                 answer_ids=tuple(self.trusted_ids(answer_text)))
 
     def _check_budget(self, what: str, compiled: CompiledTemplate) -> None:
         budget = self.max_input_tokens - compiled.fixed_tokens
@@ -208,19 +277,30 @@ class PromptEncoder:
                 f"max_input_tokens={self.max_input_tokens} for prompt and response; raise the limit"
             )
 
-    def compile(self, rubric: Rubric) -> CompiledRubric:
-        """The rating form of a rubric (cached per rubric object)."""
-        cached = self._compiled.get(rubric.name)
-        if cached is not None and cached.rubric is rubric:
-            return cached
-        what = f"rubric {rubric.name!r}"
-        scale = rubric.scale.to_scale()
-        pieces = self._pieces(what, rubric.system, rubric.user_template, rubric.answer_prefix, SLOTS,
-                              scale.labels)
-        compiled = CompiledRubric(rubric=rubric, scale=scale, **pieces)
-        self._check_budget(what, compiled)
-        self._compiled[rubric.name] = compiled
+    def _cached(self, form: str, rubric: Rubric, build) -> CompiledTemplate:
+        """A compiled form, built once per rubric content (request-level variants of a rubric
+        are distinct rubrics with the same name); the least recently used go first."""
+        key = (form, rubric.model_dump_json())
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = build()
+            self._check_budget(compiled.what, compiled)
+            self._compiled[key] = compiled
+            while len(self._compiled) > COMPILED_CACHE:
+                self._compiled.popitem(last=False)
+        self._compiled.move_to_end(key)
         return compiled
+
+    def compile(self, rubric: Rubric) -> CompiledRubric:
+        """The rating form of a rubric (cached per rubric content)."""
+        def build() -> CompiledRubric:
+            what = f"rubric {rubric.name!r}"
+            scale = rubric.scale.to_scale()
+            pieces = self._pieces(what, rubric.system, rubric.user_template, rubric.answer_prefix, SLOTS,
+                                  scale.labels, rubric.reasoning)
+            return CompiledRubric(rubric=rubric, scale=scale, what=what, **pieces)
+
+        return self._cached("rate", rubric, build)
 
     def compile_comparison(self, rubric: Rubric) -> CompiledComparison:
         """The pairwise form of a rubric (cached per rubric object); 422 when it has none."""
@@ -229,16 +309,14 @@ class PromptEncoder:
             raise RubricCannotCompare(
                 f"rubric {rubric.name!r} has no pairwise form; add a 'compare:' section to it "
                 "(system, user_template with {prompt}, {response_a}, {response_b}, answer_prefix, labels)")
-        cached = self._compared.get(rubric.name)
-        if cached is not None and cached.rubric is rubric:
-            return cached
-        what = f"rubric {rubric.name!r} (compare form)"
-        pieces = self._pieces(what, spec.system, spec.user_template, spec.answer_prefix, PAIR_SLOTS,
-                              spec.labels)
-        compiled = CompiledComparison(rubric=rubric, **pieces)
-        self._check_budget(what, compiled)
-        self._compared[rubric.name] = compiled
-        return compiled
+
+        def build() -> CompiledComparison:
+            what = f"rubric {rubric.name!r} (compare form)"
+            pieces = self._pieces(what, spec.system, spec.user_template, spec.answer_prefix, PAIR_SLOTS,
+                                  spec.labels, spec.reasoning or rubric.reasoning)
+            return CompiledComparison(rubric=rubric, what=what, **pieces)
+
+        return self._cached("compare", rubric, build)
 
     def compile_forms(self, rubric: Rubric) -> list[CompiledTemplate]:
         """Every form the rubric has: the rating form, and the pairwise form if defined."""

@@ -1,8 +1,8 @@
 """Pure scoring math: label trie, exact label probabilities, expectation, [-1,1] map, pairwise preference."""
 
 from server.scoring.labels import LabelTrie, TokenReads, labels_in_context
-from server.scoring.preference import OrderRead, Preference, combine_orders, read_order
-from server.scoring.reward import Scale, ScoreResult, expected_score
+from server.scoring.preference import OrderRead, Preference, combine_orders, mean_order, read_order
+from server.scoring.reward import Scale, ScoreResult, expected_score, mean_of_samples, score_spread
 
 __all__ = ["LabelTrie", "OrderRead", "Preference", "Scale", "ScoreResult", "TokenReads", "combine_orders",
-           "expected_score", "labels_in_context", "read_order"]
+           "expected_score", "labels_in_context", "mean_of_samples", "mean_order", "read_order", "score_spread"]

@@ -64,3 +64,15 @@ def combine_orders(ab: OrderRead, ba: OrderRead | None) -> Preference:
     p_ab, p_ba = ab.p_first, ba.p_second
     consistent = (p_ab > 0.5 and p_ba > 0.5) or (p_ab < 0.5 and p_ba < 0.5)
     return Preference(p_a=0.5 * (p_ab + p_ba), ab=p_ab, ba=p_ba, consistent=consistent)
+
+
+def mean_order(samples: Sequence[OrderRead]) -> OrderRead:
+    """One order read after several rationales: the mean of their renormalised probabilities
+    and of their label masses (one sample is returned as it is)."""
+    if not samples:
+        raise ValueError("mean_order needs at least one sample")
+    if len(samples) == 1:
+        return samples[0]
+    return OrderRead(p_first=float(np.mean([s.p_first for s in samples])),
+                     p_second=float(np.mean([s.p_second for s in samples])),
+                     label_mass=float(np.mean([s.label_mass for s in samples])))

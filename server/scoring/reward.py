@@ -3,6 +3,11 @@
     p_i = P(label i) / sum_j P(label j)          renormalised over the scale's labels
     s   = sum_i value_i * p_i                    expected score, in [lo, hi]
     r   = 2 * (s - lo) / (hi - lo) - 1           reward, in [-1, 1]
+
+With k reasoned samples (rationales) of one item, each read this way to p^(1..k):
+
+    p_i = (1/k) sum_s p^(s)_i                    the mean distribution; s and r follow from it
+    mass = (1/k) sum_s mass^(s)
 """
 
 from __future__ import annotations
@@ -73,3 +78,29 @@ def expected_score(label_logprobs: Sequence[float], scale: Scale) -> ScoreResult
         distribution=tuple(float(p) for p in distribution),
         label_mass=label_mass,
     )
+
+
+def mean_of_samples(samples: Sequence[ScoreResult], scale: Scale) -> ScoreResult:
+    """The result of an item read after several rationales: the mean of their renormalised
+    distributions, the expected score and reward of that mean, and the mean label mass.
+    One sample is returned as it is."""
+    if not samples:
+        raise ValueError("mean_of_samples needs at least one sample")
+    if len(samples) == 1:
+        return samples[0]
+    distribution = np.mean([s.distribution for s in samples], axis=0)
+    if distribution.shape != (len(scale.values),):
+        raise ValueError(f"expected distributions over {len(scale.values)} labels, got {distribution.shape}")
+    score = float(np.dot(distribution, np.asarray(scale.values, dtype=np.float64)))
+    score = min(max(score, float(scale.lo)), float(scale.hi))
+    return ScoreResult(
+        reward=min(max(scale.to_reward(score), -1.0), 1.0),
+        score=score,
+        distribution=tuple(float(p) for p in distribution),
+        label_mass=float(np.mean([s.label_mass for s in samples])),
+    )
+
+
+def score_spread(samples: Sequence[ScoreResult]) -> float:
+    """How much the samples' expected scores disagree: their standard deviation (0 for one)."""
+    return float(np.std([s.score for s in samples])) if len(samples) > 1 else 0.0
