@@ -33,6 +33,7 @@ class ReasonedSample(BaseModel):
     distribution: list[float] = Field(description="This sample's renormalised label distribution, lowest "
                                       "label first.")
     score: float = Field(description="This sample's expected score.")
+    label_mass: float = Field(description="This sample's probability on valid labels before renormalising.")
     finish_reason: FinishReason = Field(description=FINISH_DESCRIPTION)
 
 

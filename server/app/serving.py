@@ -187,7 +187,8 @@ class ScoringService:
                     samples=[protocol.ReasonedSample(
                         rationale=_decode(tokenizer, read.rationale.token_ids),
                         label_input_ids=list(read.label_input_ids), distribution=list(r.distribution),
-                        score=r.score, finish_reason=read.rationale.finish_reason) for read, r in s.samples]
+                        score=r.score, label_mass=r.label_mass, finish_reason=read.rationale.finish_reason)
+                        for read, r in s.samples]
                     if reasoned and request.return_rationale else None)
                 for s in scored
             ],

@@ -266,6 +266,8 @@ class PromptEncoder:
                 ids = self.trusted_ids(context + stop)
                 if ids[: len(before)] == before and len(ids) > len(before):
                     stop_ids[tuple(ids[len(before):])] = None
+                elif not context.strip():  # the space merged into the stop's first token (" Rating")
+                    stop_ids[tuple(ids)] = None
         return CompiledReasoning(spec=spec, stop_texts=tuple(stop_texts), stop_ids=tuple(stop_ids),
                                  answer_ids=tuple(self.trusted_ids(answer_text)))
 
