@@ -81,6 +81,13 @@ def evaluate_alignment(config: AlignmentConfig) -> dict:
     compare_mass = [c.label_mass_ab for c in compared] + [c.label_mass_ba for c in compared
                                                           if c.label_mass_ba is not None]
     rubric = config.rubric or info.get("default_rubric")
+    # A constitution: the same two accuracies for each principle on its own.
+    by_principle = {}
+    for name in dict.fromkeys(n for c in compared for n in (c.principles or {})):
+        p_name = [c.principles[name] if cf else 1.0 - c.principles[name] for c, cf in zip(compared, chosen_first)]
+        d_name = [(scored[2 * i].principles[name], scored[2 * i + 1].principles[name]) for i in range(n)]
+        by_principle[name] = {"pairwise": proportion(outcome(p - 0.5) for p in p_name).as_dict(),
+                              "direct": proportion(outcome(rc - rr) for rc, rr in d_name).as_dict()}
     summary = {
         "n": n,
         "pairwise_accuracy": pairwise.rate,
@@ -100,6 +107,10 @@ def evaluate_alignment(config: AlignmentConfig) -> dict:
                        "score": summarize([s.label_mass for s in scored])},
         "truncated": {"compare": sum(c.truncated for c in compared),
                       "score": sum(s.truncated for s in scored)},
+        # Reasoning rubrics: rationale tokens the labeler wrote per /compare pair and per /score item.
+        "reasoning_tokens": {"compare": summarize([c.reasoning_tokens for c in compared]),
+                             "score": summarize([s.reasoning_tokens for s in scored])},
+        "principles": by_principle or None,
         "data": str(config.data), "limit": config.limit, "rubric": rubric, "model": info.get("model"),
         "debias": config.debias, "interval": "95% Wilson score interval; ties count one half",
         "seconds": round(time.perf_counter() - started, 1),
@@ -125,6 +136,13 @@ def evaluate_alignment(config: AlignmentConfig) -> dict:
               ("label mass /score (mean, min)", f"{summary['label_mass']['score']['mean']:.3f}, "
                                                 f"{summary['label_mass']['score']['min']:.3f}"),
               ("rubric, labeler", f"{rubric}, {summary['model']}")]
+    for name, acc in by_principle.items():
+        table.insert(-1, (f"principle {name}: pairwise, direct accuracy",
+                          f"{acc['pairwise']['rate']:.3f}, {acc['direct']['rate']:.3f}"))
+    if summary["reasoning_tokens"]["score"]["mean"] > 0:
+        table.insert(-1, ("rationale tokens per /compare pair, per /score item (mean)",
+                          f"{summary['reasoning_tokens']['compare']['mean']:.1f}, "
+                          f"{summary['reasoning_tokens']['score']['mean']:.1f}"))
     order_note = (", both orders averaged." if config.debias
                   else ", one order, chosen first or second at random.")
     notes = ["Accuracy counts ties as one half; brackets are 95% Wilson intervals.",

@@ -10,14 +10,15 @@ knows nothing of HTTP.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from server.rubrics.model import Rubric
 from server.rubrics.prompts import prompt_text
 from server.rubrics.render import CompiledComparison, EncodedItem
 from server.scorer import ItemRead, Prompt, SampleRead, Scorer
-from server.scoring import OrderRead, Preference, combine_orders, mean_order, read_order
+from server.scoring import (OrderRead, Preference, aggregate_preferences, combine_orders, mean_order, read_order,
+                            sample_principle)
 
 OrderSamples = tuple[tuple[SampleRead, OrderRead], ...]
 
@@ -33,22 +34,19 @@ class ComparedItem:
     samples_ab: OrderSamples = ()  # each sample read of an order and its own answer
     samples_ba: OrderSamples = ()
     reasoning_tokens: int = 0
+    principles: Mapping[str, ComparedItem] | None = None  # a constitution's per-principle preferences
 
 
-def encode_pairs(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[Prompt, str, str]],
-                 both_orders: bool) -> tuple[CompiledComparison, list[EncodedItem]]:
-    """Labeler inputs: per item the order (A, B), then (B, A) when ``both_orders``.
-
-    Raises RubricCannotCompare, InputTooLong.
-    """
-    compiled = scorer.compiled_comparison(rubric)
+def encode_pairs(scorer: Scorer, compiled: CompiledComparison, items: Sequence[tuple[Prompt, str, str]],
+                 both_orders: bool, fixed_tokens: int | None = None) -> list[EncodedItem]:
+    """Labeler inputs: per item the order (A, B), then (B, A) when ``both_orders``. Raises InputTooLong."""
     encoded = []
     for prompt, a, b in items:
         text = prompt_text(prompt)
-        encoded.append(scorer.encoder.encode(compiled, text, a, b))
+        encoded.append(scorer.encoder.encode(compiled, text, a, b, fixed_tokens=fixed_tokens))
         if both_orders:
-            encoded.append(scorer.encoder.encode(compiled, text, b, a))
-    return compiled, encoded
+            encoded.append(scorer.encoder.encode(compiled, text, b, a, fixed_tokens=fixed_tokens))
+    return encoded
 
 
 def _order(read: ItemRead) -> tuple[OrderRead, OrderSamples]:
@@ -56,10 +54,9 @@ def _order(read: ItemRead) -> tuple[OrderRead, OrderSamples]:
     return mean_order([r for _, r in samples]), samples
 
 
-async def compare(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[Prompt, str, str]],
-                  debias: bool = True, seed: int | None = None) -> list[ComparedItem]:
-    """P(A better) for each (prompt, A, B); with ``debias`` both orders are read and averaged."""
-    compiled, encoded = await asyncio.to_thread(encode_pairs, scorer, rubric, items, debias)
+async def _compare_form(scorer: Scorer, compiled: CompiledComparison, items: Sequence[tuple[Prompt, str, str]],
+                        debias: bool, seed: int | None, fixed_tokens: int | None = None) -> list[ComparedItem]:
+    encoded = await asyncio.to_thread(encode_pairs, scorer, compiled, items, debias, fixed_tokens)
     reads = await scorer.read(compiled, encoded, seed)
     step = 2 if debias else 1
     out = []
@@ -74,3 +71,50 @@ async def compare(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[Prompt, 
                                 samples_ab=samples_ab, samples_ba=samples_ba,
                                 reasoning_tokens=sum(r.reasoning_tokens for r in reads[i : i + step])))
     return out
+
+
+async def compare(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[Prompt, str, str]],
+                  debias: bool = True, seed: int | None = None,
+                  principles: Sequence[str] | None = None) -> list[ComparedItem]:
+    """P(A better) for each (prompt, A, B); with ``debias`` both orders are read and averaged. A
+    constitution gives one such preference per principle (or per principle named), aggregated."""
+    if not scorer.chosen_principles(rubric, principles):
+        return await _compare_form(scorer, scorer.compiled_comparison(rubric), items, debias, seed)
+    chosen = scorer.chosen_principles(rubric, principles)
+    forms = scorer.compiled_principles(rubric, pairwise=True)
+    fixed = max(form.fixed_tokens for form in forms.values())
+    per_principle = await asyncio.gather(*(_compare_form(scorer, forms[n], items, debias, seed, fixed)
+                                           for n in chosen))
+    weights = [p.weight for p in rubric.principles if p.name in chosen]
+    out = []
+    for i, (prompt, a, b) in enumerate(items):
+        parts = {n: compared[i] for n, compared in zip(chosen, per_principle, strict=True)}
+        pick = None
+        if rubric.aggregate == "sample":
+            pick = sample_principle(weights, seed or 0, (prompt_text(prompt) + "\0" + a + "\0" + b).encode())
+        preference = aggregate_preferences([c.preference for c in parts.values()], weights, rubric.aggregate, pick)
+        decider = next((c for c in parts.values() if c.preference is preference), None)
+        if decider is not None:  # min or sample: one principle's verdict, with its own reads
+            order_ab, order_ba = decider.order_ab, decider.order_ba
+        else:
+            order_ab, order_ba = _mixed_orders(preference, list(parts.values()), weights)
+        out.append(ComparedItem(preference=preference, order_ab=order_ab, order_ba=order_ba,
+                                input_tokens=max(c.input_tokens for c in parts.values()),
+                                truncated=any(c.truncated for c in parts.values()),
+                                cached=all(c.cached for c in parts.values()),
+                                reasoning_tokens=sum(c.reasoning_tokens for c in parts.values()),
+                                principles=parts))
+    return out
+
+
+def _mixed_orders(preference: Preference, parts: Sequence[ComparedItem],
+                  weights: Sequence[float]) -> tuple[OrderRead, OrderRead | None]:
+    """Each order's aggregated read: the combined P(first shown better) and the weighted mean label mass."""
+    w = [x / sum(weights) for x in weights]
+    ab = OrderRead(preference.ab, 1.0 - preference.ab,
+                   sum(x * c.order_ab.label_mass for x, c in zip(w, parts, strict=True)))
+    if preference.ba is None:
+        return ab, None
+    ba = OrderRead(1.0 - preference.ba, preference.ba,
+                   sum(x * c.order_ba.label_mass for x, c in zip(w, parts, strict=True)))
+    return ab, ba

@@ -27,7 +27,8 @@ from server.rubrics.judge_text import JudgeSpan, find_judge_text, without_spans
 from server.rubrics.model import ReasoningSpec, Rubric
 from server.rubrics.prompts import prompt_text
 from server.rubrics.render import CompiledRubric, CompiledTemplate, EncodedItem, PromptEncoder
-from server.scoring import LabelTrie, ScoreResult, TokenReads, expected_score, mean_of_samples
+from server.scoring import (LabelTrie, ScoreResult, TokenReads, aggregate_scores, expected_score, mean_of_samples,
+                            sample_principle)
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ class ScoredItem:
     """``result`` is the reward the rubric's guard reports (see ``GuardSpec.reward``);
     ``as_written`` and ``robust`` are the two reads it is chosen from (the same read when
     the response has no text addressed to the judge); ``samples`` are those of the read
-    reported. ``reasoning_tokens`` counts the rationale tokens of both reads."""
+    reported. ``reasoning_tokens`` counts the rationale tokens of both reads. For a
+    constitution the three results are the aggregates of ``principles``' own."""
 
     result: ScoreResult
     as_written: ScoreResult
@@ -89,6 +91,7 @@ class ScoredItem:
     truncated: bool
     cached: bool  # no read or rationale of this item was computed for it (see Scorer.read_labels)
     reasoning_tokens: int = 0
+    principles: Mapping[str, ScoredItem] | None = None  # a constitution's per-principle results
 
 
 @dataclass(frozen=True)
@@ -190,7 +193,8 @@ class Scorer:
         try:
             update: dict[str, Any] = {"reasoning": merged(rubric.reasoning)}
             if rubric.compare is not None and rubric.compare.reasoning is not None:
-                update["compare"] = rubric.compare.model_copy(update={"reasoning": merged(rubric.compare.reasoning)})
+                own = merged(rubric.compare.reasoning)
+                update["compare"] = rubric.compare.model_copy(update={"reasoning": own})
         except ValidationError as exc:
             problems = "; ".join(".".join(map(str, e["loc"])) + ": " * bool(e["loc"])
                                  + e["msg"].removeprefix("Value error, ") for e in exc.errors())
@@ -205,20 +209,55 @@ class Scorer:
         """The pairwise form of a rubric (RubricCannotCompare when it has none)."""
         return _compiling(self.encoder.compile_comparison, rubric)
 
-    def encode(self, rubric: Rubric, items: Sequence[tuple[Prompt, str]]) -> tuple[CompiledRubric, list[GuardedItem]]:
+    def encode(self, rubric: Rubric,
+               items: Sequence[tuple[Prompt, str]]) -> tuple[CompiledRubric, list[GuardedItem]]:
         """Render and tokenise items, and each response again without its text addressed to the
         judge when it has any and the rubric's guard asks for it (raises InputTooLong)."""
         compiled = self.compiled(rubric)
+        return compiled, self.guarded(compiled, items)
+
+    def guarded(self, compiled: CompiledTemplate, items: Sequence[tuple[Prompt, str]],
+                fixed_tokens: int | None = None) -> list[GuardedItem]:
+        """Items encoded with one rating form (see :meth:`encode`)."""
         guard, tags = compiled.rubric.guard, compiled.slot_tags
         out = []
         for p, r in items:
             prompt = prompt_text(p)
             spans = tuple(find_judge_text(r, tags)) if guard.judge_text else ()
-            robust = self.encoder.encode(compiled, prompt, without_spans(r, spans)) if spans else None
-            out.append(GuardedItem(self.encoder.encode(compiled, prompt, r), robust, spans))
-        return compiled, out
+            robust = self.encoder.encode(compiled, prompt, without_spans(r, spans),
+                                         fixed_tokens=fixed_tokens) if spans else None
+            as_written = self.encoder.encode(compiled, prompt, r, fixed_tokens=fixed_tokens)
+            out.append(GuardedItem(as_written, robust, spans))
+        return out
 
-    async def read_labels(self, trie: LabelTrie, encoded: Sequence[EncodedItem]) -> tuple[list[np.ndarray], list[bool]]:
+    def chosen_principles(self, rubric: Rubric, names: Sequence[str] | None) -> list[str]:
+        """The principles a request reads: all of the rubric's, or the ones it names (422 otherwise)."""
+        have = rubric.principle_names
+        if names is None:
+            return list(have)
+        if not have:
+            raise InvalidRubric(f"rubric {rubric.name!r} has no principles to choose from")
+        unknown = ", ".join(repr(n) for n in names if n not in have)
+        if unknown or not names:
+            raise InvalidRubric(f"rubric {rubric.name!r} has no principle {unknown or '(none named)'}; "
+                                f"it has {', '.join(have)}")
+        return [n for n in have if n in names]
+
+    def compiled_principles(self, rubric: Rubric, pairwise: bool = False) -> dict[str, CompiledTemplate]:
+        """Each principle's form (see PromptEncoder.compile_principles)."""
+        return _compiling(lambda r: self.encoder.compile_principles(r, pairwise), rubric)
+
+    def encode_principles(self, rubric: Rubric, items: Sequence[tuple[Prompt, str]],
+                          names: Sequence[str] | None = None) -> dict[str, tuple[CompiledRubric, list[GuardedItem]]]:
+        """A constitution's items encoded with each principle read (all, or those named), every
+        principle with the same room for the item's text, so that all of them cut it alike."""
+        chosen = self.chosen_principles(rubric, names)
+        forms = self.compiled_principles(rubric)
+        fixed = max(form.fixed_tokens for form in forms.values())
+        return {n: (forms[n], self.guarded(forms[n], items, fixed)) for n in chosen}
+
+    async def read_labels(self, trie: LabelTrie,
+                          encoded: Sequence[EncodedItem]) -> tuple[list[np.ndarray], list[bool]]:
         """Per-label log-probabilities (in ``trie.labels`` order) after each encoded input, and
         whether each came without computing it: from the reward cache, or (with the cache on)
         from an identical input earlier in the same call."""
@@ -307,8 +346,40 @@ class Scorer:
         return reads
 
     async def score(self, rubric: Rubric, items: Sequence[tuple[Prompt, str]], *,
-                    seed: int | None = None) -> list[ScoredItem]:
-        compiled, guarded = await asyncio.to_thread(self.encode, rubric, items)
+                    seed: int | None = None, principles: Sequence[str] | None = None) -> list[ScoredItem]:
+        """Each item's reward under the rubric; a constitution reads every principle (or those
+        named) and aggregates them."""
+        if not self.chosen_principles(rubric, principles):  # (422 when a plain rubric is given principles)
+            compiled, guarded = await asyncio.to_thread(self.encode, rubric, items)
+            return await self._score_guarded(compiled, guarded, seed)
+        encoded = await asyncio.to_thread(self.encode_principles, rubric, items, principles)
+        chosen = list(encoded)
+        # All principles' reads go to the batcher together (one batch on transformers, the engine on vLLM).
+        per_principle = await asyncio.gather(*(self._score_guarded(form, guarded, seed)
+                                               for form, guarded in encoded.values()))
+        weights = [p.weight for p in rubric.principles if p.name in chosen]
+        scale = encoded[chosen[0]][0].scale
+        out = []
+        for i, (prompt, response) in enumerate(items):
+            parts = {n: scored[i] for n, scored in zip(chosen, per_principle, strict=True)}
+            pick = None
+            if rubric.aggregate == "sample":  # drawn per item: the same item and seed, the same principle
+                pick = sample_principle(weights, seed or 0, (prompt_text(prompt) + "\0" + response).encode())
+
+            def combined(field: str) -> ScoreResult:
+                return aggregate_scores([getattr(parts[n], field) for n in chosen], weights, rubric.aggregate,
+                                        scale, pick)
+
+            scored = list(parts.values())
+            out.append(ScoredItem(combined("result"), combined("as_written"), combined("robust"), (),
+                                  max(s.judge_spans for s in scored), max(s.input_tokens for s in scored),
+                                  any(s.truncated for s in scored), all(s.cached for s in scored),
+                                  sum(s.reasoning_tokens for s in scored), parts))
+        return out
+
+    async def _score_guarded(self, compiled: CompiledRubric, guarded: Sequence[GuardedItem],
+                             seed: int | None) -> list[ScoredItem]:
+        """Score encoded items with one rating form: both reads of the guard, reasoned or direct."""
         second = [g.robust for g in guarded if g.robust is not None]
         reads = iter(await self.read(compiled, [g.as_written for g in guarded] + second, seed))
         first = [next(reads) for _ in guarded]

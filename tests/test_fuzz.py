@@ -39,6 +39,7 @@ from schemathesis.specs.openapi.checks import (
 from server.app import create_app
 from server.config import parse_settings
 from server.process import ServerProcess
+from server.rubrics.registry import load_presets
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,7 @@ EXTRA_RUBRIC = {  # score-only (no compare section): in /score's rubric enum, no
     "user_template": "<conversation>\n{prompt}\n</conversation>\n\n<reply>\n{response}\n</reply>\n\n"
                      "How terse is the reply, from 1 to 10? Answer with the number only.",
 }
-PRESETS = ["general", "harmless", "helpful", "summary"]
+PRESETS = sorted(load_presets())  # every preset has a pairwise form
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES_PER_OPERATION = 30
 

@@ -15,7 +15,8 @@ from server.rubrics.prompts import format_conversation, parse_hh_transcript, pro
 from server.rubrics.registry import load_file, load_presets
 from server.rubrics.render import MIN_SLOT_BUDGET, TRUNCATION_MARKER, PromptEncoder
 
-PRESETS = {"general", "harmless", "helpful", "summary"}
+BASE_PRESETS = ("general", "harmless", "helpful", "summary")
+PRESETS = {*BASE_PRESETS, *(f"{name}-reasoned" for name in BASE_PRESETS), "assistant"}
 
 # --------------------------------------------------------------------------- tokenizers
 
@@ -149,11 +150,11 @@ def test_unknown_rubric_lists_available_names():
     assert exc.value.status_code == 422
     assert exc.value.code == "unknown_rubric"
     assert "'nope'" in exc.value.message
-    assert "available: general, harmless, helpful, summary" in exc.value.message
+    assert "available: " + ", ".join(sorted(PRESETS)) in exc.value.message
 
 
 def test_undefined_default_is_rejected():
-    with pytest.raises(ValueError, match=r"default rubric 'missing' is not defined; have \['general'"):
+    with pytest.raises(ValueError, match=r"default rubric 'missing' is not defined; have \['assistant', 'general'"):
         RubricRegistry.load(default="missing")
 
 

@@ -279,8 +279,9 @@ def test_ppo_on_the_real_labeler_logs_the_servers_rewards(server, tmp_path):
     out = tmp_path / "run"
     # After FAST, so these win (argparse keeps the last value).
     # Optimises the robust read (--reward-field), so the logged rewards must be that field.
+    # Under a constitution, so that each principle's reward mean is logged too.
     result = train(server.url, out, "--steps", "2", "--batch-size", "4", "--max-new-tokens", "8",
-                   "--eval-prompts", "4", "--rubric", "helpful", "--reward-field", "reward_robust")
+                   "--eval-prompts", "4", "--rubric", "assistant", "--reward-field", "reward_robust")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
@@ -289,11 +290,12 @@ def test_ppo_on_the_real_labeler_logs_the_servers_rewards(server, tmp_path):
         assert 0.0 <= r["judge_text_rate"] <= 1.0 and 0.0 <= r["reward_disagreement"] <= 1.0, r
         if r["judge_text_rate"] == 0.0:  # nothing addressed the judge: both reads are the same read
             assert r["reward_robust_gap"] == 0.0 and r["reward_disagreement"] == 0.0, r
+        assert all(-1.0 <= r[f"reward_principle_{p}"] <= 1.0 for p in ("helpful", "harmless", "honest")), r
     samples = rollouts(out)
     assert [s["step"] for s in samples] == [1] * 4 + [2] * 4
     # Every logged reward is the labeler's own verdict on that exact (prompt, response) and rubric.
     items = [{"prompt": s["prompt"], "response": s["response"]} for s in samples]
-    direct = httpx.post(f"{server.url}/score", json={"items": items, "rubric": "helpful"}, timeout=300)
+    direct = httpx.post(f"{server.url}/score", json={"items": items, "rubric": "assistant"}, timeout=300)
     assert direct.status_code == 200, direct.text
     results = direct.json()["results"]
     assert len(results) == len(samples)

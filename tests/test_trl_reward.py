@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 
+import httpx
 import pytest
 from trl.trainer.utils import (
     get_callable_name,
@@ -161,3 +162,20 @@ def test_server_errors_reach_trl_instead_of_a_made_up_reward(server):
         with pytest.raises(RewardServerError, match="unknown rubric 'no-such-rubric'"):
             trl_loop.run(call_like_grpo(func, PLAIN_PROMPTS, PLAIN_COMPLETIONS, {}))
         trl_loop.run(func.aclose())
+
+
+def test_a_constitution_logs_one_reward_mean_per_principle(server):
+    func = make_reward_func(server.url, rubric="assistant")
+    metrics: dict[str, list[float]] = {}
+    with TrlLoop() as trl_loop:
+        rewards = trl_loop.run(call_like_grpo(func, PLAIN_PROMPTS, PLAIN_COMPLETIONS, metrics))
+        trl_loop.run(func.aclose())
+    direct = httpx.post(f"{server.url}/score", timeout=300, json={
+        "rubric": "assistant", "items": [{"prompt": p, "response": c}
+                                         for p, c in zip(PLAIN_PROMPTS, PLAIN_COMPLETIONS, strict=True)]})
+    results = direct.json()["results"]
+    assert rewards == pytest.approx([r["reward"] for r in results], abs=1e-4)
+    for name in ("helpful", "harmless", "honest"):
+        (logged,) = metrics[f"{func.__name__}/reward_principle_{name}"]  # drlaif_assistant/...
+        want = sum(r["principles"][name]["reward"] for r in results) / len(results)
+        assert logged == pytest.approx(want, abs=1e-4)

@@ -134,6 +134,8 @@ class ComparedItem:
     label_mass_ba: float | None
     input_tokens: int | None = None
     truncated: bool = False
+    reasoning_tokens: int = 0      # rationale tokens the labeler wrote for the pair (reasoning rubrics)
+    principles: dict[str, float] | None = None  # constitutions: each principle's own P(A better)
 
 
 # The per-item rewards a drlaif server reports, any of which a trainer may optimise.
@@ -153,6 +155,8 @@ class ScoredItem:
     reward_as_written: float | None = None  # the read of the response as written (None: server lacks it)
     reward_robust: float | None = None      # the read without text addressed to the judge
     judge_spans: int | None = None          # segments of the response that address the judge
+    reasoning_tokens: int = 0               # rationale tokens the labeler wrote first (reasoning rubrics)
+    principles: dict[str, float] | None = None  # constitutions: each principle's own reward
 
     def value(self, field: str) -> float | None:
         """One of :data:`REWARD_FIELDS`; None when the server did not send it."""
@@ -319,7 +323,33 @@ def _scored_item(i: int, r: dict[str, Any], bad: Callable[[str], RewardServerErr
                       input_tokens=tokens if isinstance(tokens, int) else None,
                       truncated=r.get("truncated") is True,
                       judge_spans=spans if isinstance(spans, int) and not isinstance(spans, bool) else None,
-                      **extra)
+                      reasoning_tokens=_count(r.get("reasoning_tokens")),
+                      principles=_principle_values(i, r.get("principles"), "reward", -1.0, bad), **extra)
+
+
+def _principle_values(i: int, value: object, field: str, low: float,
+                      bad: Callable[[str], RewardServerError]) -> dict[str, float] | None:
+    """One number per principle of a constitution's result (``field`` in [low, 1]); None without principles."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise bad(f"result {i} has principles {value!r}, expected an object of per-principle results")
+    out = {}
+    for name, result in value.items():
+        number = result.get(field)
+        if not _is_number(number) or not math.isfinite(number) or not low <= number <= 1.0:
+            raise bad(f"result {i} has principles.{name}.{field} {number!r}, expected a number in [{low:g}, 1]")
+        out[str(name)] = float(number)
+    return out
+
+
+def principle_means(items: Sequence[ScoredItem]) -> dict[str, float]:
+    """``reward_principle_<name>``: the batch mean of each principle's reward (constitutions only)."""
+    out = {}
+    for name in dict.fromkeys(n for item in items for n in (item.principles or {})):
+        values = [i.principles[name] for i in items if i.principles and name in i.principles]
+        out[f"reward_principle_{name}"] = sum(values) / len(values)
+    return out
 
 
 def _compared_item(i: int, r: dict[str, Any], bad: Callable[[str], RewardServerError]) -> ComparedItem:
@@ -342,7 +372,13 @@ def _compared_item(i: int, r: dict[str, Any], bad: Callable[[str], RewardServerE
                         consistent=consistent, label_mass_ab=float(masses["ab"]),
                         label_mass_ba=None if masses.get("ba") is None else float(masses["ba"]),
                         input_tokens=tokens if isinstance(tokens, int) else None,
-                        truncated=r.get("truncated") is True)
+                        truncated=r.get("truncated") is True, reasoning_tokens=_count(r.get("reasoning_tokens")),
+                        principles=_principle_values(i, r.get("principles"), "p_a", 0.0, bad))
+
+
+def _count(value: object) -> int:
+    """A non-negative integer field a server may send (older servers do not): 0 otherwise."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def _parse_results(data: object, n_items: int, url: str, path: str = "/score",

@@ -31,7 +31,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from trainer.client import RewardClient, RewardClientConfig, RewardServerError, ScoredItem, rewards_of
+from trainer.client import RewardClient, RewardClientConfig, RewardServerError, ScoredItem, principle_means, rewards_of
 from trainer.config import PPOConfig
 from trainer.ppo_math import (
     KLController,
@@ -338,6 +338,7 @@ class PPOTrainer:
             **{k: float(np.mean(v)) for k, v in stats.items()},
             "advantage_reward_corr": _reward_alignment(advantages, mask, penalised),
             **judge_text_metrics(scored, c.disagreement_threshold),
+            **principle_means(scored),
             "response_length_mean": self._mean(mask.sum(-1)),
             "eos_rate": self._mean(rollout.ended.float()),
             "learning_rate": self.scheduler.get_last_lr()[0],

@@ -53,7 +53,8 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
     def plot(self) -> Path:
-        """PNG of reward (mean +- std), KL and response length per step, next to metrics.jsonl."""
+        """PNG of reward (mean +- std, and each principle's mean under a constitution), KL and
+        response length per step, next to metrics.jsonl."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -67,6 +68,12 @@ class MetricsLog:
         ax_r.plot(steps, mean, marker="o", label="reward (server)")
         ax_r.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                           alpha=0.2)
+        # A constitution's principles, one curve each (reward_principle_<name> in metrics.jsonl).
+        for key in dict.fromkeys(k for r in rows for k in r if k.startswith("reward_principle_")):
+            ax_r.plot(steps, [r.get(key, float("nan")) for r in rows], linestyle="--",
+                      label=key.removeprefix("reward_principle_"))
+        if any(k.startswith("reward_principle_") for r in rows for k in r):
+            ax_r.legend(fontsize=8)
         ax_r.set(xlabel="step", ylabel="reward", title="Reward per step (mean ± std)")
         ax_k.plot(steps, [r["kl"] for r in rows], marker="o", color="tab:red")
         ax_k.set(xlabel="step", ylabel="KL(policy || reference) per sequence", title="KL to reference")

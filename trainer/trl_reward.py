@@ -38,7 +38,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from trainer.client import AsyncRewardClient, Prompt, RewardClientConfig, ScoredItem, rewards_of
+from trainer.client import AsyncRewardClient, Prompt, RewardClientConfig, ScoredItem, principle_means, rewards_of
 
 
 def _text(content: object, where: str) -> str:
@@ -85,13 +85,14 @@ def completion_text(completion: object) -> str:
 def batch_metrics(items: Sequence[ScoredItem], seconds: float) -> dict[str, float]:
     """What a dashboard should show of one scored batch: a falling label mass means the labeler
     stopped answering on the scale, a rising judge-text rate that the policy is learning to
-    talk to the judge."""
+    talk to the judge; under a constitution, which principle the policy improves or sacrifices."""
     masses = [i.label_mass for i in items]
     metrics = {"label_mass": sum(masses) / len(masses), "label_mass_min": min(masses),
                "truncated_rate": sum(i.truncated for i in items) / len(items), "reward_seconds": seconds}
     spans = [i.judge_spans for i in items if i.judge_spans is not None]
     if spans:
         metrics["judge_text_rate"] = sum(n > 0 for n in spans) / len(spans)
+    metrics.update(principle_means(items))  # a constitution: one reward curve per principle
     return metrics
 
 

@@ -111,7 +111,8 @@ class _Coalescer:
         async def one() -> dict[str, float]:
             (item,) = await self.batcher.submit([(prompt, response)])
             (reward,) = rewards_of([item], self.settings.reward_field, self.client.config.urls)
-            return {"score": reward, "label_mass": item.label_mass, "drlaif_score": item.score}
+            extra = {f"drlaif_{name}": value for name, value in (item.principles or {}).items()}
+            return {"score": reward, "label_mass": item.label_mass, "drlaif_score": item.score, **extra}
 
         return asyncio.run_coroutine_threadsafe(one(), self.loop)
 

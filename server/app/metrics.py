@@ -22,6 +22,9 @@ class Metrics:
                                   registry=self.registry)
         self.cache_misses = Counter("drlaif_reward_cache_misses", "Label reads computed (reward cache on)",
                                     registry=self.registry)
+        self.reasoning_tokens = Counter(
+            "drlaif_reasoning_tokens", "Rationale tokens the labeler generated (reasoning rubrics)", ["rubric"],
+            registry=self.registry)
         self.pairs = Counter("drlaif_pairs_compared", "Pairs compared", ["rubric"], registry=self.registry)
         self.rejections = Counter("drlaif_rejections", "Requests refused", ["reason"], registry=self.registry)
         self.batch_size = Histogram(

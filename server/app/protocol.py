@@ -37,9 +37,17 @@ class ReasonedSample(BaseModel):
     finish_reason: FinishReason = Field(description=FINISH_DESCRIPTION)
 
 
+class PrincipleScore(BaseModel):
+    reward: float
+    score: float
+    distribution: list[float]
+    label_mass: float
+
+
 class ItemScore(BaseModel):
     reward: float = Field(description="Expected score mapped to [-1, 1]. Under the rubric's default guard "
-                          "(reward: min) the lower of reward_as_written and reward_robust.")
+                          "(reward: min) the lower of reward_as_written and reward_robust. A constitution's is "
+                          "the aggregate of its principles' rewards, each under the guard.")
     score: float = Field(description="Expected score on the rubric's scale (1..10 by default), of the read "
                          "that gave reward.")
     distribution: list[float] = Field(description="Renormalised probability of each label, lowest first.")
@@ -63,6 +71,10 @@ class ItemScore(BaseModel):
     samples: list[ReasonedSample] | None = Field(
         None, description="Reasoning rubrics with return_rationale: each sample's rationale and read, of the "
         "read that gave reward.")
+    principles: dict[str, PrincipleScore] | None = Field(
+        None, description="Constitutions: each principle's own exact read (reward, score, distribution and "
+        "label_mass, under the guard as for a whole rubric); reward, score, distribution and label_mass above "
+        "are their aggregate. Null for a single-principle rubric.")
 
 
 class ScaleInfo(BaseModel):
@@ -101,6 +113,9 @@ class RenderedItem(BaseModel):
                                                   "(reasoning rubrics: as they follow reasoning.answer_ids).")
     reasoning: RenderedReasoning | None = Field(
         None, description="Reasoning rubrics: how the label input continues after input_ids; null for direct.")
+    principles: dict[str, RenderedInput] | None = Field(
+        None, description="Constitutions: each principle's labeler input up to its answer position (text and "
+        "input_ids above are the first principle's). Null for a single-principle rubric.")
     truncated: bool
     robust: RenderedInput | None = Field(
         description="The second labeler input, without the text addressed to the judge (reward_robust); null "
@@ -117,6 +132,9 @@ class RubricInfo(BaseModel):
     description: str
     scale: ScaleInfo
     compare: bool = Field(description="The rubric has a pairwise form (usable with /compare).")
+    reasoning: bool = Field(False, description="The rubric reasons before its label read.")
+    principles: dict[str, float] | None = Field(None, description="Constitutions: principle -> weight.")
+    aggregate: str | None = Field(None, description="Constitutions: how the principles combine.")
 
 
 class InfoResponse(BaseModel):
@@ -164,6 +182,13 @@ class OrderValues(BaseModel):
     ba: float | None = Field(description="With response A shown second; null when debias is off.")
 
 
+class PrinciplePreference(BaseModel):
+    p_a: float
+    orders: OrderValues
+    consistent: bool | None
+    label_mass: OrderValues
+
+
 class ItemPreference(BaseModel):
     p_a: float = Field(description="Probability that response A is better: the mean of both orders when "
                        "debiased, else orders.ab.")
@@ -179,6 +204,9 @@ class ItemPreference(BaseModel):
                                   "both orders); 0 for a direct rubric.")
     samples: PairSamples | None = Field(None, description="Reasoning rubrics with return_rationale: each "
                                         "order's samples.")
+    principles: dict[str, PrinciplePreference] | None = Field(
+        None, description="Constitutions: each principle's own debiased preference; p_a, orders, consistent "
+        "and label_mass above are their aggregate. Null for a single-principle rubric.")
 
 
 class CompareResponse(BaseModel):
@@ -268,6 +296,8 @@ def request_models(max_items: int, max_chars: int, max_compare_items: int | None
     seed_field = Field(None, ge=0, le=MAX_SEED, description="Seed of sampled rationales (temperature > 0): the "
                        "same request with the same seed gives the same reward; default 0. Each sample's own "
                        "seed is derived from it, the item's rendered ids and the sample's index.")
+    principles_field = Field(None, min_length=1, max_length=64, description="Constitutions: read only these "
+                             "principles (their numbers are unchanged; the aggregate is over them).")
     rationale_field = Field(False, description="Reasoning rubrics: return each sample's rationale, label input "
                             "ids and read.")
     prompt_description = "A string, an HH-style transcript, or a list of chat messages."
@@ -285,6 +315,7 @@ def request_models(max_items: int, max_chars: int, max_compare_items: int | None
         reasoning: ReasoningSettings | None = reasoning_field
         seed: int | None = seed_field
         return_rationale: bool = rationale_field
+        principles: list[Annotated[str, StringConstraints(max_length=64)]] | None = principles_field
 
     class CompareItem(BaseModel):
         model_config = strict
@@ -302,6 +333,7 @@ def request_models(max_items: int, max_chars: int, max_compare_items: int | None
         reasoning: ReasoningSettings | None = reasoning_field
         seed: int | None = seed_field
         return_rationale: bool = rationale_field
+        principles: list[Annotated[str, StringConstraints(max_length=64)]] | None = principles_field
 
     Query = Annotated[str, StringConstraints(max_length=2 * max_chars)]
     n_queries = max_queries or max_items

@@ -162,6 +162,7 @@ class ScoringService:
     def _count(self, rubric: str, scored) -> None:
         self.metrics.items.labels(rubric).inc(len(scored))
         self.metrics.judge_text.labels(rubric).inc(sum(s.judge_spans > 0 for s in scored))
+        self.metrics.reasoning_tokens.labels(rubric).inc(sum(s.reasoning_tokens for s in scored))
 
     async def score(self, request) -> protocol.ScoreResponse:
         return await self._serve(lambda scorer: self._score(scorer, request))
@@ -170,11 +171,11 @@ class ScoringService:
         items = _items(request)
         self.metrics.queue_depth.set(scorer.batcher.depth)
         rubric = scorer.rubric(request.rubric, _reasoning(request))
-        scored = await scorer.score(rubric, items, seed=request.seed)
+        scored = await scorer.score(rubric, items, seed=request.seed, principles=request.principles)
         compiled = scorer.compiled(rubric)
         self._count(compiled.rubric.name, scored)
         tokenizer = scorer.backend.tokenizer
-        reasoned = compiled.reasoning is not None
+        reasoned = compiled.reasoning is not None and not rubric.principles
         return protocol.ScoreResponse(
             results=[
                 protocol.ItemScore(
@@ -189,7 +190,11 @@ class ScoringService:
                         label_input_ids=list(read.label_input_ids), distribution=list(r.distribution),
                         score=r.score, label_mass=r.label_mass, finish_reason=read.rationale.finish_reason)
                         for read, r in s.samples]
-                    if reasoned and request.return_rationale else None)
+                    if reasoned and request.return_rationale else None,
+                    principles={name: protocol.PrincipleScore(
+                        reward=p.result.reward, score=p.result.score, distribution=list(p.result.distribution),
+                        label_mass=p.result.label_mass) for name, p in s.principles.items()}
+                    if s.principles is not None else None)
                 for s in scored
             ],
             rubric=compiled.rubric.name,
@@ -203,9 +208,11 @@ class ScoringService:
     async def _compare(self, scorer: Scorer, request) -> protocol.CompareResponse:
         items = [(_prompt(item), item.response_a, item.response_b) for item in request.items]
         rubric = scorer.rubric(request.rubric, _reasoning(request))
-        compared = await compare(scorer, rubric, items, debias=request.debias, seed=request.seed)
+        compared = await compare(scorer, rubric, items, debias=request.debias, seed=request.seed,
+                                 principles=request.principles)
         compiled = scorer.compiled_comparison(rubric)
         self.metrics.pairs.labels(compiled.rubric.name).inc(len(compared))
+        self.metrics.reasoning_tokens.labels(compiled.rubric.name).inc(sum(c.reasoning_tokens for c in compared))
         tokenizer = scorer.backend.tokenizer
 
         def samples(order) -> list[protocol.PairSample]:
@@ -214,20 +221,23 @@ class ScoringService:
                                         distribution=[r.p_first, r.p_second],
                                         finish_reason=read.rationale.finish_reason) for read, r in order]
 
-        show = compiled.reasoning is not None and request.return_rationale
+        show = compiled.reasoning is not None and request.return_rationale and not rubric.principles
+
+        def preference(c) -> dict:
+            return dict(p_a=c.preference.p_a, orders=protocol.OrderValues(ab=c.preference.ab, ba=c.preference.ba),
+                        consistent=c.preference.consistent,
+                        label_mass=protocol.OrderValues(ab=c.order_ab.label_mass,
+                                                        ba=c.order_ba.label_mass if c.order_ba else None))
         return protocol.CompareResponse(
             results=[
                 protocol.ItemPreference(
-                    p_a=c.preference.p_a,
-                    orders=protocol.OrderValues(ab=c.preference.ab, ba=c.preference.ba),
-                    consistent=c.preference.consistent,
-                    label_mass=protocol.OrderValues(
-                        ab=c.order_ab.label_mass, ba=c.order_ba.label_mass if c.order_ba else None),
-                    input_tokens=c.input_tokens, truncated=c.truncated, cached=c.cached,
+                    **preference(c), input_tokens=c.input_tokens, truncated=c.truncated, cached=c.cached,
                     reasoning_tokens=c.reasoning_tokens,
                     samples=protocol.PairSamples(ab=samples(c.samples_ab),
                                                  ba=samples(c.samples_ba) if request.debias else None)
-                    if show else None)
+                    if show else None,
+                    principles={name: protocol.PrinciplePreference(**preference(p))
+                                for name, p in c.principles.items()} if c.principles is not None else None)
                 for c in compared
             ],
             rubric=compiled.rubric.name,
@@ -252,6 +262,8 @@ class ScoringService:
                       "drlaif_label_mass": [s.result.label_mass for s in scored],
                       "drlaif_reward_as_written": [s.as_written.reward for s in scored],
                       "drlaif_reward_robust": [s.robust.reward for s in scored]}
+        for name in chosen.principle_names:
+            extra_logs[f"drlaif_{name}_reward"] = [s.principles[name].result.reward for s in scored]
         if chosen.reasoning is not None:
             extra_logs["drlaif_reasoning_tokens"] = [float(s.reasoning_tokens) for s in scored]
             extra_logs["drlaif_score_spread"] = [score_spread([r for _, r in s.samples]) for s in scored]
@@ -263,22 +275,31 @@ class ScoringService:
 
     async def _render(self, scorer: Scorer, request) -> protocol.RenderResponse:
         items = _items(request)
-        compiled, guarded = await asyncio.to_thread(scorer.encode, scorer.rubric(request.rubric,
-                                                                                 _reasoning(request)), items)
+        rubric = scorer.rubric(request.rubric, _reasoning(request))
+        principles = None
+        if scorer.chosen_principles(rubric, request.principles):
+            by_principle = await asyncio.to_thread(scorer.encode_principles, rubric, items, request.principles)
+            compiled, guarded = next(iter(by_principle.values()))
+            principles = [{n: protocol.RenderedInput(text=g[i].as_written.text, input_ids=list(g[i].as_written.input_ids))
+                           for n, (_, g) in by_principle.items()} for i in range(len(items))]
+        else:
+            compiled, guarded = await asyncio.to_thread(scorer.encode, rubric, items)
         labels = {label: list(ids) for label, ids in compiled.trie.label_tokens.items()}
         reasoning = None
         if compiled.reasoning is not None:
             spec = compiled.reasoning.spec
             reasoning = protocol.RenderedReasoning(
-                answer_ids=list(compiled.reasoning.answer_ids), stop_ids=[list(s) for s in compiled.reasoning.stop_ids],
+                answer_ids=list(compiled.reasoning.answer_ids),
+                stop_ids=[list(s) for s in compiled.reasoning.stop_ids],
                 max_tokens=spec.max_tokens, samples=spec.samples, temperature=spec.temperature)
         return protocol.RenderResponse(
             results=[protocol.RenderedItem(
                 text=g.as_written.text, input_ids=list(g.as_written.input_ids), label_token_ids=labels,
                 truncated=g.as_written.truncated, reasoning=reasoning,
                 robust=protocol.RenderedInput(text=g.robust.text, input_ids=list(g.robust.input_ids))
-                if g.robust is not None else None)
-                for g in guarded],
+                if g.robust is not None else None,
+                principles=principles[i] if principles is not None else None)
+                for i, g in enumerate(guarded)],
             rubric=compiled.rubric.name,
         )
 
@@ -295,7 +316,9 @@ class ScoringService:
             rubrics=[
                 protocol.RubricInfo(name=r.name, description=r.description,
                                     scale=protocol.ScaleInfo(min=r.scale.min, max=r.scale.max),
-                                    compare=r.compare is not None)
+                                    compare=r.compare is not None, reasoning=r.reasoning is not None,
+                                    principles={p.name: p.weight for p in r.principles} if r.principles else None,
+                                    aggregate=r.aggregate if r.principles else None)
                 for r in sorted(self.rubrics, key=lambda r: r.name)
             ],
             limits={

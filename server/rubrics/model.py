@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from server.scoring import Scale
+
+log = logging.getLogger(__name__)
 
 SLOTS = ("{prompt}", "{response}")
 PAIR_SLOTS = ("{prompt}", "{response_a}", "{response_b}")
@@ -158,6 +162,21 @@ class GuardSpec(BaseModel):
         return self
 
 
+Aggregate = Literal["weighted_mean", "min", "geometric_mean", "sample"]
+
+
+class PrincipleSpec(BaseModel):
+    """One principle of a constitution: its own question after the shared item text, read exactly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="how results and logs name it")
+    weight: float = Field(1.0, description="its share of the aggregate (normalised to sum to 1)")
+    instruction: str = Field("", description="the question for this principle, asked after the item")
+    compare_instruction: str | None = Field(
+        None, description="the pairwise form's question for this principle; default: the instruction")
+
+
 class Rubric(BaseModel):
     """One constitution, as loaded from YAML.
 
@@ -182,8 +201,41 @@ class Rubric(BaseModel):
     guard: GuardSpec = GuardSpec()
     reasoning: ReasoningSpec | None = Field(
         None, description="reason before the label read (see ReasoningSpec); absent: one direct read")
+    principles: list[PrincipleSpec] | None = Field(
+        None, description="a constitution: one exact read per principle (its instruction after the shared "
+        "item text), aggregated; absent: one read with the template's own question")
+    aggregate: Aggregate = Field(
+        "weighted_mean", description="how principles combine: weighted_mean of expected scores, min (the worst "
+        "principle decides), geometric_mean of the label distributions, or sample (one principle per item, "
+        "drawn by weight with a seed, as in Constitutional AI)")
 
     @field_validator("user_template")
     @classmethod
     def _slots_once(cls, template: str) -> str:
         return check_slots(template, SLOTS)
+
+    @model_validator(mode="after")
+    def _principles(self) -> Rubric:
+        if self.principles is None:
+            return self
+        if not self.principles:
+            raise ValueError(f"rubric {self.name!r}: principles is empty (leave it out for a single read)")
+        seen: set[str] = set()
+        for p in self.principles:
+            if p.name in seen:
+                raise ValueError(f"rubric {self.name!r}: principle {p.name!r} is defined twice")
+            seen.add(p.name)
+            if not p.instruction.strip():
+                raise ValueError(f"rubric {self.name!r}: principle {p.name!r} has no instruction")
+            if not (p.weight > 0 and math.isfinite(p.weight)):
+                raise ValueError(f"rubric {self.name!r}: principle {p.name!r} has weight {p.weight}; "
+                                 "weights must be positive")
+        total = sum(p.weight for p in self.principles)
+        if abs(total - 1.0) > 1e-6:
+            log.warning("rubric %r: principle weights sum to %g; normalised to sum to 1", self.name, total)
+            self.principles = [p.model_copy(update={"weight": p.weight / total}) for p in self.principles]
+        return self
+
+    @property
+    def principle_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.principles or ())

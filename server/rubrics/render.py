@@ -11,6 +11,12 @@ the literal characters, never the special token. The only change made to request
 text is that the closing delimiter of its own slot (e.g. "</response>") and, unless the
 rubric's guard turns it off, its look-alikes are escaped ("<\\/response>"), so it cannot
 end its slot early.
+
+A form with a reasoning block renders without the answer prefix: its pieces end where the
+labeler's turn begins (the user message ends with the reasoning instruction, or the chat
+template opens its thinking block). Its compiled reasoning holds the stop strings as
+token sequences and the trusted answer ids (close text + answer prefix) that follow a
+rationale; its label trie is built in the context of those answer ids.
 """
 
 from __future__ import annotations
@@ -246,7 +252,8 @@ class PromptEncoder:
             "reasoning": compiled_reasoning,
         }
 
-    def _reasoning(self, what: str, spec: ReasoningSpec, answer_prefix: str, answer_text: str) -> CompiledReasoning:
+    def _reasoning(self, what: str, spec: ReasoningSpec, answer_prefix: str,
+                   answer_text: str) -> CompiledReasoning:
         """Compile a reasoning stage; a stop string the tokenizer cannot produce is an error."""
         special = set(getattr(self.tokenizer, "all_special_ids", ()) or ())
         unk = getattr(self.tokenizer, "unk_token_id", None)
@@ -320,15 +327,44 @@ class PromptEncoder:
 
         return self._cached("compare", rubric, build)
 
+    def compile_principles(self, rubric: Rubric, pairwise: bool = False) -> dict[str, CompiledTemplate]:
+        """Per principle of a constitution, its rating form (or pairwise form): the rubric's
+        template with the principle's instruction after it, so that every principle of an item
+        renders the same tokens up to the end of the item's text."""
+        forms: dict[str, CompiledTemplate] = {}
+        for p in rubric.principles or ():
+            if pairwise:
+                spec = rubric.compare
+                if spec is None:
+                    return {"": self.compile_comparison(rubric)}  # raises RubricCannotCompare
+                question = (p.compare_instruction or p.instruction).strip()
+                variant = rubric.model_copy(update={"principles": None, "compare": spec.model_copy(
+                    update={"user_template": spec.user_template.rstrip() + "\n\n" + question})})
+                forms[p.name] = self.compile_comparison(variant)
+            else:
+                template = rubric.user_template.rstrip() + "\n\n" + p.instruction.strip()
+                variant = rubric.model_copy(update={"principles": None, "user_template": template})
+                forms[p.name] = self.compile(variant)
+        return forms
+
     def compile_forms(self, rubric: Rubric) -> list[CompiledTemplate]:
-        """Every form the rubric has: the rating form, and the pairwise form if defined."""
-        forms: list[CompiledTemplate] = [self.compile(rubric)]
+        """Every form the rubric has: the rating form (one per principle of a constitution),
+        and the pairwise form if defined."""
+        if rubric.principles:
+            forms = list(self.compile_principles(rubric).values())
+            if rubric.compare is not None:
+                forms += list(self.compile_principles(rubric, pairwise=True).values())
+            return forms
+        forms = [self.compile(rubric)]
         if rubric.compare is not None:
             forms.append(self.compile_comparison(rubric))
         return forms
 
-    def encode(self, compiled: CompiledTemplate, prompt: str, *responses: str) -> EncodedItem:
-        """The labeler input for a prompt and the template's response(s), in slot order."""
+    def encode(self, compiled: CompiledTemplate, prompt: str, *responses: str,
+               fixed_tokens: int | None = None) -> EncodedItem:
+        """The labeler input for a prompt and the template's response(s), in slot order.
+        ``fixed_tokens`` (default: the form's own) sets the room left for the slots; the
+        principles of a constitution share the largest, so they all cut an item alike."""
         if len(responses) != len(compiled.closers) - 1:
             raise ValueError(f"this template takes {len(compiled.closers) - 1} response(s), "
                              f"got {len(responses)}")
@@ -336,7 +372,7 @@ class PromptEncoder:
         texts = [_escape(t, closer, confusables)
                  for t, closer in zip((prompt, *responses), compiled.closers, strict=True)]
         ids = [self.untrusted_ids(t) for t in texts]
-        budget = self.max_input_tokens - compiled.fixed_tokens
+        budget = self.max_input_tokens - (compiled.fixed_tokens if fixed_tokens is None else fixed_tokens)
         total = sum(len(i) for i in ids)
         truncated = total > budget
         if truncated:
