@@ -8,6 +8,7 @@ up direct reads) and the backend. It knows nothing of HTTP.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -254,7 +255,17 @@ class Scorer:
         chosen = self.chosen_principles(rubric, names)
         forms = self.compiled_principles(rubric)
         fixed = max(form.fixed_tokens for form in forms.values())
-        return {n: (forms[n], self.guarded(forms[n], items, fixed)) for n in chosen}
+        encoded = {n: self.guarded(forms[n], items, fixed) for n in chosen}
+        if len(chosen) > 1:  # the item is the prefix its principles share: a backend may compute it once
+            for i in range(len(items)):
+                for field in ("as_written", "robust"):
+                    inputs = [getattr(per[i], field) for per in encoded.values()]
+                    if inputs[0] is None:
+                        continue
+                    shared = _common_prefix([e.input_ids for e in inputs])
+                    for per, e in zip(encoded.values(), inputs, strict=True):
+                        per[i] = dataclasses.replace(per[i], **{field: dataclasses.replace(e, shared_prefix=shared)})
+        return {n: (forms[n], encoded[n]) for n in chosen}
 
     async def read_labels(self, trie: LabelTrie,
                           encoded: Sequence[EncodedItem]) -> tuple[list[np.ndarray], list[bool]]:
@@ -403,6 +414,13 @@ def judge(read: ItemRead, compiled: CompiledRubric) -> Judgement:
     """An item's score from its sample reads: each sample's exact score and their mean."""
     samples = tuple((s, expected_score(s.logprobs, compiled.scale)) for s in read.samples)
     return Judgement(mean_of_samples([r for _, r in samples], compiled.scale), samples)
+
+
+def _common_prefix(sequences: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all the sequences share."""
+    first = sequences[0]
+    n = min(len(seq) for seq in sequences)
+    return next((i for i in range(n) if any(seq[i] != first[i] for seq in sequences)), n)
 
 
 def _generation_tokens(request: GenerationRequest) -> int:

@@ -158,3 +158,27 @@ def test_reads_that_differ_from_the_plain_path_on_the_first_check_turn_reuse_off
 
     backend._read = skewed
     assert_falls_back(backend, caplog, "its reads differ from the plain path")
+
+
+def test_a_constitutions_items_are_computed_once_on_top_of_the_rubric_prefix(labeler):
+    """The principles of one item share the item (the scorer's hint says so): its KV is computed
+    once, on the KV of the part all items share, and every read still equals the plain path."""
+    encoder = PromptEncoder(labeler.tokenizer, 4096, True)
+    forms = encoder.compile_principles(RubricRegistry.load().get("assistant"))
+    fixed = max(f.fixed_tokens for f in forms.values())
+    batch, item_prefixes = [], set()
+    for prompt, response in ITEMS:
+        encoded = [encoder.encode(f, prompt, response, fixed_tokens=fixed) for f in forms.values()]
+        ids = [e.input_ids for e in encoded]
+        shared = next(i for i in range(min(map(len, ids))) if len({seq[i] for seq in ids}) > 1)
+        item_prefixes.add(ids[0][:shared])
+        for form, e in zip(forms.values(), encoded, strict=True):
+            batch += form.trie.plan(e.input_ids, shared)
+    labeler._prefix_kv.clear()
+    reused = labeler.forward(batch)
+    assert labeler.prefix_reuse
+    kept = set(labeler._prefix_kv)
+    assert item_prefixes <= kept  # one KV per item ...
+    (common,) = kept - item_prefixes  # ... and one for what all items share, computed first
+    assert all(p[: len(common)] == common for p in item_prefixes) and len(common) >= MIN_SHARED_PREFIX
+    assert max_prob_diff(reused, plain(labeler, batch)) < 1e-5

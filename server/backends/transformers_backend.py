@@ -110,7 +110,9 @@ class TransformersBackend:
                     raise ValueError(f"read position {position} outside a sequence of {seq.num_tokens} tokens")
         out: list[list[np.ndarray] | None] = [None] * len(batch)
         with self._lock:
-            for prefix, rows in self._by_prefix(batch).items():
+            groups = self._by_prefix(batch)
+            self._share_common_prefix([p for p in groups if p])
+            for prefix, rows in groups.items():
                 sub = [batch[i] for i in rows]
                 results = self._read_with_prefix(sub, prefix) if prefix else self._read(sub, ())
                 for i, result in zip(rows, results, strict=True):
@@ -152,13 +154,40 @@ class TransformersBackend:
                      self.info.model, diff)
         return results
 
+    def _share_common_prefix(self, prefixes: list[tuple[int, ...]]) -> None:
+        """Several groups (a constitution's items: one group per item, its principles the rows)
+        that start alike: compute their common start once, so each group's own prefix KV is
+        computed on top of it (see :meth:`_kv_of`)."""
+        if len(prefixes) < 2 or not self.prefix_reuse:
+            return
+        common = len(prefixes[0])
+        for other in prefixes[1:]:
+            common = next((i for i, (a, b) in enumerate(zip(prefixes[0][:common], other)) if a != b),
+                          min(common, len(other)))
+        if common >= MIN_SHARED_PREFIX and all(len(p) > common for p in prefixes):
+            try:
+                self._kv_of(prefixes[0][:common])
+            except Exception:  # noqa: BLE001 - _read_with_prefix meets the same error and falls back
+                pass
+
     def _kv_of(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer, the keys and values of ``prefix`` alone (batch 1), computed once."""
+        """Per layer, the keys and values of ``prefix`` alone (batch 1), computed once, and on
+        top of the longest kept prefix of it when there is one."""
+        from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
         kv = self._prefix_kv.get(prefix)
         if kv is None:
-            cache = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True).past_key_values
+            base = max((kept for kept in self._prefix_kv if len(kept) < len(prefix) and prefix[: len(kept)] == kept),
+                       key=len, default=())
+            past = None
+            if base:
+                self._prefix_kv.move_to_end(base)
+                # The kept tensors are never written: the layers concatenate onto them.
+                past = DynamicCache(ddp_cache_data=list(self._prefix_kv[base]))
+            cache = self.model(input_ids=torch.tensor([prefix[len(base):]], device=self.device),
+                               position_ids=torch.arange(len(base), len(prefix), device=self.device)[None],
+                               past_key_values=past, use_cache=True).past_key_values
             layers = getattr(cache, "layers", None)
             if not layers or any(type(layer) is not DynamicLayer for layer in layers):
                 raise TypeError(f"its KV cache is {type(cache).__name__} with layers other than full attention")
