@@ -42,6 +42,8 @@ bench: $(VLLM_STAMP)
 	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/trainer_overhead.py
 	$(BIN)/python bench/load.py
+	$(BIN)/python bench/principles.py --vllm-arg=--enforce-eager
+	$(BIN)/python bench/reasoning.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

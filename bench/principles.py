@@ -12,7 +12,7 @@ taken. Prints, per backend, items/s and the cost of k principles relative to one
 vLLM: 3 principles at most 1.6x).
 
 Run: python bench/principles.py [--items 16] [--repeats 3] [--backends transformers vllm]
-     [--vllm-arg=--enforce-eager ...]
+     [--block-size 32] [--vllm-arg=--enforce-eager ...]
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def measure(backend: str, args, rubrics: Path) -> dict:
     common = ["--log-level", "warning", "--reward-cache-items", "0", "--rubrics", str(rubrics),
               "--backend", backend, *(["--model", args.model] if args.model else [])]
     if backend == "vllm":
-        common += args.vllm_arg
+        common += args.vllm_arg + ([f"--block-size={args.block_size}"] if args.block_size else [])
     tags = itertools.count()
     with ServerProcess(*common) as server:
         client = httpx.Client(base_url=server.url, timeout=1800)
@@ -104,6 +104,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backends", nargs="+", default=["transformers", "vllm"],
                         choices=["transformers", "vllm"])
+    parser.add_argument("--block-size", type=int, default=32,
+                        help="the vllm server's --block-size (vLLM's CPU default is 128: a prefix cached in 128-token "
+                             "blocks re-runs up to 127 tokens of every item for each further principle); 0: vLLM's")
     parser.add_argument("--vllm-arg", action="append", default=[],
                         help="extra drlaif-server flag for the vllm server (repeatable), e.g. --vllm-arg=--enforce-eager")
     args = parser.parse_args()
@@ -120,7 +123,8 @@ def main() -> None:
     for backend, r in results.items():
         t1, t3, t5 = r["seconds"]
         info = r["info"]
-        print(f"\n{backend} ({info['model']}, {info['device']}, {info['dtype']}), {n} fresh items per call, "
+        flags = f", --block-size {args.block_size or 'default'}" if backend == "vllm" else ""
+        print(f"\n{backend} ({info['model']}, {info['device']}, {info['dtype']}{flags}), {n} fresh items per call, "
               f"{r['item_tokens']:.0f} tokens of prompt + response each")
         for k, t in zip((1, 3, 5), (t1, t3, t5), strict=True):
             print(f"  {k} principle{'s' if k > 1 else ' '}  {n / t:7.2f} items/s  ({t * 1000:7.0f} ms)  "

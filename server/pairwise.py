@@ -83,8 +83,12 @@ async def compare(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[Prompt, 
     chosen = scorer.chosen_principles(rubric, principles)
     forms = scorer.compiled_principles(rubric, pairwise=True)
     fixed = max(form.fixed_tokens for form in forms.values())
-    per_principle = await asyncio.gather(*(_compare_form(scorer, forms[n], items, debias, seed, fixed)
-                                           for n in chosen))
+    # An engine that batches by itself (vLLM) gets the first principle first, so that its prefix
+    # cache holds each pair when the other principles' reads arrive (see Scorer._score_forms).
+    first = 1 if scorer.backend.info.continuous_batching else 0
+    per_principle = [await _compare_form(scorer, forms[n], items, debias, seed, fixed) for n in chosen[:first]]
+    per_principle += await asyncio.gather(*(_compare_form(scorer, forms[n], items, debias, seed, fixed)
+                                            for n in chosen[first:]))
     weights = [p.weight for p in rubric.principles if p.name in chosen]
     out = []
     for i, (prompt, a, b) in enumerate(items):

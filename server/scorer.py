@@ -362,12 +362,10 @@ class Scorer:
         named) and aggregates them."""
         if not self.chosen_principles(rubric, principles):  # (422 when a plain rubric is given principles)
             compiled, guarded = await asyncio.to_thread(self.encode, rubric, items)
-            return await self._score_guarded(compiled, guarded, seed)
+            return (await self._score_forms([(compiled, guarded)], seed))[0]
         encoded = await asyncio.to_thread(self.encode_principles, rubric, items, principles)
         chosen = list(encoded)
-        # All principles' reads go to the batcher together (one batch on transformers, the engine on vLLM).
-        per_principle = await asyncio.gather(*(self._score_guarded(form, guarded, seed)
-                                               for form, guarded in encoded.values()))
+        per_principle = await self._score_forms(list(encoded.values()), seed)
         weights = [p.weight for p in rubric.principles if p.name in chosen]
         scale = encoded[chosen[0]][0].scale
         out = []
@@ -388,26 +386,46 @@ class Scorer:
                                   sum(s.reasoning_tokens for s in scored), parts))
         return out
 
-    async def _score_guarded(self, compiled: CompiledRubric, guarded: Sequence[GuardedItem],
-                             seed: int | None) -> list[ScoredItem]:
-        """Score encoded items with one rating form: both reads of the guard, reasoned or direct."""
-        second = [g.robust for g in guarded if g.robust is not None]
-        reads = iter(await self.read(compiled, [g.as_written for g in guarded] + second, seed))
-        first = [next(reads) for _ in guarded]
-        take_min = compiled.rubric.guard.reward == "min"
-        scored = []
-        for g, read in zip(guarded, first, strict=True):
-            plain = robust = judge(read, compiled)
-            cached, tokens = read.cached, read.reasoning_tokens
-            if g.robust is not None:
-                robust_read = next(reads)  # always consumed, so the reads stay aligned
-                robust = judge(robust_read, compiled)
-                cached, tokens = cached and robust_read.cached, tokens + robust_read.reasoning_tokens
-            reported = robust if take_min and robust.result.reward < plain.result.reward else plain
-            scored.append(ScoredItem(reported.result, plain.result, robust.result, reported.samples,
-                                     len(g.judge_spans), len(g.as_written.input_ids), g.as_written.truncated,
-                                     cached, tokens))
-        return scored
+    async def _score_forms(self, forms: Sequence[tuple[CompiledRubric, Sequence[GuardedItem]]],
+                           seed: int | None) -> list[list[ScoredItem]]:
+        """Score the same items with several rating forms (a constitution's principles; one form
+        for a plain rubric): both reads of the guard, reasoned or direct.
+
+        The forms differ only in their question, so they share the trie and the reasoning
+        stage, and their reads go to the backend as one list, item by item, so that the reads
+        of one item (which share its prefix) land in the same batch. An engine that batches by
+        itself (vLLM) gets the first form's reads first: its prefix cache then holds each item
+        when the other forms' reads arrive, instead of prefilling it once per form at once.
+        """
+        compiled = forms[0][0]
+        k, n = len(forms), len(forms[0][1])
+        inputs = [forms[f][1][i].as_written for i in range(n) for f in range(k)]
+        inputs += [forms[f][1][i].robust for i in range(n) for f in range(k) if forms[f][1][i].robust is not None]
+        if k > 1 and self.backend.info.continuous_batching:
+            first = await self.read(compiled, inputs[::k][:n], seed)
+            rest = await self.read(compiled, [e for j, e in enumerate(inputs) if j >= k * n or j % k], seed)
+            rest_iter = iter(rest)
+            reads = [first[j // k] if j < k * n and j % k == 0 else next(rest_iter) for j in range(len(inputs))]
+        else:
+            reads = await self.read(compiled, inputs, seed)
+        plain_reads, robust_reads = iter(reads[: k * n]), iter(reads[k * n:])
+        by_item = [[next(plain_reads) for _ in range(k)] for _ in range(n)]
+        out: list[list[ScoredItem]] = [[] for _ in range(k)]
+        for i in range(n):
+            for f, (form, guarded) in enumerate(forms):
+                g, read = guarded[i], by_item[i][f]
+                plain = robust = judge(read, form)
+                cached, tokens = read.cached, read.reasoning_tokens
+                if g.robust is not None:
+                    robust_read = next(robust_reads)  # in the order the robust inputs were listed
+                    robust = judge(robust_read, form)
+                    cached, tokens = cached and robust_read.cached, tokens + robust_read.reasoning_tokens
+                take_min = form.rubric.guard.reward == "min"
+                reported = robust if take_min and robust.result.reward < plain.result.reward else plain
+                out[f].append(ScoredItem(reported.result, plain.result, robust.result, reported.samples,
+                                         len(g.judge_spans), len(g.as_written.input_ids), g.as_written.truncated,
+                                         cached, tokens))
+        return out
 
 
 def judge(read: ItemRead, compiled: CompiledRubric) -> Judgement:

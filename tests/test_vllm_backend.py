@@ -136,6 +136,27 @@ def test_reasoned_sampling_on_vllm_is_reproducible_with_a_seed(vllm_server):
         np.testing.assert_allclose(result["distribution"], mean, atol=1e-12)
 
 
+def test_constitution_parity_with_the_transformers_backend(vllm_server, server):
+    """Each principle read on vLLM (the first principle first, the rest from its prefix cache)
+    against the transformers backend (each item's KV computed once for its principles)."""
+    for path, body in (("/score", {"items": HELD_OUT, "rubric": "assistant"}),
+                       ("/compare", {"rubric": "assistant", "items": [
+                           {"prompt": i["prompt"], "response_a": i["response"], "response_b": "I do not know."}
+                           for i in HELD_OUT[:4]]})):
+        got, want = _post(vllm_server, path, body), _post(server, path, body)
+        assert got.status_code == want.status_code == 200, got.text
+        for g, w in zip(got.json()["results"], want.json()["results"], strict=True):
+            assert set(g["principles"]) == set(w["principles"]) == {"helpful", "harmless", "honest"}
+            for name, gp in g["principles"].items():
+                wp = w["principles"][name]
+                if path == "/score":
+                    np.testing.assert_allclose(gp["distribution"], wp["distribution"], rtol=0, atol=PROB_TOL)
+                else:
+                    assert gp["p_a"] == pytest.approx(wp["p_a"], abs=PROB_TOL)
+            key = "reward" if path == "/score" else "p_a"
+            assert g[key] == pytest.approx(w[key], abs=REWARD_TOL)
+
+
 def test_truncated_long_item_matches_the_reference(vllm_server, server):
     """A 4096-token input (cut by the truncation policy) through the engine, against the reference."""
     body = {"items": [{"prompt": "Say many words.", "response": "word " * 6000}]}

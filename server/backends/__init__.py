@@ -29,6 +29,7 @@ def create_backend(settings) -> Backend:
             max_model_len=settings.max_model_len,
             enforce_eager=settings.enforce_eager,
             max_num_seqs=settings.max_num_seqs,
+            block_size=settings.block_size,
             max_num_batched_tokens=settings.max_batch_tokens,
             prefix_caching=settings.prefix_caching,
         )

@@ -62,6 +62,7 @@ class EngineOptions:
     max_num_seqs: int | None = None  # None: vLLM's server default for the hardware
     max_num_batched_tokens: int | None = None  # None: likewise
     prefix_caching: bool = True
+    block_size: int | None = None  # None: vLLM's default (16 on GPU, 128 on CPU)
 
 
 class VLLMBackend:
@@ -122,6 +123,7 @@ class VLLMBackend:
             max_num_seqs=options.max_num_seqs,
             max_num_batched_tokens=options.max_num_batched_tokens,
             enable_prefix_caching=options.prefix_caching,
+            block_size=options.block_size,
             skip_tokenizer_init=True,
             # The forced second step of a paired read relies on log-probabilities taken before
             # allowed_token_ids masks the logits.
