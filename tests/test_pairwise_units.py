@@ -153,7 +153,8 @@ def test_every_preset_has_a_compare_form_that_compiles():
         assert compiled.trie.labels == ("1", "2") and compiled.trie.max_label_tokens == 1
         assert len(compiled.piece_texts) == 4 and len(compiled.closers) == 3
         assert encoder.compile_comparison(rubric) is compiled  # cached
-        assert len(encoder.compile_forms(rubric)) == 2
+        # A constitution has a rating and a pairwise form per principle.
+        assert len(encoder.compile_forms(rubric)) == 2 * len(rubric.principles or [None])
 
 
 def test_rubric_without_compare_form_cannot_compare():
