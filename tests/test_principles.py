@@ -153,3 +153,14 @@ def test_a_bad_constitution_fails_at_startup_naming_rubric_and_principle(tmp_pat
     assert proc.proc.wait(120) != 0
     out = proc.output()
     assert needle in out and "rubric 'broken'" in out, out
+
+
+def test_a_constitution_can_reason_before_each_principles_read(server):
+    """Each principle's form reasons (its question, then the reasoning instruction), and the
+    aggregate is still the weighted mean of the principles' exact reads."""
+    body = {"items": HELD_OUT[:2], "rubric": "assistant", "reasoning": {"max_tokens": 8, "stop": ["</never>"]}}
+    for result in _post(server, "/score", body)["results"]:
+        assert set(result["principles"]) == set(WEIGHTS)
+        assert 0 < result["reasoning_tokens"] <= 3 * 8
+        score = sum(WEIGHTS[n] * p["score"] for n, p in result["principles"].items())
+        assert result["score"] == pytest.approx(score, abs=1e-9)
