@@ -23,8 +23,9 @@ from pathlib import Path
 
 import httpx
 import yaml
-from score_throughput import interleaved, make_items, shared_prefix, short_items
+from score_throughput import interleaved, make_items, short_items
 
+from server.backends.base import common_prefix_length
 from server.process import ServerProcess
 
 # A realistic constitution, long enough that the shared rubric prefix is ~400 tokens.
@@ -118,7 +119,7 @@ def main() -> None:
             short = {"items": short_items(args.items), "rubric": "long-preamble"}
             short_rendered = fast_client.post("/render", json=short).json()["results"]
             short_tokens = sum(len(r["input_ids"]) for r in short_rendered) / len(short_rendered)
-            preamble = shared_prefix([r["input_ids"] for r in short_rendered])
+            preamble = common_prefix_length([r["input_ids"] for r in short_rendered])
             # The warm-up round of interleaved() fills the cache, as a server that keeps
             # scoring under one rubric would have it.
             ref_plain_client = httpx.Client(base_url=ref_plain.url, timeout=600)

@@ -27,6 +27,7 @@ import httpx
 import torch
 
 from server.backends import resolve_model
+from server.backends.base import common_prefix_length
 from server.backends.embedded import default_cache_dir
 from server.process import ServerProcess
 
@@ -56,15 +57,6 @@ def short_items(n: int) -> list[dict[str, str]]:
     """Items with one-line answers: the rubric is most of their labeler input."""
     return [{"prompt": f"{p} (#{i})", "response": r} for i, (p, r) in
             ((i, SHORT[i % len(SHORT)]) for i in range(n))]
-
-
-def shared_prefix(sequences: list[list[int]]) -> int:
-    """Length of the longest common prefix of token sequences."""
-    first = sequences[0]
-    length = len(first)
-    for seq in sequences[1:]:
-        length = next((i for i, (x, y) in enumerate(zip(first[:length], seq)) if x != y), min(length, len(seq)))
-    return length
 
 
 def grpo_steps(steps: int, prompts: int = 8, group: int = 4) -> list[list[dict[str, str]]]:
@@ -171,7 +163,7 @@ def main() -> None:
         short = {"items": short_items(args.items)}
         short_rendered = client.post("/render", json=short).json()["results"]
         short_tokens = sum(len(r["input_ids"]) for r in short_rendered) / len(short_rendered)
-        shared = shared_prefix([r["input_ids"] for r in short_rendered])
+        shared = common_prefix_length([r["input_ids"] for r in short_rendered])
         s_on, s_off = interleaved([score(client, short), score(noreuse_client, short)], args.repeats)
 
         # GRPO-like steps, each scored by the server with the reward cache and by one without.

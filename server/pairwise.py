@@ -78,9 +78,9 @@ async def compare(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[Prompt, 
                   principles: Sequence[str] | None = None) -> list[ComparedItem]:
     """P(A better) for each (prompt, A, B); with ``debias`` both orders are read and averaged. A
     constitution gives one such preference per principle (or per principle named), aggregated."""
-    if not scorer.chosen_principles(rubric, principles):
+    chosen = scorer.chosen_principles(rubric, principles)  # (422 when a plain rubric is given principles)
+    if not chosen:
         return await _compare_form(scorer, scorer.compiled_comparison(rubric), items, debias, seed)
-    chosen = scorer.chosen_principles(rubric, principles)
     forms = scorer.compiled_principles(rubric, pairwise=True)
     fixed = max(form.fixed_tokens for form in forms.values())
     # An engine that batches by itself (vLLM) gets the first principle first, so that its prefix

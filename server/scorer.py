@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
 
 from server.backends import Backend
-from server.backends.base import Generation, GenerationRequest
+from server.backends.base import Generation, GenerationRequest, common_prefix_length
 from server.batching import AdmissionGate, BatchStats, MicroBatcher, Submitter
 from server.errors import BackendFailed, DrlaifError, InvalidRubric, RequestTooLarge
 from server.reasoning import NO_RATIONALE, Rationale, label_input, rationale_of, rationale_requests
@@ -32,6 +32,9 @@ from server.scoring import (LabelTrie, ScoreResult, TokenReads, aggregate_scores
                             sample_principle)
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 Prompt = str | Sequence[Mapping[str, str]]
 
@@ -262,7 +265,7 @@ class Scorer:
                     inputs = [getattr(per[i], field) for per in encoded.values()]
                     if inputs[0] is None:
                         continue
-                    shared = _common_prefix([e.input_ids for e in inputs])
+                    shared = common_prefix_length([e.input_ids for e in inputs])
                     for per, e in zip(encoded.values(), inputs, strict=True):
                         per[i] = dataclasses.replace(per[i], **{field: dataclasses.replace(e, shared_prefix=shared)})
         return {n: (forms[n], encoded[n]) for n in chosen}
@@ -275,23 +278,10 @@ class Scorer:
         if not self.cache.enabled:
             return await self._compute(trie, encoded), [False] * len(encoded)
         keys = [read_key(self.backend.info.model, trie.label_tokens, item.input_ids) for item in encoded]
-        found: dict[bytes, np.ndarray] = {}
-        for key in dict.fromkeys(keys):
-            value = self.cache.get(key)
-            if value is not None:
-                found[key] = value
-        todo = [(key, item) for key, item in dict(zip(keys, encoded, strict=True)).items() if key not in found]
-        for (key, _), logprobs in zip(todo, await self._compute(trie, [item for _, item in todo]), strict=True):
-            found[key] = logprobs
-            self.cache.put(key, logprobs)
-        computed = {key for key, _ in todo}
-        cached = []
-        for key in keys:
-            cached.append(key not in computed)
-            computed.discard(key)  # a repeat of this input in the same call reuses the read
+        found, cached = await _through_cache(self.cache, keys, encoded, lambda todo: self._compute(trie, todo))
         if self.on_cache is not None:
             self.on_cache(sum(cached), len(keys) - sum(cached))
-        return [found[key] for key in keys], cached
+        return found, cached
 
     async def _compute(self, trie: LabelTrie, encoded: Sequence[EncodedItem]) -> list[np.ndarray]:
         """Label log-probabilities of each input, read by the backend through the batcher."""
@@ -307,18 +297,8 @@ class Scorer:
         """Each request's generation, and whether it came from the rationale cache (or an
         identical request earlier in the call) instead of being computed for it."""
         keys = [generation_key(self.backend.info.model, r) for r in requests]
-        found = {key: value for key in dict.fromkeys(keys) if (value := self.rationales.get(key)) is not None}
-        todo = {key: r for key, r in zip(keys, requests, strict=True) if key not in found}
-        if todo:
-            computed = await _submit(self.generator, list(todo.values()), "generation")
-            for key, generation in zip(todo, computed, strict=True):
-                found[key] = generation
-                self.rationales.put(key, generation)
-        cached = []
-        for key in keys:
-            cached.append(key not in todo)
-            todo.pop(key, None)
-        return [found[key] for key in keys], cached
+        return await _through_cache(self.rationales, keys, requests,
+                                    lambda todo: _submit(self.generator, todo, "generation"))
 
     async def read(self, compiled: CompiledTemplate, encoded: Sequence[EncodedItem],
                    seed: int | None = None) -> list[ItemRead]:
@@ -434,11 +414,27 @@ def judge(read: ItemRead, compiled: CompiledRubric) -> Judgement:
     return Judgement(mean_of_samples([r for _, r in samples], compiled.scale), samples)
 
 
-def _common_prefix(sequences: Sequence[Sequence[int]]) -> int:
-    """How many leading tokens all the sequences share."""
-    first = sequences[0]
-    n = min(len(seq) for seq in sequences)
-    return next((i for i in range(n) if any(seq[i] != first[i] for seq in sequences)), n)
+async def _through_cache(cache: RewardCache, keys: Sequence[bytes], payloads: Sequence[T],
+                         compute: Callable[[list[T]], Awaitable[Sequence[R]]]) -> tuple[list[R], list[bool]]:
+    """Each payload's result: from ``cache``, else computed once per distinct key (and stored);
+    and whether each came without being computed for it (a hit, or a repeat of a key earlier
+    in the same call)."""
+    found: dict[bytes, R] = {}
+    for key in dict.fromkeys(keys):
+        value = cache.get(key)
+        if value is not None:
+            found[key] = value
+    todo = {key: payload for key, payload in zip(keys, payloads, strict=True) if key not in found}
+    if todo:
+        for key, result in zip(todo, await compute(list(todo.values())), strict=True):
+            found[key] = result
+            cache.put(key, result)
+    computed = set(todo)
+    cached = []
+    for key in keys:
+        cached.append(key not in computed)
+        computed.discard(key)  # a repeat of this key in the same call reuses the result
+    return [found[key] for key in keys], cached
 
 
 def _generation_tokens(request: GenerationRequest) -> int:

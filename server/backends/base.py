@@ -118,6 +118,15 @@ def stop_end(token_ids: Sequence[int], stop: Sequence[Sequence[int]], after: int
     return None
 
 
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all the sequences share (0 for none)."""
+    if not sequences:
+        return 0
+    first = sequences[0]
+    n = min(len(seq) for seq in sequences)
+    return next((i for i in range(n) if any(seq[i] != first[i] for seq in sequences)), n)
+
+
 def trim_at_stop(token_ids: Sequence[int], stop: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], bool]:
     """``token_ids`` up to and including the first occurrence of any stop sequence, and
     whether there was one (else all of ``token_ids``)."""

@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from server.backends.base import (BackendInfo, Generation, GenerationRequest, check_generation_fits,
-                                  eos_token_ids, finish_generation, resolve_dtype, stop_end)
+                                  common_prefix_length, eos_token_ids, finish_generation, resolve_dtype,
+                                  stop_end)
 from server.scoring import TokenReads
 
 log = logging.getLogger(__name__)
@@ -160,10 +161,7 @@ class TransformersBackend:
         computed on top of it (see :meth:`_kv_of`)."""
         if len(prefixes) < 2 or not self.prefix_reuse:
             return
-        common = len(prefixes[0])
-        for other in prefixes[1:]:
-            common = next((i for i, (a, b) in enumerate(zip(prefixes[0][:common], other)) if a != b),
-                          min(common, len(other)))
+        common = common_prefix_length(prefixes)
         if common >= MIN_SHARED_PREFIX and all(len(p) > common for p in prefixes):
             try:
                 self._kv_of(prefixes[0][:common])
@@ -250,14 +248,8 @@ class TransformersBackend:
         return [done[r] for r in requests]
 
     def generate_sync(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        """Synchronous generation; see :meth:`Backend.generate`."""
-        check_generation_fits(requests, self.info.max_context)
-        unique = list(dict.fromkeys(requests))
-        decoding = self._start_decoding(unique)
-        while not decoding.finished:
-            self._decode(decoding, DECODE_CHUNK)
-        done = dict(zip(unique, decoding.generations(self.eos_ids), strict=True))
-        return [done[r] for r in requests]
+        """:meth:`generate` for callers without an event loop (scripts, tests)."""
+        return asyncio.run(self.generate(requests))
 
     @torch.inference_mode()
     def _start_decoding(self, requests: Sequence[GenerationRequest]) -> _Decoding:

@@ -24,12 +24,15 @@ P(A better) in each order (ab, ba) combines the same way as p_a, each on its own
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 from server.scoring.preference import Preference
 from server.scoring.reward import Scale, ScoreResult
+
+T = TypeVar("T")
 
 
 def normalised(weights: Sequence[float]) -> np.ndarray:
@@ -54,21 +57,32 @@ def _result(distribution: np.ndarray, label_mass: float, scale: Scale) -> ScoreR
                        distribution=tuple(float(p) for p in distribution), label_mass=float(label_mass))
 
 
+def _deciding(parts: Sequence[T], weights: Sequence[float], how: str, pick: int | None, what: str,
+              worst: Callable[[T], float]) -> tuple[np.ndarray, T | None]:
+    """The normalised weights, and the one part that decides alone: the only one, the one
+    ``worst`` ranks lowest under ``min``, or the drawn one under ``sample``; None when the parts
+    combine."""
+    if len(parts) != len(weights):
+        raise ValueError(f"{len(parts)} {what} for {len(weights)} weights")
+    w = normalised(weights)
+    if len(parts) == 1:
+        return w, parts[0]
+    if how == "min":
+        return w, min(parts, key=worst)
+    if how == "sample":
+        if pick is None or not 0 <= pick < len(parts):
+            raise ValueError(f"sample needs the drawn principle's index, got {pick!r}")
+        return w, parts[pick]
+    return w, None
+
+
 def aggregate_scores(results: Sequence[ScoreResult], weights: Sequence[float], how: str, scale: Scale,
                      pick: int | None = None) -> ScoreResult:
     """One result from the principles' results (see the module docstring); ``pick`` is the
     drawn index for ``sample``. A single principle is returned as it is."""
-    if len(results) != len(weights):
-        raise ValueError(f"{len(results)} results for {len(weights)} weights")
-    w = normalised(weights)
-    if len(results) == 1:
-        return results[0]
-    if how == "min":
-        return min(results, key=lambda r: r.reward)
-    if how == "sample":
-        if pick is None or not 0 <= pick < len(results):
-            raise ValueError(f"sample needs the drawn principle's index, got {pick!r}")
-        return results[pick]
+    w, alone = _deciding(results, weights, how, pick, "results", worst=lambda r: r.reward)
+    if alone is not None:
+        return alone
     p = np.array([r.distribution for r in results], dtype=np.float64)
     mass = np.array([r.label_mass for r in results], dtype=np.float64)
     if how == "weighted_mean":
@@ -87,17 +101,10 @@ def aggregate_scores(results: Sequence[ScoreResult], weights: Sequence[float], h
 def aggregate_preferences(prefs: Sequence[Preference], weights: Sequence[float], how: str,
                           pick: int | None = None) -> Preference:
     """One preference from the principles' (see the module docstring); orders combine alike."""
-    if len(prefs) != len(weights):
-        raise ValueError(f"{len(prefs)} preferences for {len(weights)} weights")
-    w = normalised(weights)
-    if len(prefs) == 1:
-        return prefs[0]
-    if how == "min":
-        return max(prefs, key=lambda p: abs(p.p_a - 0.5))
-    if how == "sample":
-        if pick is None or not 0 <= pick < len(prefs):
-            raise ValueError(f"sample needs the drawn principle's index, got {pick!r}")
-        return prefs[pick]
+    # min: the most decided principle, i.e. the lowest -|p_a - 1/2|.
+    w, alone = _deciding(prefs, weights, how, pick, "preferences", worst=lambda p: -abs(p.p_a - 0.5))
+    if alone is not None:
+        return alone
 
     def combine(values: Sequence[float]) -> float:
         v = np.asarray(values, dtype=np.float64)
