@@ -43,10 +43,6 @@ def _reasoning(request) -> dict | None:
     return None if settings is None else settings.model_dump(exclude_none=True)
 
 
-def _decode(tokenizer, token_ids) -> str:
-    return tokenizer.decode(list(token_ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-
 def max_compare_items(settings: ServerSettings) -> int:
     """Items per /compare request: a pair is two labeler inputs, and a request must fit the queue."""
     return max(1, min(settings.max_items_per_request, settings.max_queue_items // 2))
@@ -174,7 +170,6 @@ class ScoringService:
         scored = await scorer.score(rubric, items, seed=request.seed, principles=request.principles)
         compiled = scorer.compiled(rubric)
         self._count(compiled.rubric.name, scored)
-        tokenizer = scorer.backend.tokenizer
         reasoned = compiled.reasoning is not None and not rubric.principles
         return protocol.ScoreResponse(
             results=[
@@ -186,7 +181,7 @@ class ScoringService:
                     sample_scores=[r.score for _, r in s.samples] if reasoned else None,
                     score_spread=score_spread([r for _, r in s.samples]) if reasoned else None,
                     samples=[protocol.ReasonedSample(
-                        rationale=_decode(tokenizer, read.rationale.token_ids),
+                        rationale=scorer.encoder.decode(read.rationale.token_ids),
                         label_input_ids=list(read.label_input_ids), distribution=list(r.distribution),
                         score=r.score, label_mass=r.label_mass, finish_reason=read.rationale.finish_reason)
                         for read, r in s.samples]
@@ -213,10 +208,9 @@ class ScoringService:
         compiled = scorer.compiled_comparison(rubric)
         self.metrics.pairs.labels(compiled.rubric.name).inc(len(compared))
         self.metrics.reasoning_tokens.labels(compiled.rubric.name).inc(sum(c.reasoning_tokens for c in compared))
-        tokenizer = scorer.backend.tokenizer
 
         def samples(order) -> list[protocol.PairSample]:
-            return [protocol.PairSample(rationale=_decode(tokenizer, read.rationale.token_ids),
+            return [protocol.PairSample(rationale=scorer.encoder.decode(read.rationale.token_ids),
                                         label_input_ids=list(read.label_input_ids),
                                         distribution=[r.p_first, r.p_second],
                                         finish_reason=read.rationale.finish_reason) for read, r in order]

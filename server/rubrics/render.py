@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -165,6 +166,12 @@ class PromptEncoder:
     (more when the prompt is short; two responses share it fairly); the prompt keeps
     its most recent part (its end). A visible " [...] " marks each cut, and the result
     says it was truncated. With ``truncate=False`` such an item is rejected with 413 instead.
+
+    Thread-safe: requests encode on worker threads. A fast tokenizer is one mutable Rust
+    object whose special-token switch every call sets before it encodes, so trusted and
+    untrusted encodes on two threads could swap each other's setting (a response's literal
+    "<|im_end|>" would become the special token); every use of the tokenizer goes through
+    one lock, and so does the compiled-form cache.
     """
 
     def __init__(self, tokenizer, max_input_tokens: int, truncate: bool = True):
@@ -172,14 +179,23 @@ class PromptEncoder:
         self.max_input_tokens = max_input_tokens
         self.truncate = truncate
         self._compiled: OrderedDict[tuple[str, str], CompiledTemplate] = OrderedDict()
+        self._tokenizer_lock = threading.Lock()
+        self._compiled_lock = threading.Lock()
 
     def trusted_ids(self, text: str) -> list[int]:
         """Tokenise rubric/template text: its special-token strings are real special tokens."""
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        with self._tokenizer_lock:
+            return self.tokenizer(text, add_special_tokens=False, split_special_tokens=False)["input_ids"]
 
     def untrusted_ids(self, text: str) -> list[int]:
         """Tokenise request text as data: special-token strings stay plain characters."""
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        with self._tokenizer_lock:
+            return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids back to text, special tokens and spacing exactly as they are."""
+        with self._tokenizer_lock:
+            return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     @cached_property
     def _marker_ids(self) -> list[int]:
@@ -191,7 +207,8 @@ class PromptEncoder:
         bos = self.tokenizer.bos_token_id
         if bos is None or self.tokenizer.chat_template:
             return []
-        return [bos] if self.tokenizer("x")["input_ids"][:1] == [bos] else []
+        with self._tokenizer_lock:
+            return [bos] if self.tokenizer("x")["input_ids"][:1] == [bos] else []
 
     def _template(self, system: str, user: str, thinking: bool = False) -> str:
         tok = self.tokenizer
@@ -261,8 +278,7 @@ class PromptEncoder:
         stop_ids: dict[tuple[int, ...], None] = {}
         for stop in stop_texts:
             alone = self.trusted_ids(stop)
-            if unk is not None and unk in alone or \
-                    self.tokenizer.decode(alone, clean_up_tokenization_spaces=False) != stop:
+            if unk is not None and unk in alone or self.decode(alone) != stop:
                 raise ValueError(f"{what}: reasoning stop string {stop!r} cannot be matched: the labeler's "
                                  "tokenizer does not represent it exactly")
             if special & set(alone):
@@ -290,14 +306,18 @@ class PromptEncoder:
         """A compiled form, built once per rubric content (request-level variants of a rubric
         are distinct rubrics with the same name); the least recently used go first."""
         key = (form, rubric.model_dump_json())
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            compiled = build()
-            self._check_budget(compiled.what, compiled)
+        with self._compiled_lock:
+            compiled = self._compiled.get(key)
+            if compiled is not None:
+                self._compiled.move_to_end(key)
+                return compiled
+        # Built outside the lock (it tokenises); two threads may both build a new form, alike.
+        compiled = build()
+        self._check_budget(compiled.what, compiled)
+        with self._compiled_lock:
             self._compiled[key] = compiled
             while len(self._compiled) > COMPILED_CACHE:
                 self._compiled.popitem(last=False)
-        self._compiled.move_to_end(key)
         return compiled
 
     def compile(self, rubric: Rubric) -> CompiledRubric:
@@ -386,11 +406,11 @@ class PromptEncoder:
             p_keep, r_keeps = allocate_budget(len(ids[0]), [len(i) for i in ids[1:]], budget)
             if p_keep < len(ids[0]):  # the prompt keeps its end
                 ids[0] = marker + ids[0][len(ids[0]) - (p_keep - len(marker)):]
-                texts[0] = self.tokenizer.decode(ids[0])
+                texts[0] = self.decode(ids[0])
             for k, keep in enumerate(r_keeps, start=1):  # each response keeps its beginning
                 if keep < len(ids[k]):
                     ids[k] = ids[k][: max(0, keep - len(marker))] + marker
-                    texts[k] = self.tokenizer.decode(ids[k])
+                    texts[k] = self.decode(ids[k])
         input_ids: tuple[int, ...] = compiled.piece_ids[0]
         text = compiled.piece_texts[0]
         for slot_ids, slot_text, piece_ids, piece_text in zip(ids, texts, compiled.piece_ids[1:],
