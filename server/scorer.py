@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from server.backends import Backend
-from server.backends.base import Generation, GenerationRequest, common_prefix_length
+from server.backends.base import BadRead, Generation, GenerationRequest, bad_read, common_prefix_length
 from server.batching import AdmissionGate, BatchStats, MicroBatcher, Submitter
 from server.errors import BackendFailed, DrlaifError, InvalidRubric, RequestTooLarge
 from server.reasoning import NO_RATIONALE, Rationale, label_input, rationale_of, rationale_requests
@@ -117,8 +117,10 @@ class Scorer:
     def __init__(self, backend: Backend, rubrics: RubricRegistry, *, max_input_tokens: int,
                  truncate: bool, batching: BatchingLimits, cache_items: int = 0,
                  on_batch: Callable[[BatchStats], None] | None = None,
-                 on_cache: Callable[[int, int], None] | None = None):
+                 on_cache: Callable[[int, int], None] | None = None,
+                 on_bad_read: Callable[[], None] | None = None):
         self.backend = backend
+        self.on_bad_read = on_bad_read  # once per batch whose reads were refused
         self.rubrics = rubrics
         self.cache = RewardCache(cache_items)
         self.rationales = RewardCache(cache_items)  # generations, for repeated reasoned items
@@ -138,13 +140,13 @@ class Scorer:
         self.generator: Submitter[GenerationRequest, Generation]
         if backend.info.continuous_batching:
             # The engine batches concurrent work itself; a wait here would only add latency.
-            self.batcher = AdmissionGate(backend.read_logprobs, tokens_of=lambda seq: seq.num_tokens,
+            self.batcher = AdmissionGate(self._checked_reads, tokens_of=lambda seq: seq.num_tokens,
                                          max_queue=batching.max_queue, on_batch=on_batch)
             self.generator = AdmissionGate(backend.generate, tokens_of=_generation_tokens,
                                            max_queue=batching.max_queue)
         else:
             self.batcher = MicroBatcher(
-                backend.read_logprobs,
+                self._checked_reads,
                 tokens_of=lambda seq: seq.num_tokens,
                 max_items=batching.max_items,
                 max_tokens=batching.tokens_per_batch(backend.info.device,
@@ -159,6 +161,25 @@ class Scorer:
                 backend.generate, tokens_of=_generation_tokens, max_items=batching.max_items,
                 max_tokens=batching.tokens_per_batch(backend.info.device, max_input_tokens),
                 max_wait_s=batching.max_wait_s, max_queue=batching.max_queue)
+
+    async def _checked_reads(self, batch: list[TokenReads]) -> list[list[np.ndarray]]:
+        """The backend's reads of a batch; reads that are not log-probabilities of what was asked
+        (NaN, inf, wrong shape) fail the batch with BadRead, so that its requests get a 503 and
+        nothing of it reaches the reward cache."""
+        results = await self.backend.read_logprobs(batch)
+        problem = bad_read(batch, results)
+        if problem is not None:
+            self._refuse_read(f"a batch of {len(batch)} sequences ({sum(s.num_tokens for s in batch)} tokens, "
+                              f"the longest {max(s.num_tokens for s in batch)}): {problem}")
+        return results
+
+    def _refuse_read(self, what: str, error: type[Exception] = BadRead) -> None:
+        """Count, log and raise a refused read (BadRead inside a batch, which the batch's
+        requests hear as BackendFailed; BackendFailed itself outside one)."""
+        if self.on_bad_read is not None:
+            self.on_bad_read()
+        log.error("the labeler backend returned an invalid read for %s", what)
+        raise error(f"the labeler returned an invalid read for {what}")
 
     @property
     def batchers(self) -> tuple[Submitter, Submitter]:
@@ -288,8 +309,12 @@ class Scorer:
         plans = [trie.plan(item.input_ids, item.shared_prefix) for item in encoded]
         answers = await _submit(self.batcher, [seq for plan in plans for seq in plan], "batch")
         out, k = [], 0
-        for plan in plans:
-            out.append(trie.label_logprobs(answers[k : k + len(plan)]))
+        for item, plan in zip(encoded, plans, strict=True):
+            logprobs = trie.label_logprobs(answers[k : k + len(plan)])
+            if not np.isfinite(logprobs).any():
+                self._refuse_read(f"an input of {len(item.input_ids)} tokens: every label has probability 0",
+                                  BackendFailed)
+            out.append(logprobs)
             k += len(plan)
         return out
 

@@ -29,12 +29,12 @@ ITEM = {"prompt": "What is the capital of France?", "response": "Paris."}
 class FaultyServer(ServerProcess):
     """A ServerProcess running the fault-injecting fixture instead of server.cli."""
 
-    def __init__(self, tmp_path: Path, *args: str):
+    def __init__(self, tmp_path: Path, *args: str, cache_items: int = 0):
         self.control = tmp_path / "control.json"
         self.calls = tmp_path / "calls.txt"
         self.control.write_text("{}")
         self.calls.write_text("")
-        super().__init__("--reward-cache-items", "0", *args,
+        super().__init__("--reward-cache-items", str(cache_items), *args,
                          env={"FAULTY_CONTROL": str(self.control), "FAULTY_CALLS": str(self.calls)})
         self.args = [sys.executable, str(FIXTURE), *self.args[3:]]  # in place of "-m server.cli"
 
@@ -76,6 +76,27 @@ def test_a_backend_call_that_raises_fails_only_its_batch(tmp_path):
         assert server.ready().status_code == 200
         assert server.score(2).status_code == 200  # the next batch is served
         assert server.alive()
+
+
+def test_a_nan_read_is_a_503_and_is_not_cached(tmp_path):
+    with FaultyServer(tmp_path, cache_items=1024) as server:
+        server.set_faults(nan_calls=[server.next_call()])
+        failed = server.score()
+        assert failed.status_code == 503, failed.text
+        error = failed.json()["error"]
+        assert error["type"] == "backend_error" and "invalid read" in error["message"]
+        assert "non-finite" in error["message"] and failed.headers["retry-after"]
+        # The same request again is computed afresh (nothing of the bad read was cached) and served.
+        computed = len(server.backend_calls())
+        again = server.score()
+        assert again.status_code == 200, again.text
+        assert again.json()["results"][0]["cached"] is False
+        assert len(server.backend_calls()) > computed
+        assert all(-1 <= r["reward"] <= 1 for r in again.json()["results"])
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert "drlaif_bad_reads_total 1.0" in metrics
+        assert "invalid read for a batch of 1 sequences" in server.output(tail=100_000)
+        assert server.ready().status_code == 200
 
 
 def test_a_hanging_backend_call_times_out_and_the_queue_moves_on(tmp_path):

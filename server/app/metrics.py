@@ -26,6 +26,9 @@ class Metrics:
             "drlaif_reasoning_tokens", "Rationale tokens the labeler generated (reasoning rubrics)", ["rubric"],
             registry=self.registry)
         self.pairs = Counter("drlaif_pairs_compared", "Pairs compared", ["rubric"], registry=self.registry)
+        self.bad_reads = Counter("drlaif_bad_reads", "Backend batches refused for reads that are not "
+                                 "log-probabilities (NaN, inf, wrong shape); their requests got 503",
+                                 registry=self.registry)
         self.rejections = Counter("drlaif_rejections", "Requests refused", ["reason"], registry=self.registry)
         self.batch_size = Histogram(
             "drlaif_batch_sequences", "Sequences per backend batch", registry=self.registry,

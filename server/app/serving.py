@@ -80,6 +80,7 @@ class ScoringService:
                 cache_items=s.reward_cache_items,
                 on_batch=self.metrics.observe_batch,
                 on_cache=self.metrics.observe_cache,
+                on_bad_read=self.metrics.bad_reads.inc,
             )
             self.scorer.start()
             await self.scorer.score(self.scorer.rubric(None), [WARMUP_ITEM])

@@ -169,6 +169,36 @@ def check_generation_fits(requests: Sequence[GenerationRequest], max_context: in
                              f"exceed the model's context of {max_context}")
 
 
+# Log-probabilities a little above 0, or a little more than all the mass over a read's
+# candidates, are float rounding; more is an engine error.
+_LOGPROB_SLACK = 1e-3
+
+
+def bad_read(batch: Sequence[TokenReads], results: Sequence[Sequence[np.ndarray]]) -> str | None:
+    """What is wrong with a backend's answer to ``batch``, or None when it is a valid read:
+    one result per sequence, one array per read with one value per candidate, each value a
+    log-probability (-inf allowed, NaN and +inf not), no read holding more than all the mass.
+    A low-precision overflow on a GPU shows up here as NaN or inf."""
+    if len(results) != len(batch):
+        return f"{len(results)} results for {len(batch)} sequences"
+    for i, (seq, result) in enumerate(zip(batch, results, strict=True)):
+        if len(result) != len(seq.reads):
+            return f"sequence {i}: {len(result)} reads for {len(seq.reads)} asked"
+        for (position, candidates), values in zip(seq.reads, result, strict=True):
+            values = np.asarray(values, dtype=np.float64)
+            if values.shape != (len(candidates),):
+                return f"sequence {i}, position {position}: shape {values.shape} for {len(candidates)} candidates"
+            if np.isnan(values).any() or np.isposinf(values).any():
+                return f"sequence {i}, position {position}: non-finite log-probabilities {values.tolist()}"
+            if len(set(candidates)) == len(candidates) and np.logaddexp.reduce(values) > _LOGPROB_SLACK:
+                return f"sequence {i}, position {position}: log-probabilities above 0 in total {values.tolist()}"
+    return None
+
+
+class BadRead(RuntimeError):
+    """A backend answered a batch with values that are not log-probabilities of the reads asked."""
+
+
 class Backend(Protocol):
     """A labeler engine. ``tokenizer`` is the Hugging Face tokenizer of its model."""
 
