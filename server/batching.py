@@ -4,10 +4,17 @@ Requests put their sequences on a bounded queue and await futures. The worker ta
 as many as fit one batch (by count and by padded tokens), runs them in one backend
 call, and resolves each future with its own result. It waits up to ``max_wait_s``
 for company only when it was idle, so under load batches form while the previous one
-runs and no latency is added. A full queue rejects at once (429), never blocks.
+runs and no latency is added.
 
 ``AdmissionGate`` is the same interface for engines that batch by themselves: work
-goes straight in, and only the bound on outstanding sequences remains.
+goes straight in.
+
+``ItemAdmission`` is the backpressure, in front of both: it bounds the items of requests
+admitted and not yet answered, counted as the API's schema counts them (a /score item, a
+/compare pair, a /get_reward query), and refuses at once (429) past the bound, never
+blocks. It does not count reads: how many reads an item needs (the guard's second read,
+a constitution's principles, reasoning samples) depends on what it says, and a request
+the schema accepts must never be refused for that.
 
 Both bound a backend call by ``call_timeout_s``: past it, the call's waiters get an
 error and the queue moves on. A call that cannot be cancelled (a thread) keeps running
@@ -18,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -65,6 +73,9 @@ class Submitter(Protocol[T_contra, R_co]):
     def depth(self) -> int: ...
 
     @property
+    def retry_after_s(self) -> int: ...
+
+    @property
     def overdue_s(self) -> float | None: ...
 
     def start(self) -> None: ...
@@ -83,7 +94,6 @@ class MicroBatcher(Generic[T, R]):
         max_items: int,
         max_tokens: int,
         max_wait_s: float,
-        max_queue: int,
         on_batch: Callable[[BatchStats], None] | None = None,
         call_timeout_s: float | None = None,
     ):
@@ -94,7 +104,6 @@ class MicroBatcher(Generic[T, R]):
         self.max_items = max_items
         self.max_tokens = max_tokens
         self.max_wait_s = max_wait_s
-        self.max_queue = max_queue
         self._on_batch = on_batch
         self._queue: collections.deque[_Pending[T, R]] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -104,6 +113,11 @@ class MicroBatcher(Generic[T, R]):
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    @property
+    def retry_after_s(self) -> int:
+        """Seconds until the work queued now has run, at the recent batch time (at least 1)."""
+        return max(1, math.ceil(max(1, math.ceil(self.depth / self.max_items)) * self._recent_batch_s))
 
     @property
     def overdue_s(self) -> float | None:
@@ -126,17 +140,9 @@ class MicroBatcher(Generic[T, R]):
         self._queue.clear()
 
     async def submit(self, payloads: Sequence[T]) -> list[R]:
-        """Queue payloads and wait for their results, in order. Raises Overloaded when full."""
+        """Queue payloads and wait for their results, in order."""
         if self._worker is None:
             raise RuntimeError("MicroBatcher.start() was not called")
-        if len(self._queue) + len(payloads) > self.max_queue:
-            batches_ahead = math.ceil((len(self._queue) + len(payloads)) / self.max_items)
-            retry = max(1, math.ceil(batches_ahead * self._recent_batch_s))
-            raise Overloaded(
-                f"the scoring queue is full ({len(self._queue)} of {self.max_queue} waiting); "
-                f"retry in about {retry}s",
-                retry_after_s=retry,
-            )
         loop = asyncio.get_running_loop()
         pendings = [_Pending(p, self._tokens_of(p), loop.create_future()) for p in payloads]
         self._queue.extend(pendings)
@@ -235,9 +241,7 @@ class AdmissionGate(Generic[T, R]):
     """For engines that batch by themselves (vLLM's continuous batching).
 
     No coalescing and no waiting: every submit goes straight to the backend, so
-    concurrent requests meet inside the engine. The bound still holds: sequences
-    admitted and not yet finished count against ``max_queue``, and a submit that would
-    exceed it is refused at once (429), as with :class:`MicroBatcher`. Same interface.
+    concurrent requests meet inside the engine. Same interface as :class:`MicroBatcher`.
     """
 
     def __init__(
@@ -245,13 +249,11 @@ class AdmissionGate(Generic[T, R]):
         run: Callable[[list[T]], Awaitable[Sequence[R]]],
         *,
         tokens_of: Callable[[T], int],
-        max_queue: int,
         on_batch: Callable[[BatchStats], None] | None = None,
         call_timeout_s: float | None = None,
     ):
         self._run = run
         self._tokens_of = tokens_of
-        self.max_queue = max_queue
         self._on_batch = on_batch
         self.call_timeout_s = call_timeout_s
         self._overdue: dict[asyncio.Future, float] = {}
@@ -265,6 +267,11 @@ class AdmissionGate(Generic[T, R]):
     def depth(self) -> int:
         """Sequences admitted and not yet finished."""
         return self._in_flight
+
+    @property
+    def retry_after_s(self) -> int:
+        """The recent time of one request in the engine (at least 1 s)."""
+        return max(1, math.ceil(self._recent_s))
 
     @property
     def overdue_s(self) -> float | None:
@@ -283,21 +290,11 @@ class AdmissionGate(Generic[T, R]):
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def submit(self, payloads: Sequence[T]) -> list[R]:
-        """Run payloads on the backend now and return their results, in order.
-
-        Raises Overloaded when admitting them would exceed ``max_queue``.
-        """
+        """Run payloads on the backend now and return their results, in order."""
         if not self._open:
             raise RuntimeError("the server is shutting down" if self._started
                                else "AdmissionGate.start() was not called")
         n = len(payloads)
-        if self._in_flight + n > self.max_queue:
-            retry = max(1, math.ceil(self._recent_s))
-            raise Overloaded(
-                f"the scoring queue is full ({self._in_flight} of {self.max_queue} in the engine); "
-                f"retry in about {retry}s",
-                retry_after_s=retry,
-            )
         loop = asyncio.get_running_loop()
         self._in_flight += n
         # A task of its own, so that stop() can cancel the engine work without cancelling
@@ -325,3 +322,27 @@ class AdmissionGate(Generic[T, R]):
             except Exception:  # noqa: BLE001 - a metrics hiccup must not fail the request
                 log.exception("on_batch callback failed")
         return results
+
+
+class ItemAdmission:
+    """The bound on requests' items in flight (admitted and not yet answered); see the module
+    docstring. ``max_items`` is at least the largest request the schema allows, so such a
+    request is always admitted when nothing else is in flight."""
+
+    def __init__(self, max_items: int):
+        self.max_items = max_items
+        self.in_flight = 0
+
+    @contextlib.contextmanager
+    def admit(self, items: int, retry_after_s: Callable[[], int]) -> Iterator[None]:
+        """Hold ``items`` slots for the duration; raises Overloaded (429, with Retry-After
+        from ``retry_after_s``) at once when they do not fit beside those in flight."""
+        if self.in_flight + items > self.max_items:
+            retry = retry_after_s()
+            raise Overloaded(f"the scoring queue is full ({self.in_flight} of {self.max_items} items in flight, "
+                             f"--max-queue-items); retry in about {retry}s", retry_after_s=retry)
+        self.in_flight += items
+        try:
+            yield
+        finally:
+            self.in_flight -= items

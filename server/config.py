@@ -96,7 +96,11 @@ class ServerSettings(BaseSettings):
     max_wait_ms: float = Field(
         5.0, ge=0, description="How long an idle batcher waits for concurrent requests to join.")
     max_queue_items: int = Field(
-        2048, ge=1, description="Queued sequences before requests are refused with 429.")
+        2048, ge=1, description="Items of requests in flight (a /score item, a /compare pair, a "
+        "/get_reward query; admitted and not yet answered) before requests are refused with 429. Counted "
+        "as the request schema counts, never in reads: the reads an item needs (the guard's second read, "
+        "a constitution's principles, reasoning samples) never make a request too large. Also the most "
+        "queries one /get_reward request may carry.")
     reward_cache_items: int = Field(
         65_536, ge=0, description="Exact reward cache: label reads kept, keyed on the model and the exact "
         "labeler token ids (a few hundred bytes each; least recently used out first). 0 turns it off.")

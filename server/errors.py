@@ -44,13 +44,6 @@ class InputTooLong(DrlaifError):
     code = "input_too_long"
 
 
-class RequestTooLarge(DrlaifError):
-    """A request whose work alone exceeds the queue bound: it could never be admitted."""
-
-    status_code = 413
-    code = "request_too_large"
-
-
 class Overloaded(DrlaifError):
     status_code = 429
     code = "overloaded"

@@ -8,6 +8,7 @@ up direct reads) and the backend. It knows nothing of HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -19,8 +20,8 @@ from pydantic import ValidationError
 
 from server.backends import Backend
 from server.backends.base import BadRead, Generation, GenerationRequest, bad_read, common_prefix_length
-from server.batching import AdmissionGate, BatchStats, MicroBatcher, Submitter
-from server.errors import BackendFailed, DrlaifError, InvalidRubric, RequestTooLarge
+from server.batching import AdmissionGate, BatchStats, ItemAdmission, MicroBatcher, Submitter
+from server.errors import BackendFailed, DrlaifError, InvalidRubric
 from server.reasoning import NO_RATIONALE, Rationale, label_input, rationale_of, rationale_requests
 from server.reward_cache import RewardCache, generation_key, read_key
 from server.rubrics import RubricRegistry
@@ -103,7 +104,7 @@ class BatchingLimits:
     max_items: int
     max_tokens: int | None  # None: chosen by device
     max_wait_s: float
-    max_queue: int
+    max_queue_items: int  # items of requests in flight (see ItemAdmission)
 
     def tokens_per_batch(self, device: str, longest_item: int) -> int:
         """The padded-token budget of one forward pass; always room for the longest item."""
@@ -136,14 +137,14 @@ class Scorer:
             log.warning("max_input_tokens %d exceeds the model's context %d (with the label tokens); using %d",
                         max_input_tokens, context, fitting)
             max_input_tokens = self.encoder.max_input_tokens = fitting  # compiled rubrics do not depend on it
+        self.admission = ItemAdmission(batching.max_queue_items)
         self.batcher: Submitter[TokenReads, list]
         self.generator: Submitter[GenerationRequest, Generation]
         if backend.info.continuous_batching:
             # The engine batches concurrent work itself; a wait here would only add latency.
             self.batcher = AdmissionGate(self._checked_reads, tokens_of=lambda seq: seq.num_tokens,
-                                         max_queue=batching.max_queue, on_batch=on_batch)
-            self.generator = AdmissionGate(backend.generate, tokens_of=_generation_tokens,
-                                           max_queue=batching.max_queue)
+                                         on_batch=on_batch)
+            self.generator = AdmissionGate(backend.generate, tokens_of=_generation_tokens)
         else:
             self.batcher = MicroBatcher(
                 self._checked_reads,
@@ -152,7 +153,6 @@ class Scorer:
                 max_tokens=batching.tokens_per_batch(backend.info.device,
                                                      max_input_tokens + max_label_tokens),
                 max_wait_s=batching.max_wait_s,
-                max_queue=batching.max_queue,
                 on_batch=on_batch,
             )
             # Generation has its own worker and queue: a batch of rationales runs beside the
@@ -160,7 +160,7 @@ class Scorer:
             self.generator = MicroBatcher(
                 backend.generate, tokens_of=_generation_tokens, max_items=batching.max_items,
                 max_tokens=batching.tokens_per_batch(backend.info.device, max_input_tokens),
-                max_wait_s=batching.max_wait_s, max_queue=batching.max_queue)
+                max_wait_s=batching.max_wait_s)
 
     async def _checked_reads(self, batch: list[TokenReads]) -> list[list[np.ndarray]]:
         """The backend's reads of a batch; reads that are not log-probabilities of what was asked
@@ -184,6 +184,11 @@ class Scorer:
     @property
     def batchers(self) -> tuple[Submitter, Submitter]:
         return self.batcher, self.generator
+
+    def admit(self, items: int) -> contextlib.AbstractContextManager[None]:
+        """Hold ``items`` of the bound on items in flight while a request is served (429 at
+        once when they do not fit; see ItemAdmission)."""
+        return self.admission.admit(items, lambda: max(b.retry_after_s for b in self.batchers))
 
     def start(self) -> None:
         for batcher in self.batchers:
@@ -477,12 +482,6 @@ def _compiling(compile_form, rubric: Rubric):
 
 async def _submit(batcher: Submitter, payloads: Sequence, what: str) -> list:
     """Run payloads through a batcher; whatever the engine raised becomes BackendFailed (503)."""
-    bound = getattr(batcher, "max_queue", None)
-    if bound is not None and len(payloads) > bound:
-        raise RequestTooLarge(
-            f"this request needs {len(payloads)} labeler {'generations' if what == 'generation' else 'reads'} "
-            f"(items x reasoning samples x reads per item), more than the queue holds ({bound}, "
-            "--max-queue-items); send fewer items or samples per request")
     try:
         return list(await batcher.submit(payloads))
     except DrlaifError:

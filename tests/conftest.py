@@ -45,6 +45,13 @@ def server(embedded_model_dir) -> ServerProcess:
 
 
 @pytest.fixture(scope="session")
+def small_queue_server(embedded_model_dir) -> ServerProcess:
+    """A real drlaif-server that admits 8 items in flight, 8 per request (backpressure tests)."""
+    with ServerProcess("--max-queue-items", "8", "--max-items-per-request", "8", "--reward-cache-items", "0") as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
 def reference_model(embedded_model_dir):
     """The same model loaded independently, for teacher-forced reference computations."""
     import torch

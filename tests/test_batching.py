@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from server.batching import AdmissionGate, BatchStats, MicroBatcher
+from server.batching import AdmissionGate, BatchStats, ItemAdmission, MicroBatcher
 from server.errors import Overloaded
 
 TIMEOUT = 2.0  # seconds any single step may take before the test fails instead of hanging
@@ -39,7 +39,7 @@ class FakeBackend:
 
 
 def make(backend: FakeBackend, **kwargs) -> MicroBatcher:
-    options = dict(tokens_of=lambda p: 1, max_items=8, max_tokens=10_000, max_wait_s=0.01, max_queue=100)
+    options = dict(tokens_of=lambda p: 1, max_items=8, max_tokens=10_000, max_wait_s=0.01)
     options.update(kwargs)
     batcher = MicroBatcher(backend.run, **options)
     batcher.start()
@@ -72,7 +72,7 @@ async def settle(rounds: int = 50) -> None:
 def test_submit_before_start_is_an_error():
     async def main():
         batcher = MicroBatcher(
-            FakeBackend().run, tokens_of=len, max_items=4, max_tokens=100, max_wait_s=0.0, max_queue=10
+            FakeBackend().run, tokens_of=len, max_items=4, max_tokens=100, max_wait_s=0.0
         )
         with pytest.raises(RuntimeError, match=r"start\(\) was not called"):
             await batcher.submit(["x"])
@@ -261,66 +261,43 @@ def test_oversized_item_still_runs_alone():
 # --------------------------------------------------------------------------- overload
 
 
-def test_full_queue_rejects_at_once_with_retry_after():
-    async def main():
-        backend = FakeBackend(gate=True)
-        batcher = make(backend, max_items=2, max_queue=3, max_wait_s=0.0)
-        try:
-            running = asyncio.create_task(batcher.submit(["running"]))
-            await wait(backend.started.wait())  # taken off the queue, blocked in the backend
-            queued = asyncio.create_task(batcher.submit(["q1", "q2", "q3"]))
-            await asyncio.sleep(0.01)
-            assert batcher.depth == 3
-            with pytest.raises(Overloaded) as exc:
-                await wait(batcher.submit(["one too many"]))
-            err = exc.value
-            assert err.status_code == 429 and err.code == "overloaded"
-            retry = int(err.headers["Retry-After"])
-            assert retry >= 1
-            assert f"retry in about {retry}s" in err.message
-            assert "3 of 3 waiting" in err.message
-            assert batcher.depth == 3  # the rejected request left nothing behind
-            backend.gate.set()
-            assert await wait(running) == ["out:running"]
-            assert await wait(queued) == ["out:q1", "out:q2", "out:q3"]
-            # once drained, the same request is accepted
-            assert await wait(batcher.submit(["one too many"])) == ["out:one too many"]
-        finally:
-            await batcher.stop()
-
-    run(main())
+def test_items_in_flight_are_bounded_and_refused_at_once_with_retry_after():
+    admission = ItemAdmission(max_items=5)
+    with admission.admit(3, lambda: 7):
+        with pytest.raises(Overloaded) as exc:
+            with admission.admit(3, lambda: 7):
+                pass
+        err = exc.value
+        assert err.status_code == 429 and err.code == "overloaded"
+        assert err.headers["Retry-After"] == "7" and "3 of 5 items in flight" in err.message
+        assert admission.in_flight == 3  # the refused request left nothing behind
+        with admission.admit(2, lambda: 7):  # what still fits is admitted
+            assert admission.in_flight == 5
+    assert admission.in_flight == 0
+    with admission.admit(5, lambda: 7):  # a request as large as the bound, alone: admitted
+        pass
 
 
-def test_request_larger_than_the_queue_is_rejected():
-    async def main():
-        backend = FakeBackend()
-        batcher = make(backend, max_items=4, max_queue=5)
-        try:
-            with pytest.raises(Overloaded) as exc:
-                await wait(batcher.submit(list(range(6))))
-            assert int(exc.value.headers["Retry-After"]) >= 1
-            assert backend.batches == []
-            assert await wait(batcher.submit(list(range(5)))) == [f"out:{i}" for i in range(5)]
-        finally:
-            await batcher.stop()
-
-    run(main())
+def test_items_are_released_when_the_request_fails():
+    admission = ItemAdmission(max_items=2)
+    with pytest.raises(RuntimeError):
+        with admission.admit(2, lambda: 1):
+            raise RuntimeError("the backend failed")
+    assert admission.in_flight == 0
 
 
 def test_retry_after_grows_with_the_backlog_and_batch_time():
     async def main():
         backend = FakeBackend(gate=True)
-        batcher = make(backend, max_items=1, max_queue=10, max_wait_s=0.0)
+        batcher = make(backend, max_items=1, max_wait_s=0.0)
         batcher._recent_batch_s = 2.0  # as if recent batches took 2 s each
         try:
+            assert batcher.retry_after_s == 2  # one batch's time when nothing waits
             running = asyncio.create_task(batcher.submit(["r"]))
             await wait(backend.started.wait())
             queued = asyncio.create_task(batcher.submit(list(range(10))))
             await asyncio.sleep(0.01)
-            with pytest.raises(Overloaded) as exc:
-                await wait(batcher.submit(["x"]))
-            # 11 single-item batches ahead at ~2 s each
-            assert int(exc.value.headers["Retry-After"]) == 22
+            assert batcher.retry_after_s == 20  # 10 single-item batches ahead at ~2 s each
             backend.gate.set()
             await wait(running)
             await wait(queued)
@@ -382,7 +359,7 @@ def test_wrong_number_of_backend_results_is_an_error_for_the_batch():
             return payloads[:-1]
 
         batcher = MicroBatcher(short, tokens_of=lambda p: 1, max_items=8, max_tokens=100, max_wait_s=0.0,
-                               max_queue=10)  # fmt: skip
+                               )  # fmt: skip
         batcher.start()
         try:
             with pytest.raises(RuntimeError, match="backend returned 2 results for 3 inputs"):
@@ -459,7 +436,7 @@ def test_stop_is_idempotent():
 
 
 def gate_for(backend: FakeBackend, **kwargs) -> AdmissionGate:
-    options = {"tokens_of": lambda p: 1, "max_queue": 100, **kwargs}
+    options = {"tokens_of": lambda p: 1, **kwargs}
     gate = AdmissionGate(backend.run, **options)
     gate.start()
     return gate
@@ -467,7 +444,7 @@ def gate_for(backend: FakeBackend, **kwargs) -> AdmissionGate:
 
 def test_gate_submit_before_start_is_an_error():
     async def main():
-        gate = AdmissionGate(FakeBackend().run, tokens_of=len, max_queue=10)
+        gate = AdmissionGate(FakeBackend().run, tokens_of=len, )
         with pytest.raises(RuntimeError, match=r"start\(\) was not called"):
             await gate.submit(["x"])
 
@@ -512,41 +489,22 @@ def test_gate_does_not_wait_for_company():
     run(main())
 
 
-def test_gate_bounds_outstanding_sequences_with_429():
+def test_gate_counts_outstanding_sequences_and_reports_batches():
     async def main():
         backend = FakeBackend(gate=True)
         stats: list[BatchStats] = []
-        gate = gate_for(backend, tokens_of=len, max_queue=3, on_batch=stats.append)
+        gate = gate_for(backend, tokens_of=len, on_batch=stats.append)
         gate._recent_s = 2.4  # as if recent requests took 2.4 s
         try:
             running = asyncio.create_task(gate.submit(["aa", "bbb"]))
             await wait(backend.started.wait())
-            with pytest.raises(Overloaded) as exc:
-                await wait(gate.submit(["c", "d"]))
-            err = exc.value
-            assert err.status_code == 429 and int(err.headers["Retry-After"]) == 3
-            assert "2 of 3 in the engine" in err.message
-            assert gate.depth == 2 and len(backend.batches) == 1  # the refused one never ran
-            one_more = asyncio.create_task(gate.submit(["e"]))  # still fits
+            assert gate.depth == 2 and gate.retry_after_s == 3
+            one_more = asyncio.create_task(gate.submit(["e"]))  # straight in beside it
             backend.gate.set()
             assert await wait(running) == ["out:aa", "out:bbb"]
             assert await wait(one_more) == ["out:e"]
             assert gate.depth == 0
             assert sorted((s.items, s.padded_tokens) for s in stats) == [(1, 1), (2, 5)]
-            assert await wait(gate.submit(["c", "d"])) == ["out:c", "out:d"]
-        finally:
-            await gate.stop()
-
-    run(main())
-
-
-def test_gate_request_larger_than_the_bound_is_rejected():
-    async def main():
-        gate = gate_for(FakeBackend(), max_queue=2)
-        try:
-            with pytest.raises(Overloaded):
-                await wait(gate.submit([1, 2, 3]))
-            assert gate.depth == 0
         finally:
             await gate.stop()
 
@@ -556,7 +514,7 @@ def test_gate_request_larger_than_the_bound_is_rejected():
 def test_gate_backend_error_reaches_its_caller_only_and_frees_the_slots():
     async def main():
         backend = FakeBackend(fail_on="bad")
-        gate = gate_for(backend, max_queue=2)
+        gate = gate_for(backend)
         try:
             outcomes = await wait(asyncio.gather(gate.submit(["bad"]), gate.submit(["ok"]),
                                                  return_exceptions=True))
@@ -574,7 +532,7 @@ def test_gate_wrong_number_of_backend_results_is_an_error():
         async def short(payloads):
             return payloads[:-1]
 
-        gate = AdmissionGate(short, tokens_of=len, max_queue=10)
+        gate = AdmissionGate(short, tokens_of=len, )
         gate.start()
         with pytest.raises(RuntimeError, match="returned 1 results for 2 inputs"):
             await wait(gate.submit(["a", "b"]))
@@ -595,7 +553,7 @@ def test_gate_cancelled_caller_cancels_its_backend_work():
                 raise
             return payloads
 
-        gate = AdmissionGate(slow, tokens_of=len, max_queue=10)
+        gate = AdmissionGate(slow, tokens_of=len, )
         gate.start()
         caller = asyncio.create_task(gate.submit(["a"]))
         await asyncio.sleep(0.01)

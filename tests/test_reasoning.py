@@ -210,12 +210,6 @@ def test_a_rubric_file_with_malformed_reasoning_fails_at_startup(tmp_path):
         assert needle in out and ("'broken'" in out or "rubric #1" in out), out
 
 
-@pytest.fixture(scope="module")
-def small_queue_server():
-    with ServerProcess("--max-queue-items", "8", "--max-items-per-request", "8", "--reward-cache-items", "0") as proc:
-        yield proc
-
-
 def test_reasoning_never_holds_direct_reads_for_a_whole_rationale(small_queue_server):
     """A long rationale runs; a direct request sent after it has started is answered first."""
     server = small_queue_server
@@ -230,21 +224,18 @@ def test_reasoning_never_holds_direct_reads_for_a_whole_rationale(small_queue_se
     assert done == ["direct", "reasoned"]
 
 
-def test_generation_has_a_bounded_queue_and_oversized_requests_are_refused(small_queue_server):
+def test_rationales_never_make_a_request_too_large_and_items_in_flight_are_bounded(small_queue_server):
     server = small_queue_server
-    # 3 items x 4 samples = 12 rationales, more than the queue of 8 holds: never admissible.
-    big = {"items": HELD_OUT[:3], "reasoning": {"samples": 4, "temperature": 0.7, "max_tokens": 8}}
-    response = _post(server, "/score", big)
-    assert response.status_code == 413 and response.json()["error"]["type"] == "request_too_large"
-    # Two waiting requests of 8 rationales each cannot both queue behind a running one: 429.
-    full = {"items": HELD_OUT[:2], "reasoning": {"samples": 4, "temperature": 0.7, "max_tokens": 64,
-                                                 "stop": ["</never>"]}}
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    # 3 items x 4 samples = 12 rationales and 12 reads on a server that admits 8 items: served.
+    many = {"items": HELD_OUT[:3], "reasoning": {"samples": 4, "temperature": 0.7, "max_tokens": 8}}
+    assert len(_score(server, many)) == 3
+    # While 8 items are in flight, one more item is refused at once.
+    full = {"items": (HELD_OUT * 8)[:8], "reasoning": {"max_tokens": 48, "stop": ["</never>"]}}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
         first = pool.submit(_post, server, "/score", full)
         time.sleep(1.0)
-        others = [pool.submit(_post, server, "/score", {**full, "seed": s}) for s in (1, 2)]
-        statuses = sorted(f.result().status_code for f in others)
+        refused = _post(server, "/score", {"items": HELD_OUT[:1]})
         assert first.result().status_code == 200
-    assert statuses == [200, 429]
-    refused = next(f.result() for f in others if f.result().status_code == 429)
+    assert refused.status_code == 429, refused.text
     assert refused.headers["Retry-After"] and refused.json()["error"]["type"] == "overloaded"
+    assert "8 of 8 items in flight" in refused.json()["error"]["message"]

@@ -99,8 +99,7 @@ class _Coalescer:
 
         async def make_batcher() -> MicroBatcher:
             batcher = MicroBatcher(score, tokens_of=lambda _: 1, max_items=settings.coalesce_items,
-                                   max_tokens=settings.coalesce_items, max_wait_s=settings.coalesce_ms / 1000,
-                                   max_queue=1 << 30)
+                                   max_tokens=settings.coalesce_items, max_wait_s=settings.coalesce_ms / 1000)
             batcher.start()
             return batcher
 

@@ -18,7 +18,7 @@ from server.app.disconnect import CancelOnDisconnect
 from server.app.errors import install_error_handlers
 from server.app.metrics import Metrics
 from server.app.protocol import request_models
-from server.app.serving import ScoringService, max_compare_items
+from server.app.serving import ScoringService
 from server.config import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ def create_app(settings: ServerSettings, on_fatal: Callable[[], None] | None = N
     install_error_handlers(app, on_reject=count_rejection)
     app.include_router(build_router(
         service, request_models(settings.max_items_per_request, settings.max_field_chars,
-                                max_compare_items=max_compare_items(settings),
                                 # OpenRLHF sends its whole rollout batch in one /get_reward call.
                                 max_queries=settings.max_queue_items)))
     # Inside `observe` (which counts their 401s and 413s), outside every route: the key guards

@@ -20,14 +20,14 @@ _ERROR_DOCS = {
     401: ("The server has an API key and the request has no valid 'Authorization: Bearer <key>'.",
           {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}),
     413: ("body_too_large (the body is over --max-body-bytes), input_too_long (an item does not fit "
-          "max_input_tokens and the server runs with --no-truncate), request_too_large (its label reads or "
-          "rationales alone exceed --max-queue-items).", None),
+          "max_input_tokens and the server runs with --no-truncate).", None),
     422: ("invalid_request (the body or a parameter breaks the schema: a missing or extra field, a wrong "
           "type, a limit), unknown_rubric, rubric_cannot_compare, invalid_rubric (the request's reasoning "
           "settings do not validate, do not fit max_input_tokens, or have a stop string the tokenizer cannot "
           "match), query_mismatch (/get_reward: a query "
           "that does not contain its prompt).", None),
-    429: ("overloaded: the queue is full.", _RETRY_AFTER),
+    429: ("overloaded: the request's items do not fit beside the items in flight (--max-queue-items).",
+          _RETRY_AFTER),
     503: ("not_ready (the labeler is loading), shutting_down, backend_error (the labeler failed or "
           "stalled on the batch).", _RETRY_AFTER),
     504: ("deadline_exceeded: not answered within --request-timeout-s; the request's queued work is "

@@ -253,14 +253,13 @@ def rubric_name(names: Sequence[str] | None) -> Any:
     return Annotated[str, WithJsonSchema({"type": "string", "enum": list(names)})]
 
 
-def request_models(max_items: int, max_chars: int, max_compare_items: int | None = None,
-                   max_queries: int | None = None, rubrics: Sequence[str] | None = None,
+def request_models(max_items: int, max_chars: int, max_queries: int | None = None,
+                   rubrics: Sequence[str] | None = None,
                    compare_rubrics: Sequence[str] | None = None) -> RequestModels:
     """Request models enforcing this server's limits in their schema.
 
-    ``max_compare_items`` (default ``max_items``) bounds /compare, whose items are two
-    labeler inputs each; ``max_queries`` (default ``max_items``) bounds /get_reward, whose
-    caller (OpenRLHF) sends a whole rollout batch in one request. ``rubrics`` (and
+    ``max_items`` bounds /score, /render and /compare; ``max_queries`` (default ``max_items``)
+    bounds /get_reward, whose caller (OpenRLHF) sends a whole rollout batch in one request. ``rubrics`` (and
     ``compare_rubrics``, those with a pairwise form) are published as the enum of the
     rubric fields; without them the schema allows any string.
     """
@@ -325,7 +324,7 @@ def request_models(max_items: int, max_chars: int, max_compare_items: int | None
 
     class CompareRequest(BaseModel):
         model_config = strict
-        items: list[CompareItem] = Field(min_length=1, max_length=max_compare_items or max_items)
+        items: list[CompareItem] = Field(min_length=1, max_length=max_items)
         rubric: CompareRubric | None = Field(
             None, description=rubric_description + " It must have a compare section.")
         debias: bool = Field(True, description="Read both orders (A first, then B first) and average them; "
@@ -353,5 +352,4 @@ def request_models(max_items: int, max_chars: int, max_compare_items: int | None
     return RequestModels(
         score=ScoreRequest, compare=CompareRequest, reward=RewardRequest,
         rubrics=tuple(rubrics) if rubrics is not None else None,
-        limits={"max_items": max_items, "max_chars": max_chars, "max_compare_items": max_compare_items,
-                "max_queries": max_queries})
+        limits={"max_items": max_items, "max_chars": max_chars, "max_queries": max_queries})

@@ -43,11 +43,6 @@ def _reasoning(request) -> dict | None:
     return None if settings is None else settings.model_dump(exclude_none=True)
 
 
-def max_compare_items(settings: ServerSettings) -> int:
-    """Items per /compare request: a pair is two labeler inputs, and a request must fit the queue."""
-    return max(1, min(settings.max_items_per_request, settings.max_queue_items // 2))
-
-
 class ScoringService:
     """Owns the labeler's lifecycle and answers the API's questions."""
 
@@ -140,8 +135,9 @@ class ScoringService:
             raise NotReady()
         return self.scorer
 
-    async def _serve(self, work: Callable[[Scorer], Awaitable[T]]) -> T:
-        """Run one scoring request: refused while shutting down, counted while in flight, and
+    async def _serve(self, work: Callable[[Scorer], Awaitable[T]], items: int = 0) -> T:
+        """Run one scoring request of ``items`` items: refused while shutting down or when its
+        items do not fit the bound on items in flight (429), counted while in flight, and
         bounded by --request-timeout-s (its queued work is dropped when it runs out)."""
         if self.draining:
             raise ShuttingDown()
@@ -149,7 +145,8 @@ class ScoringService:
         self.in_flight += 1
         timeout = self.settings.request_timeout_s
         try:
-            return await asyncio.wait_for(work(scorer), timeout)
+            with scorer.admit(items):
+                return await asyncio.wait_for(work(scorer), timeout)
         except TimeoutError:
             raise DeadlineExceeded(f"the request was not answered within {timeout:g}s (--request-timeout-s); "
                                    "its queued work was dropped. Send fewer items per request, or retry") from None
@@ -162,7 +159,7 @@ class ScoringService:
         self.metrics.reasoning_tokens.labels(rubric).inc(sum(s.reasoning_tokens for s in scored))
 
     async def score(self, request) -> protocol.ScoreResponse:
-        return await self._serve(lambda scorer: self._score(scorer, request))
+        return await self._serve(lambda scorer: self._score(scorer, request), len(request.items))
 
     async def _score(self, scorer: Scorer, request) -> protocol.ScoreResponse:
         items = _items(request)
@@ -199,7 +196,7 @@ class ScoringService:
         )
 
     async def compare(self, request) -> protocol.CompareResponse:
-        return await self._serve(lambda scorer: self._compare(scorer, request))
+        return await self._serve(lambda scorer: self._compare(scorer, request), len(request.items))
 
     async def _compare(self, scorer: Scorer, request) -> protocol.CompareResponse:
         items = [(_prompt(item), item.response_a, item.response_b) for item in request.items]
@@ -244,7 +241,7 @@ class ScoringService:
     async def get_reward(self, request, rubric: str | None) -> protocol.RewardResponse:
         """OpenRLHF's remote reward: each query split into (prompt, response) and scored as /score does
         (a chat-templated prompt as its messages)."""
-        return await self._serve(lambda scorer: self._get_reward(scorer, request, rubric))
+        return await self._serve(lambda scorer: self._get_reward(scorer, request, rubric), len(request.query))
 
     async def _get_reward(self, scorer: Scorer, request, rubric: str | None) -> protocol.RewardResponse:
         markers = (*END_MARKERS, *getattr(scorer.backend.tokenizer, "all_special_tokens", ()))
@@ -318,7 +315,7 @@ class ScoringService:
             ],
             limits={
                 "max_items_per_request": s.max_items_per_request,
-                "max_compare_items": max_compare_items(s),
+                "max_compare_items": s.max_items_per_request,
                 "max_field_chars": s.max_field_chars,
                 "max_input_tokens": self.scorer.encoder.max_input_tokens if self.scorer else s.max_input_tokens,
                 "truncate": s.truncate,
