@@ -73,3 +73,25 @@ def fresh_accelerate_state():
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory) -> Path:
+    """A randomly initialised two-layer Llama with the embedded policy's tokenizer, saved as a
+    `--model` directory: a trainer runs on it in seconds. Its attention dropout is high, so a
+    read of the policy in train mode differs from one in eval mode."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trainer.policy import load_tokenizer, resolve_policy
+
+    tokenizer = load_tokenizer(resolve_policy(None))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, attention_dropout=0.5,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-policy")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -236,6 +236,22 @@ def test_every_flag_shows_its_help_and_default(algorithm):
         assert "--" + f.name.replace("_", "-") in text
 
 
+def test_batch_size_counts_rollouts_as_its_help_says():
+    from types import SimpleNamespace
+
+    from trainer.ppo import PPOTrainer
+
+    # PPO's batch of a step: one entry per rollout, samples_per_prompt of them per prompt.
+    config = PPOConfig(batch_size=6, samples_per_prompt=3)
+    trainer = SimpleNamespace(config=config, train_prompts=[f"prompt {i}" for i in range(10)],
+                              accelerator=SimpleNamespace(num_processes=1, process_index=0))
+    batch = PPOTrainer.batch_prompts(trainer, 0)
+    assert len(batch) == 6 and len(set(batch)) == 2
+    for algorithm in ALGORITHMS:
+        action = next(a for a in subparser(algorithm)._actions if a.dest == "batch_size")
+        assert action.help.startswith("Rollouts (sampled responses) per update, per process"), algorithm
+
+
 def test_yaml_values_are_checked_against_field_types(tmp_path):
     with pytest.raises(ValueError, match="mixed_precision"):
         parse("ppo", "--config", str(write_yaml(tmp_path, "mixed_precision: fp32\n")))

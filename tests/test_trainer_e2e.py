@@ -204,6 +204,27 @@ def test_server_gone_past_deadline_exits_with_checkpoint_then_resumes(length_ser
     assert [r["step"] for r in metrics(out)] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("algorithm, flags", [
+    ("ppo", ["--samples-per-prompt", "2", "--minibatch-size", "2", "--ppo-epochs", "1", "--eval-prompts", "0"]),
+    ("grpo", ["--num-generations", "2"]),
+])
+def test_two_cpu_processes_under_torchrun_are_one_training(length_server, tiny_policy_dir, tmp_path, monkeypatch,
+                                                           algorithm, flags):
+    # Without ACCELERATE_USE_CPU accelerate formed no world on CPUs: each process trained alone,
+    # with the same seed and data, and wrote every metrics row into the one output dir.
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    out = tmp_path / algorithm
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "trainer.cli", algorithm, "--reward-url", length_server.url, "--output-dir", str(out),
+         "--model", str(tiny_policy_dir), "--steps", "2", "--batch-size", "2", "--max-new-tokens", "4",
+         "--save-every", "0", *flags],
+        check=False, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+
+
 def _tensor_differences(got: Mapping, want: Mapping) -> list[str]:
     """Keys of two state dicts whose tensors are missing on one side or not exactly equal."""
     import torch

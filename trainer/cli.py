@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"drlaif-train: {exc}")
 
     from trainer.prompts import load_prompt_dataset
+    from trainer.world import WorldMismatch
 
     try:
         train_prompts, eval_prompts = load_prompt_dataset(config.dataset, config.dataset_split,
@@ -46,7 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.algorithm == "ppo":
         from trainer.ppo import PPOTrainer, RewardUnavailable
 
-        trainer = PPOTrainer(config, train_prompts, eval_prompts)
+        try:
+            trainer = PPOTrainer(config, train_prompts, eval_prompts)
+        except WorldMismatch as exc:
+            sys.exit(f"drlaif-train: {exc}")
         try:
             summary = trainer.train()
         except RewardUnavailable as exc:
@@ -60,7 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from trainer.trl_runner import train_with_trl
 
-        final = train_with_trl(args.algorithm, config, train_prompts)
+        try:
+            final = train_with_trl(args.algorithm, config, train_prompts)
+        except WorldMismatch as exc:
+            sys.exit(f"drlaif-train: {exc}")
         print(f"final policy: {final}")
 
 

@@ -43,7 +43,9 @@ class TrainConfig:
         "can fall into repetition that sampling does not show.")
     output_dir: str = _f("runs/ppo", "Checkpoints, metrics.jsonl, curves.png and the final policy.")
     steps: int = _f(20, "Number of policy updates.")
-    batch_size: int = _f(8, "Prompts per update (per process).")
+    batch_size: int = _f(
+        8, "Rollouts (sampled responses) per update, per process; each prompt is sampled samples_per_prompt "
+        "(ppo) or num_generations (grpo, rloo) times, so a batch holds batch_size / that many prompts.")
     max_new_tokens: int = _f(32, "Longest sampled response, in tokens.")
     temperature: float = _f(1.0, "Sampling temperature for rollouts.")
     learning_rate: float = _f(

@@ -59,6 +59,7 @@ from trainer.policy import (
 from trainer.prompts import Prompt
 from trainer.reporting import MetricsLog
 from trainer.run_report import render_terminal, write_report
+from trainer.world import check_world, cpu_world_needed
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,9 @@ class PPOTrainer:
                  reward: RewardSource | None = None):
         """``reward`` defaults to a RewardClient for ``config.reward_url``; benchmarks pass others."""
         self.config = c = config
-        self.accelerator = Accelerator(mixed_precision=c.mixed_precision,
+        self.accelerator = Accelerator(mixed_precision=c.mixed_precision, cpu=cpu_world_needed(),
                                        gradient_accumulation_steps=c.gradient_accumulation_steps)
+        check_world(self.accelerator.num_processes)
         set_seed(c.seed)
         self.train_prompts, self.eval_prompts = train_prompts, eval_prompts
         self.output_dir = Path(c.output_dir)
@@ -223,11 +225,11 @@ class PPOTrainer:
     # ----------------------------------------------------------------- 1. rollout
     @torch.no_grad()
     def rollout(self, prompts: list[Prompt], generation: GenerationConfig | None = None) -> Rollout:
+        """Sample a response to each prompt in eval mode; the policy stays in it until the updates."""
         policy = self.accelerator.unwrap_model(self.model).policy
         enc = encode_prompts(self.tokenizer, prompts).to(self.accelerator.device)
         policy.eval()
         out = policy.generate(**enc, generation_config=generation or self.generation)
-        policy.train()
         response_ids = out[:, enc["input_ids"].shape[1]:]
         if response_ids.shape[1] == 0:  # every row stopped at once: keep one (EOS) column
             response_ids = torch.full((len(prompts), 1), self.eos_ids[0], device=out.device)
@@ -244,6 +246,8 @@ class PPOTrainer:
     def read_rollout(self, rollout: Rollout) -> dict[str, torch.Tensor]:
         """Old log-probs, reference log-probs, values and entropy of the sampled tokens."""
         c, model = self.config, self.accelerator.unwrap_model(self.model)
+        # With dropout on, these would be one noisy draw rather than the policy that sampled.
+        model.eval()
         ids, att, last = rollout.input_ids, rollout.attention_mask, rollout.response_len
         with self.accelerator.autocast():
             logits, values = model(ids, att, last)
@@ -294,7 +298,7 @@ class PPOTrainer:
         # 5. optimise: epochs x minibatches of clipped losses.
         stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [],
                                          "value_clipfrac": [], "approx_kl": []}
-        self.model.train()
+        self.model.train()  # the rollout and its reads ran in eval mode
         for _ in range(c.ppo_epochs):
             order = torch.randperm(c.batch_size, device=mask.device)
             for start in range(0, c.batch_size, c.minibatch_size):

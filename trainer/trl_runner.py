@@ -10,17 +10,19 @@ from trainer.policy import load_tokenizer, policy_prompt, resolve_policy
 from trainer.prompts import Prompt
 from trainer.reporting import MetricsLog
 from trainer.trl_reward import make_reward_func
+from trainer.world import check_world, cpu_world_needed
 
 log = logging.getLogger(__name__)
 
 
 def _metrics_callback(metrics: MetricsLog):
-    """Mirror trl's logged rewards into metrics.jsonl under drlaif's names."""
+    """Mirror trl's logged rewards into metrics.jsonl under drlaif's names (from the main process:
+    every process logs the same gathered values)."""
     from transformers import TrainerCallback
 
     class Mirror(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or "reward" not in logs:
+            if not state.is_world_process_zero or not logs or "reward" not in logs:
                 return
             metrics.write({
                 "step": state.global_step,
@@ -61,6 +63,7 @@ def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Pro
         report_to=["tensorboard"] if config.tensorboard else [],
         bf16=config.mixed_precision == "bf16",
         fp16=config.mixed_precision == "fp16",
+        use_cpu=cpu_world_needed(),
     )
     model = resolve_policy(config.model)
     # The same rendering as PPO's: trl applies the chat template only to message lists, so a
@@ -75,8 +78,10 @@ def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Pro
                                  task_type="CAUSAL_LM")
     reward = make_reward_func(config.reward_url, config.rubric, read_timeout_s=config.reward_timeout_s,
                               deadline_s=config.reward_deadline_s, reward_field=config.reward_field)
-    return trainer_cls(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
-                       peft_config=peft_config, callbacks=[_metrics_callback(metrics)])
+    trainer = trainer_cls(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
+                          peft_config=peft_config, callbacks=[_metrics_callback(metrics)])
+    check_world(trainer.accelerator.num_processes)
+    return trainer
 
 
 def train_with_trl(algorithm: str, config: TRLConfig, train_prompts: list[Prompt]) -> Path:
@@ -89,10 +94,12 @@ def train_with_trl(algorithm: str, config: TRLConfig, train_prompts: list[Prompt
         resume = True if any(output_dir.glob("checkpoint-*")) else None
     elif config.resume:
         resume = config.resume
-    if resume is None:
+    main = trainer.is_world_process_zero()
+    if resume is None and main:
         metrics.start_at(0)  # a fresh run into a used output_dir does not append to the old curves
     trainer.train(resume_from_checkpoint=resume)
     final = output_dir / "final"
     trainer.save_model(str(final))
-    metrics.plot()
+    if main:
+        metrics.plot()
     return final
