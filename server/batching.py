@@ -18,7 +18,10 @@ the schema accepts must never be refused for that.
 
 Both bound a backend call by ``call_timeout_s``: past it, the call's waiters get an
 error and the queue moves on. A call that cannot be cancelled (a thread) keeps running
-until it returns; ``overdue_s`` says how long, so that readiness can report it.
+until it returns; ``overdue_s`` says how long, so that readiness can report it. A backend
+that runs one call at a time (a model behind a lock) cannot serve the next batch while
+such a call holds it: MicroBatcher's ``held`` then names why, and work fails at once
+instead of queueing behind the lock.
 """
 
 from __future__ import annotations
@@ -96,10 +99,12 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: float,
         on_batch: Callable[[BatchStats], None] | None = None,
         call_timeout_s: float | None = None,
+        held: Callable[[], str | None] | None = None,
     ):
         self._run = run
         self._tokens_of = tokens_of
         self.call_timeout_s = call_timeout_s
+        self._held = held  # why the backend cannot take a batch now (None: it can)
         self._overdue: dict[asyncio.Future, float] = {}  # backend calls past their deadline -> start time
         self.max_items = max_items
         self.max_tokens = max_tokens
@@ -140,9 +145,12 @@ class MicroBatcher(Generic[T, R]):
         self._queue.clear()
 
     async def submit(self, payloads: Sequence[T]) -> list[R]:
-        """Queue payloads and wait for their results, in order."""
+        """Queue payloads and wait for their results, in order (RuntimeError at once while the
+        backend is held)."""
         if self._worker is None:
             raise RuntimeError("MicroBatcher.start() was not called")
+        if self._held is not None and (reason := self._held()) is not None:
+            raise RuntimeError(reason)
         loop = asyncio.get_running_loop()
         pendings = [_Pending(p, self._tokens_of(p), loop.create_future()) for p in payloads]
         self._queue.extend(pendings)
@@ -185,6 +193,9 @@ class MicroBatcher(Generic[T, R]):
                         break
             batch = self._take_batch()
             if not batch:
+                continue
+            if self._held is not None and (reason := self._held()) is not None:
+                _fail(batch, RuntimeError(reason))
                 continue
             started = loop.time()
             try:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 
 import uvicorn
@@ -12,6 +14,8 @@ import uvicorn
 from server.config import parse_settings
 
 log = logging.getLogger("server")
+# uvicorn's wait for open connections once the server stops.
+GRACEFUL_SHUTDOWN_S = 10
 
 
 class DrainingServer(uvicorn.Server):
@@ -56,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     def stop() -> None:
         if server is not None:
             server.should_exit = True
+        # The event loop's shutdown joins its worker threads, and a stuck backend call's never
+        # ends: past the graceful shutdown, exit anyway.
+        threading.Thread(target=_exit_after, args=(GRACEFUL_SHUTDOWN_S + 5, app), daemon=True).start()
 
     try:
         app = create_app(settings, on_fatal=stop)
@@ -63,12 +70,20 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"drlaif-server: {exc}")
     log.info("serving %s on http://%s:%d", settings.model or "the embedded labeler", settings.host, settings.port)
     server = DrainingServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                                           timeout_graceful_shutdown=10),
+                                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S),
                             app.state.service, settings.shutdown_grace_s)
     server.run()
     error = app.state.service.fatal_error
     if error is not None:
         sys.exit(f"drlaif-server: {error}")
+
+
+def _exit_after(seconds: float, app) -> None:
+    """Exit 1 with the app's fatal error unless the process has ended within ``seconds``."""
+    time.sleep(seconds)
+    print(f"drlaif-server: {app.state.service.fatal_error}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(1)
 
 
 if __name__ == "__main__":

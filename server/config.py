@@ -104,6 +104,10 @@ class ServerSettings(BaseSettings):
     reward_cache_items: int = Field(
         65_536, ge=0, description="Exact reward cache: label reads kept, keyed on the model and the exact "
         "labeler token ids (a few hundred bytes each; least recently used out first). 0 turns it off.")
+    rationale_cache_tokens: int = Field(
+        4_000_000, ge=0, description="Reasoning rubrics: rationale tokens kept for repeated items (one rationale "
+        "may be thousands of tokens; about 40 bytes a token as kept), beside --reward-cache-items' bound on "
+        "their number. 0 keeps none.")
 
     # Deadlines and shutdown.
     request_timeout_s: float = Field(
@@ -111,7 +115,12 @@ class ServerSettings(BaseSettings):
         "work is dropped. The default fits a full 256-item request on a CPU (about 0.5 s per item).")
     backend_timeout_s: float = Field(
         600.0, gt=0, description="A backend call (one batch) still running after this long fails its "
-        "requests with 503, and readiness reports the backend stuck until the call returns.")
+        "requests with 503, and readiness reports the backend stuck until the call returns. transformers "
+        "runs one call at a time, so while that call holds the model every request fails at once with 503.")
+    stuck_exit_s: float = Field(
+        300.0, ge=0, description="transformers: a backend call still running this long past "
+        "--backend-timeout-s cannot be interrupted and holds the model for good; the server then exits 1 "
+        "for its supervisor (Docker's restart policy, Kubernetes, Ray) to restart it. 0: wait for it forever.")
     shutdown_grace_s: float = Field(
         60.0, ge=0, description="On SIGTERM: new scoring requests get 503 and readiness turns 503; requests "
         "in flight get this long to finish, then the server exits 0.")

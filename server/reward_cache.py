@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -39,19 +39,30 @@ def generation_key(model: str, request) -> bytes:
 
 class RewardCache:
     """LRU of ``key -> value``: label log-probabilities (stored as read-only copies) or
-    immutable values (generations); ``max_items=0`` stores nothing."""
+    immutable values (generations); ``max_items=0`` stores nothing.
 
-    def __init__(self, max_items: int):
+    ``size_of`` and ``max_size`` add a second bound, on the entries' total size (e.g. the
+    tokens of rationales, one of which may be thousands of tokens): least recently used
+    entries go until both bounds hold; an entry larger than ``max_size`` alone is not kept.
+    """
+
+    def __init__(self, max_items: int, *, size_of: Callable[[object], int] | None = None,
+                 max_size: int | None = None):
         if max_items < 0:
             raise ValueError(f"max_items must be >= 0, got {max_items}")
+        if (size_of is None) != (max_size is None) or (max_size is not None and max_size < 0):
+            raise ValueError("size_of and max_size (>= 0) go together")
         self.max_items = max_items
+        self.max_size = max_size
+        self._size_of = size_of
+        self.size = 0  # total size of the entries (0 without size_of)
         self._entries: OrderedDict[bytes, object] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     @property
     def enabled(self) -> bool:
-        return self.max_items > 0
+        return self.max_items > 0 and self.max_size != 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -69,11 +80,20 @@ class RewardCache:
     def put(self, key: bytes, value) -> None:
         if not self.enabled:
             return
+        size = self._size_of(value) if self._size_of is not None else 0
+        if self.max_size is not None and size > self.max_size:
+            return
         stored = value
         if isinstance(value, np.ndarray):
             stored = np.array(value, copy=True)
             stored.flags.writeable = False  # callers share the entry; nobody may change it
+        self._drop(key)
         self._entries[key] = stored
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_items:
-            self._entries.popitem(last=False)
+        self.size += size
+        while len(self._entries) > self.max_items or (self.max_size is not None and self.size > self.max_size):
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: bytes) -> None:
+        value = self._entries.pop(key, None)
+        if value is not None and self._size_of is not None:
+            self.size -= self._size_of(value)

@@ -117,6 +117,7 @@ class Scorer:
 
     def __init__(self, backend: Backend, rubrics: RubricRegistry, *, max_input_tokens: int,
                  truncate: bool, batching: BatchingLimits, cache_items: int = 0,
+                 rationale_cache_tokens: int = 4_000_000,
                  on_batch: Callable[[BatchStats], None] | None = None,
                  on_cache: Callable[[int, int], None] | None = None,
                  on_bad_read: Callable[[], None] | None = None):
@@ -124,19 +125,24 @@ class Scorer:
         self.on_bad_read = on_bad_read  # once per batch whose reads were refused
         self.rubrics = rubrics
         self.cache = RewardCache(cache_items)
-        self.rationales = RewardCache(cache_items)  # generations, for repeated reasoned items
+        # Generations, for repeated reasoned items; bounded in tokens too, as one may be 8,192 long.
+        self.rationales = RewardCache(cache_items, size_of=lambda g: len(g.token_ids) + 1,
+                                      max_size=rationale_cache_tokens)
         self.on_cache = on_cache  # (hits, misses) of each read_labels call
         self.encoder = PromptEncoder(backend.tokenizer, max_input_tokens, truncate)
         # Compile every rubric (both forms) now: a rubric the tokenizer cannot serve fails at startup.
-        max_label_tokens = max(form.trie.max_label_tokens for rubric in rubrics
-                               for form in self.encoder.compile_forms(rubric))
+        forms = [form for rubric in rubrics for form in self.encoder.compile_forms(rubric)]
+        max_label_tokens = max(form.trie.max_label_tokens for form in forms)
         # The longest read sequence is the input plus all but the last token of a label.
         context = backend.info.max_context
         if context and max_input_tokens + max_label_tokens - 1 > context:
             fitting = context - (max_label_tokens - 1)
             log.warning("max_input_tokens %d exceeds the model's context %d (with the label tokens); using %d",
                         max_input_tokens, context, fitting)
-            max_input_tokens = self.encoder.max_input_tokens = fitting  # compiled rubrics do not depend on it
+            max_input_tokens = self.encoder.max_input_tokens = fitting
+            # Each form was checked against the configured limit: check it against the one that holds.
+            for form in forms:
+                self.encoder.check_budget(form, f" (the labeler's context of {context} tokens)")
         self.admission = ItemAdmission(batching.max_queue_items)
         self.batcher: Submitter[TokenReads, list]
         self.generator: Submitter[GenerationRequest, Generation]
@@ -149,6 +155,7 @@ class Scorer:
             self.batcher = MicroBatcher(
                 self._checked_reads,
                 tokens_of=lambda seq: seq.num_tokens,
+                held=self.stuck,
                 max_items=batching.max_items,
                 max_tokens=batching.tokens_per_batch(backend.info.device,
                                                      max_input_tokens + max_label_tokens),
@@ -160,7 +167,7 @@ class Scorer:
             self.generator = MicroBatcher(
                 backend.generate, tokens_of=_generation_tokens, max_items=batching.max_items,
                 max_tokens=batching.tokens_per_batch(backend.info.device, max_input_tokens),
-                max_wait_s=batching.max_wait_s)
+                max_wait_s=batching.max_wait_s, held=self.stuck)
 
     async def _checked_reads(self, batch: list[TokenReads]) -> list[list[np.ndarray]]:
         """The backend's reads of a batch; reads that are not log-probabilities of what was asked
@@ -207,6 +214,16 @@ class Scorer:
         """How long the oldest backend call past its deadline has run (None: none is)."""
         overdue = [o for b in self.batchers if (o := b.overdue_s) is not None]
         return max(overdue) if overdue else None
+
+    def stuck(self) -> str | None:
+        """Why no batch can run now, or None: on a backend that runs one call at a time (the
+        transformers model behind its lock), a call past its deadline cannot be interrupted
+        and holds the model until it returns; new work would only wait behind it."""
+        overdue = self.overdue_s
+        if overdue is None or self.backend.info.continuous_batching:
+            return None
+        return (f"the labeler is stuck in a backend call that has run {overdue:.0f}s, past its deadline "
+                "(--backend-timeout-s), and holds the model; requests fail at once until it returns")
 
     def rubric(self, name: str | None, reasoning: Mapping[str, Any] | None = None) -> Rubric:
         """The named rubric (the default for None); with a request's ``reasoning`` settings, a

@@ -99,21 +99,32 @@ def test_a_nan_read_is_a_503_and_is_not_cached(tmp_path):
         assert server.ready().status_code == 200
 
 
-def test_a_hanging_backend_call_times_out_and_the_queue_moves_on(tmp_path):
-    with FaultyServer(tmp_path, "--request-timeout-s", "3", "--backend-timeout-s", "5") as server:
-        server.set_faults(hang_calls=[server.next_call()], hang_s=15)
+def test_a_forward_stuck_under_the_model_lock_fails_requests_at_once_until_it_returns(tmp_path):
+    with FaultyServer(tmp_path, "--backend-timeout-s", "3") as server:
+        server.set_faults(hang_forward="first", hang_s=12)
         started = time.monotonic()
         stuck = server.score()
-        assert stuck.status_code == 504
-        assert stuck.json()["error"]["type"] == "deadline_exceeded"
-        assert time.monotonic() - started < 10
-        # Past the backend deadline the stuck call is reported, and it no longer holds the queue.
-        wait_for(lambda: server.ready().status_code == 503, 10, "readiness to report the stuck call")
-        assert "--backend-timeout-s" in server.ready().json()["error"]["message"]
-        assert server.score().status_code == 200
-        # Once the stuck call returns, the server is ready again.
+        assert stuck.status_code == 503, stuck.text
+        assert "did not answer within 3s" in stuck.json()["error"]["message"]
+        assert time.monotonic() - started < 8
+        # The stuck forward holds the model: readiness says so, and requests fail at once
+        # (retryable, for a client to send elsewhere) instead of waiting behind the lock.
+        assert "holds the model" in server.ready().json()["error"]["message"]
+        started = time.monotonic()
+        refused = server.score()
+        assert refused.status_code == 503 and "holds the model" in refused.json()["error"]["message"]
+        assert refused.headers["retry-after"] and time.monotonic() - started < 2
+        # Once the forward returns, the server is ready and serves again.
         wait_for(lambda: server.ready().status_code == 200, 20, "readiness to recover")
         assert server.score().status_code == 200
+
+
+def test_a_forward_stuck_past_the_exit_limit_exits_1_for_the_supervisor(tmp_path):
+    with FaultyServer(tmp_path, "--backend-timeout-s", "2", "--stuck-exit-s", "2") as server:
+        server.set_faults(hang_forward="for good", hang_s=120)
+        assert server.score().status_code == 503
+        assert server.proc.wait(30) == 1
+        assert "cannot be interrupted; exiting for the supervisor to restart the server" in server.output(tail=100_000)
 
 
 def test_a_client_that_disconnects_has_its_queued_items_dropped(tmp_path):

@@ -182,3 +182,23 @@ def test_a_constitutions_items_are_computed_once_on_top_of_the_rubric_prefix(lab
     (common,) = kept - item_prefixes  # ... and one for what all items share, computed first
     assert all(p[: len(common)] == common for p in item_prefixes) and len(common) >= MIN_SHARED_PREFIX
     assert max_prob_diff(reused, plain(labeler, batch)) < 1e-5
+
+
+def test_a_transient_failure_after_the_check_fails_the_batch_and_reuse_stays_on(embedded_model_dir, monkeypatch):
+    backend = TransformersBackend(str(embedded_model_dir), model_name="embedded", device="cpu", dtype="float32")
+    batch = plans(backend, "harmless")
+    expected = backend.forward(batch)  # checked against the plain path: reuse on
+    assert backend.prefix_reuse and backend._prefix_checked
+    real_read = backend._read
+
+    def out_of_memory(batch, prefix, kv=None):
+        if kv is not None:
+            raise RuntimeError("CUDA out of memory (injected)")
+        return real_read(batch, prefix, kv)
+
+    monkeypatch.setattr(backend, "_read", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        backend.forward(batch)
+    assert backend.prefix_reuse  # a transient failure says nothing about the model
+    monkeypatch.setattr(backend, "_read", real_read)
+    assert max_prob_diff(backend.forward(batch), expected) < 1e-6

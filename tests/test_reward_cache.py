@@ -47,6 +47,22 @@ def test_disabled_cache_stores_nothing():
         RewardCache(-1)
 
 
+def test_a_size_bound_evicts_by_total_size_and_keeps_no_entry_larger_than_it():
+    cache = RewardCache(100, size_of=len, max_size=10)
+    cache.put(b"a", (1,) * 4)
+    cache.put(b"b", (2,) * 4)
+    assert cache.get(b"a") is not None  # b is now the least recently used
+    cache.put(b"c", (3,) * 4)  # 12 > 10: b goes
+    assert cache.get(b"b") is None and cache.size == 8 and len(cache) == 2
+    cache.put(b"a", (1,) * 6)  # a replaced: its old size no longer counts
+    assert cache.size == 10
+    cache.put(b"huge", (4,) * 11)  # alone over the bound: not kept, nothing evicted for it
+    assert cache.get(b"huge") is None and cache.size == 10 and len(cache) == 2
+    assert not RewardCache(100, size_of=len, max_size=0).enabled
+    with pytest.raises(ValueError):
+        RewardCache(100, size_of=len)
+
+
 @pytest.fixture(scope="module")
 def cached_server(embedded_model_dir):
     with ServerProcess("--max-wait-ms", "5") as proc:  # the default: cache on

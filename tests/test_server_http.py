@@ -195,3 +195,22 @@ def test_unloadable_model_exits_nonzero(tmp_path):
     proc = ServerProcess("--model", str(tmp_path / "no-such-model")).start(wait_ready=False)
     assert proc.proc.wait(120) == 1
     assert "failed to load" in proc.output()
+
+
+def test_a_labeler_whose_context_cannot_hold_a_rubric_refuses_to_start(embedded_model_dir, tmp_path):
+    """The configured --max-input-tokens is lowered to the model's context at startup; a rubric
+    whose trusted text then leaves no room for the prompt and response must stop the server,
+    never score items cut down to the truncation marker."""
+    import json
+
+    small = tmp_path / "short-context"
+    small.mkdir()
+    for f in embedded_model_dir.iterdir():
+        if f.name != "config.json":
+            (small / f.name).symlink_to(f)
+    config = json.loads((embedded_model_dir / "config.json").read_text())
+    (small / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 200}))
+    proc = ServerProcess("--model", str(small), "--max-input-tokens", "4096").start(wait_ready=False)
+    assert proc.proc.wait(120) == 1
+    out = proc.output()
+    assert "the labeler's context of 200 tokens" in out and "rubric '" in out and "max_input_tokens=199" in out, out

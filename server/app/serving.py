@@ -72,7 +72,7 @@ class ScoringService:
                 backend, self.rubrics, max_input_tokens=s.max_input_tokens, truncate=s.truncate,
                 batching=BatchingLimits(s.max_batch_items, s.max_batch_tokens, s.max_wait_ms / 1000,
                                         s.max_queue_items),
-                cache_items=s.reward_cache_items,
+                cache_items=s.reward_cache_items, rationale_cache_tokens=s.rationale_cache_tokens,
                 on_batch=self.metrics.observe_batch,
                 on_cache=self.metrics.observe_cache,
                 on_bad_read=self.metrics.bad_reads.inc,
@@ -94,14 +94,25 @@ class ScoringService:
 
     async def _watch(self, backend: Backend, every_s: float = 1.0) -> None:
         """Turn unready, and stop the server, when the engine dies (a vLLM engine core that
-        crashed or was killed never comes back; a restart of the process does)."""
-        while (failure := backend.failure()) is None:
+        crashed or was killed never comes back; a restart of the process does) or a call that
+        holds the model is stuck past --stuck-exit-s."""
+        while (failure := backend.failure() or self._stuck_for_good()) is None:
             await asyncio.sleep(every_s)
         log.error("%s; stopping the server", failure)
         self.fatal_error = failure
         self.ready = False
         if self.on_fatal is not None:
             self.on_fatal()
+
+    def _stuck_for_good(self) -> str | None:
+        """Why the server must exit because a stuck call holds the model, or None."""
+        s, scorer = self.settings, self.scorer
+        overdue = scorer.overdue_s if scorer is not None and scorer.stuck() else None
+        if overdue is None or not s.stuck_exit_s or overdue < s.backend_timeout_s + s.stuck_exit_s:
+            return None
+        return (f"a labeler backend call has held the model for {overdue:.0f}s, more than --backend-timeout-s "
+                f"({s.backend_timeout_s:g}s) + --stuck-exit-s ({s.stuck_exit_s:g}s), and cannot be interrupted; "
+                "exiting for the supervisor to restart the server")
 
     def readiness(self) -> str | None:
         """None when ready to score; otherwise why not (for /health/ready's 503)."""
@@ -114,6 +125,9 @@ class ScoringService:
         failure = self.scorer.backend.failure()  # at once, not at the watchdog's next look
         if failure is not None:
             return failure
+        stuck = self.scorer.stuck()
+        if stuck is not None:
+            return stuck
         overdue = self.scorer.overdue_s
         if overdue is not None:
             return (f"a labeler backend call has run for {overdue:.0f}s, past --backend-timeout-s "

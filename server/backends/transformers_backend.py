@@ -13,7 +13,8 @@ expanded over the batch. Positions and masks are those of the whole sequence, so
 equal the plain path's to float rounding. The first batch that uses a prefix is also run
 the plain way and compared; a model whose results differ, or that cannot take a KV cache
 of plain full-attention layers (sliding windows, recurrent state), is served by the
-plain path from then on.
+plain path from then on. Once reuse has passed that check, a failure on its path (out of
+memory) fails only its batch, and reuse stays on.
 
 Generation (:meth:`TransformersBackend.generate`) is a plain decoding loop on the KV
 cache: all requests as one left-padded batch (attention mask, positions counted over real
@@ -134,13 +135,17 @@ class TransformersBackend:
         try:
             kv = self._kv_of(prefix)
             results = self._read(batch, prefix, kv)
-        except Exception as exc:  # noqa: BLE001 - any model that cannot do it keeps working the plain way
-            if self.model is None:
-                raise  # closed under a running batch (shutdown): nothing to learn about the model
+        except Exception as exc:
+            # Reuse that has passed its check fails only transiently (out of memory): the batch
+            # fails and reuse stays on. Before the check, a model that cannot run on a reused KV
+            # cache raises here while the plain path works: then it is served the plain way.
+            if self.model is None or self._prefix_checked:
+                raise  # closed under a running batch (shutdown), or transient
+            plain = self._read(batch, ())  # raises too when the failure was not reuse's
             log.warning("shared-prefix reuse is off for %s: this model cannot run on a reused KV cache (%s)",
                         self.info.model, exc)
             self.prefix_reuse = False
-            return self._read(batch, ())
+            return plain
         if not self._prefix_checked:
             self._prefix_checked = True
             plain = self._read(batch, ())

@@ -294,13 +294,16 @@ class PromptEncoder:
         return CompiledReasoning(spec=spec, stop_texts=tuple(stop_texts), stop_ids=tuple(stop_ids),
                                  answer_ids=tuple(self.trusted_ids(answer_text)))
 
-    def _check_budget(self, what: str, compiled: CompiledTemplate) -> None:
+    def check_budget(self, compiled: CompiledTemplate, limit: str | None = None) -> None:
+        """Refuse a form that leaves fewer than MIN_SLOT_BUDGET tokens of ``max_input_tokens`` for
+        the request text (ValueError naming it and the numbers; ``limit`` says what set the limit)."""
         budget = self.max_input_tokens - compiled.fixed_tokens
         if budget < MIN_SLOT_BUDGET:
             raise ValueError(
-                f"{what} takes {compiled.fixed_tokens} tokens, leaving {budget} of "
-                f"max_input_tokens={self.max_input_tokens} for prompt and response; raise the limit"
-            )
+                f"{compiled.what} takes {compiled.fixed_tokens} tokens, leaving {budget} of "
+                f"max_input_tokens={self.max_input_tokens}{limit or ''} for prompt and response "
+                f"(at least {MIN_SLOT_BUDGET} needed); " + ("use a labeler with a longer context or a shorter rubric"
+                                                           if limit else "raise the limit"))
 
     def _cached(self, form: str, rubric: Rubric, build) -> CompiledTemplate:
         """A compiled form, built once per rubric content (request-level variants of a rubric
@@ -313,7 +316,7 @@ class PromptEncoder:
                 return compiled
         # Built outside the lock (it tokenises); two threads may both build a new form, alike.
         compiled = build()
-        self._check_budget(compiled.what, compiled)
+        self.check_budget(compiled)
         with self._compiled_lock:
             self._compiled[key] = compiled
             while len(self._compiled) > COMPILED_CACHE:
