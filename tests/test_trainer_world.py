@@ -18,7 +18,7 @@ def test_a_joined_world_passes(monkeypatch):
 
 def test_a_world_accelerate_did_not_join_is_an_error_that_says_what_to_do(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(WorldMismatch, match="started 2 processes.*world of 1.*ACCELERATE_USE_CPU=true"):
+    with pytest.raises(WorldMismatch, match="started 2 processes.*world of 1.*MASTER_ADDR"):
         check_world(1)
 
 

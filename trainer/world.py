@@ -34,5 +34,5 @@ def check_world(num_processes: int) -> None:
         raise WorldMismatch(
             f"the launcher started {expected} processes (WORLD_SIZE={expected}) but accelerate formed a world of "
             f"{num_processes}: each process would train alone, a copy of the same run into the same output dir. "
-            "To train on the CPU set ACCELERATE_USE_CPU=true; on a device without a distributed backend "
-            "(e.g. Apple MPS) run a single process.")
+            "Check the launcher's environment (MASTER_ADDR, MASTER_PORT, RANK) and that this device has a "
+            "distributed backend; on one without (e.g. Apple MPS) run a single process.")
