@@ -24,8 +24,11 @@ from server.config import ServerSettings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: ServerSettings, on_fatal: Callable[[], None] | None = None) -> FastAPI:
-    """Build the app; the labeler loads in the background once the server is up.
+def create_app(settings: ServerSettings, on_fatal: Callable[[], None] | None = None, *,
+               load_before_serving: bool = False) -> FastAPI:
+    """Build the app; the labeler loads in the background once the server is up, so that
+    health probes answer while it loads, or with ``load_before_serving`` before the app's
+    startup completes (a Ray Serve replica then takes traffic only once it can score).
 
     A labeler that cannot load, or whose engine dies, will never be ready: ``on_fatal`` is
     called so the runner can stop the server (``drlaif-server`` then exits with status 1).
@@ -46,6 +49,8 @@ def create_app(settings: ServerSettings, on_fatal: Callable[[], None] | None = N
     async def lifespan(app: FastAPI):
         loading = asyncio.create_task(service.start(), name="drlaif-load")
         loading.add_done_callback(_check_loaded)
+        if load_before_serving:
+            await asyncio.shield(loading)
         try:
             yield
         finally:

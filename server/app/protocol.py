@@ -147,6 +147,7 @@ class InfoResponse(BaseModel):
     rubrics: list[RubricInfo]
     limits: dict[str, bool | int | float]
     ready: bool
+    replicas: int = Field(1, description="Replicas serving this URL (a Ray Serve deployment: those running).")
 
 
 class ErrorBody(BaseModel):

@@ -61,6 +61,8 @@ class ScoringService:
         self.draining = False  # SIGTERM: finish what is in flight, take nothing new
         self.in_flight = 0  # scoring requests admitted and not yet answered
         self._watchdog: asyncio.Task | None = None
+        # How many replicas serve this URL; a deployment that runs several replaces it.
+        self.replica_count: Callable[[], int] = lambda: 1
 
     async def start(self) -> None:
         """Load the backend off the event loop, compile rubrics, warm up, then become ready."""
@@ -337,4 +339,5 @@ class ScoringService:
                 "max_queue_items": s.max_queue_items,
             },
             ready=self.ready,
+            replicas=self.replica_count(),
         )

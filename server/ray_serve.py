@@ -1,0 +1,221 @@
+"""drlaif on Ray Serve: N replicas of the scorer behind Ray Serve's HTTP proxy, at one URL.
+
+Each replica is the server's own FastAPI app (``create_app``, the same routes, service,
+batching, auth and metrics as ``drlaif-server``), owned by a Ray Serve deployment that
+places it (``num_cpus``, ``num_gpus``; a tensor-parallel vLLM replica gets a placement
+group of one bundle per GPU), scales it on ongoing requests, and replaces a replica that
+dies or whose labeler can never serve again (its health check fails). A replica takes
+traffic only once its labeler has loaded and warmed up. A small ingress deployment behind
+Ray's HTTP proxy hands each request to a replica through Ray's router and moves it to
+another when its replica dies under it.
+
+Start it with Ray's own CLI and this module's application builder; every argument that is
+not a deployment setting (see :class:`FleetSettings`) is a server setting, as
+``drlaif-server`` names it with underscores::
+
+    serve run server.ray_serve:build replicas=2 num_cpus=1 backend=vllm model=Qwen/Qwen2.5-7B-Instruct
+
+or with a Serve config file (``serve deploy docker/ray-serve.yaml``, the same arguments
+under ``args:``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from server.app import create_app
+from server.config import ServerSettings
+
+log = logging.getLogger(__name__)
+
+# How long /info may report a replica count before it asks Ray's controller again.
+_COUNT_TTL_S = 5.0
+
+
+class FleetSettings(BaseModel):
+    """How the replicas are deployed; the server settings travel beside these."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicas: int = Field(1, ge=1, description="Replicas when not autoscaling.")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves per replica (with --backend vllm and "
+                            "tensor_parallel_size > 1: one per shard, in a placement group).")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per replica (CPU replicas that "
+                                      "share a machine: one each). Unset: torch's default.")
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica takes at once; the scorer "
+                                      "micro-batches them, so more than Ray's default of 5.")
+    min_replicas: int | None = Field(None, ge=0, description="Autoscaling: set with max_replicas to scale on "
+                                     "ongoing requests instead of running a fixed number.")
+    max_replicas: int | None = Field(None, ge=1, description="Autoscaling: the most replicas.")
+    target_ongoing_requests: float = Field(16.0, gt=0, description="Autoscaling: ongoing requests per replica "
+                                           "that Ray aims for.")
+
+    @model_validator(mode="after")
+    def _autoscaling_pair(self) -> FleetSettings:
+        if (self.min_replicas is None) != (self.max_replicas is None):
+            raise ValueError("min_replicas and max_replicas go together (autoscaling)")
+        if self.min_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+    def deployment_options(self, settings: ServerSettings) -> dict[str, Any]:
+        """Ray Serve options of the replica deployment."""
+        options: dict[str, Any] = {"max_ongoing_requests": self.max_ongoing_requests,
+                                   "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}}
+        if self.min_replicas is not None:
+            options["autoscaling_config"] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                                             "target_ongoing_requests": self.target_ongoing_requests}
+        else:
+            options["num_replicas"] = self.replicas
+        shards = settings.tensor_parallel_size
+        if settings.backend == "vllm" and shards > 1:
+            # The replica and its vLLM workers on one node: the replica's bundle, then one GPU per shard.
+            options["ray_actor_options"] = {"num_cpus": self.num_cpus, "num_gpus": 0}
+            options["placement_group_bundles"] = [{"CPU": self.num_cpus}] + [{"GPU": 1.0}] * shards
+            options["placement_group_strategy"] = "STRICT_PACK"
+        return options
+
+
+@dataclass(frozen=True)
+class ForwardedRequest:
+    """An HTTP request as the ingress hands it to a replica."""
+
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class ForwardedResponse:
+    """A replica's answer to a ForwardedRequest."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+# Headers that describe one connection, not the request or response.
+_HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive"})
+
+
+def _error(status: int, code: str, message: str, retry_after_s: int | None = None) -> Response:
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return JSONResponse({"error": {"type": code, "message": message}}, status_code=status, headers=headers)
+
+
+@serve.deployment(name="labeler", health_check_period_s=5, health_check_timeout_s=30,
+                  graceful_shutdown_timeout_s=60)
+class DrlaifReplica:
+    """One replica: the server's own app on one labeler, called in process (it runs the app's
+    lifespan itself, so the replica is up only once its labeler is loaded and warm)."""
+
+    async def __init__(self, settings: dict[str, Any], torch_threads: int | None = None):
+        if torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        app = create_app(ServerSettings(**settings), load_before_serving=True)
+        self._service = app.state.service
+        self._service.replica_count = self._replica_count
+        self._count, self._counted_at = 1, -_COUNT_TTL_S
+        self._replica = serve.get_replica_context().replica_id.unique_id
+        self._lifespan = app.router.lifespan_context(app)
+        await self._lifespan.__aenter__()
+        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica")
+
+    async def handle(self, request: ForwardedRequest) -> ForwardedResponse:
+        """Answer one HTTP request with the app, as drlaif-server would."""
+        response = await self._client.request(request.method, request.path, params=request.query,
+                                              headers=request.headers, content=request.body)
+        headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _HOP_HEADERS]
+        return ForwardedResponse(response.status_code, [*headers, ("x-drlaif-replica", self._replica)],
+                                 response.content)
+
+    def check_health(self) -> None:
+        """Ray replaces a replica whose labeler can never serve again (failed to load, engine dead,
+        a call stuck past --stuck-exit-s)."""
+        if self._service.fatal_error is not None:
+            raise RuntimeError(self._service.fatal_error)
+
+    async def __del__(self) -> None:
+        await self._client.aclose()
+        await self._lifespan.__aexit__(None, None, None)
+
+    def _replica_count(self) -> int:
+        """Running replicas of this deployment, as Ray's controller reports them (cached briefly)."""
+        now = time.monotonic()
+        if now - self._counted_at >= _COUNT_TTL_S:
+            context = serve.get_replica_context()
+            deployment = serve.status().applications[context.app_name].deployments[context.deployment]
+            self._count = deployment.replica_states.get("RUNNING", 0)
+            self._counted_at = now
+        return self._count
+
+
+# Its routes are copied when the ingress class is defined (Ray pickles the app), so
+# everything they use is defined above this line.
+ingress_app = FastAPI(title="drlaif on Ray Serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@serve.deployment(name="drlaif", max_ongoing_requests=4096)
+@serve.ingress(ingress_app)
+class DrlaifIngress:
+    """Ray Serve's HTTP proxy answers a request whose replica died under it with a plain 500;
+    this ingress moves such a request to another replica instead (Ray's handle routes to the
+    less loaded of two), and answers 503 with Retry-After only when none can take it."""
+
+    def __init__(self, replicas: DeploymentHandle, max_body_bytes: int, attempts: int = 3):
+        self._replicas = replicas
+        self._max_body_bytes = max_body_bytes
+        self._attempts = attempts
+
+    @ingress_app.api_route("/{path:path}", methods=["GET", "POST", "HEAD"], include_in_schema=False)
+    async def forward(self, path: str, request: Request) -> Response:
+        body = await request.body()
+        if len(body) > self._max_body_bytes:  # the replica says the same; this copy need not travel
+            return _error(413, "body_too_large", f"the body is over {self._max_body_bytes} bytes (--max-body-bytes)")
+        forwarded = ForwardedRequest(request.method, "/" + path, list(request.query_params.multi_items()),
+                                     [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS],
+                                     body)
+        for attempt in range(1, self._attempts + 1):
+            try:
+                answer: ForwardedResponse = await self._replicas.handle.remote(forwarded)
+            except (RayActorError, ActorUnavailableError) as exc:
+                log.warning("a labeler replica died under %s %s (attempt %d of %d): %s",
+                            request.method, request.url.path, attempt, self._attempts, type(exc).__name__)
+                continue
+            return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
+        return _error(503, "replica_unavailable", f"no labeler replica answered in {self._attempts} attempts "
+                      "(replicas died under the request); retry shortly", retry_after_s=1)
+
+
+def build(args: dict[str, Any]) -> Application:
+    """The application for ``serve run server.ray_serve:build key=value ...`` or a Serve config
+    file's ``import_path``: deployment settings (FleetSettings) and server settings, checked
+    here, before any replica starts."""
+    fleet_keys = set(FleetSettings.model_fields)
+    fleet = FleetSettings(**{k: v for k, v in args.items() if k in fleet_keys})
+    server = {k: v for k, v in args.items() if k not in fleet_keys}
+    unknown = sorted(set(server) - set(ServerSettings.model_fields))
+    if unknown:  # ServerSettings ignores unknown keys (environment variables): a typo must not pass here
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}: expected deployment settings "
+                         f"({', '.join(sorted(fleet_keys))}) or server settings (drlaif-server's flags, "
+                         "with underscores)")
+    settings = ServerSettings(**server)  # raises on a bad setting, naming it
+    replicas = DrlaifReplica.options(**fleet.deployment_options(settings)).bind(server, fleet.torch_threads)
+    return DrlaifIngress.bind(replicas, settings.max_body_bytes)

@@ -1,0 +1,155 @@
+"""drlaif on Ray Serve (server/ray_serve.py): a local Ray instance started here, 2 replicas of
+the embedded labeler behind Ray Serve's HTTP proxy at one URL, started as the docs say
+(`serve run server.ray_serve:build replicas=2 ...` is the same builder and arguments).
+
+The same items score as on a single drlaif-server; a replica actor killed (as a crashed node
+or an OOM kill would) while 64 requests are in flight loses none of them, and Ray brings the
+replica back; a PPO run pointed at the Ray URL finishes while a replica is killed.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from test_trainer_e2e import OutputReader, metrics, rollouts, train, wait_for_steps
+
+from items import HELD_OUT
+from server.process import free_port
+from trainer.client import RewardClient, RewardClientConfig
+
+pytestmark = pytest.mark.slow
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+APP = "drlaif"
+RETRYABLE = {429, 502, 503, 504}
+
+
+def replica_actors() -> set[str]:
+    """Names of the labeler replicas' actors (Ray names each replica's actor)."""
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(f"SERVE_REPLICA::{APP}#labeler#")}
+
+
+def kill_one_replica() -> str:
+    name = sorted(replica_actors())[0]
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    return name
+
+
+def wait_for_replicas(n: int, gone: str, timeout: float = 120) -> None:
+    """Until ``n`` replicas run and ``gone`` is not among them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = serve.status().applications[APP].deployments["labeler"].replica_states.get("RUNNING", 0)
+        if running == n and gone not in replica_actors() and len(replica_actors()) == n:
+            return
+        time.sleep(1)
+    raise AssertionError(f"{n} replicas were not running again within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def fleet():
+    from server.ray_serve import build
+
+    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build({"replicas": 2, "num_cpus": 0.5, "torch_threads": 1, "reward_cache_items": 0}),
+                  name=APP, route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def test_two_replicas_serve_the_whole_api_with_a_single_servers_rewards(fleet, server):
+    info = httpx.get(f"{fleet}/info", timeout=30)
+    assert info.status_code == 200 and info.json()["replicas"] == 2
+    assert info.headers["x-drlaif-replica"]
+    assert httpx.get(f"{fleet}/health/ready", timeout=30).status_code == 200
+    body = {"items": HELD_OUT[:6]}
+    ours = httpx.post(f"{fleet}/score", json=body, timeout=120)
+    single = httpx.post(f"{server.url}/score", json=body, timeout=120)
+    assert ours.status_code == 200, ours.text
+    for a, b in zip(ours.json()["results"], single.json()["results"], strict=True):
+        assert a["reward"] == pytest.approx(b["reward"], abs=1e-6)
+        assert a["distribution"] == pytest.approx(b["distribution"], abs=1e-6)
+    # Errors are the server's own, word for word.
+    bad = httpx.post(f"{fleet}/score", json={"items": []}, timeout=30)
+    assert bad.status_code == 422 and bad.json()["error"]["type"] == "invalid_request"
+    assert "drlaif_items_scored_total" in httpx.get(f"{fleet}/metrics", timeout=30).text
+
+
+def test_a_replica_killed_under_64_concurrent_requests_loses_none_and_comes_back(fleet):
+    def post(k: int) -> httpx.Response:
+        item = HELD_OUT[k % len(HELD_OUT)]
+        items = [{"prompt": f"Question {k}: {item['prompt']}", "response": item["response"]}] * 2
+        return httpx.post(f"{fleet}/score", json={"items": items}, timeout=300)
+
+    prompts = [f"Question {k}" for k in range(16)]
+    with RewardClient(RewardClientConfig(urls=[fleet], deadline_s=300)) as client, ThreadPoolExecutor(64) as pool:
+        answers = [pool.submit(post, k) for k in range(63)]
+        rewards = pool.submit(client.score, prompts, ["An answer."] * 16)  # the 64th request
+        time.sleep(1.5)  # requests are in the replicas now
+        killed = kill_one_replica()
+        statuses = [a.result().status_code for a in answers]
+        # The reward client, retrying what was retryable, gets every reward.
+        assert len(rewards.result()) == 16 and all(-1 <= r <= 1 for r in rewards.result())
+    assert set(statuses) <= {200} | RETRYABLE, statuses
+    wait_for_replicas(2, killed)
+
+
+def test_a_ppo_run_against_the_ray_url_finishes_while_a_replica_is_killed(fleet, tmp_path):
+    out = tmp_path / "run"
+    proc = train(fleet, out, "--steps", "2", "--batch-size", "4", "--max-new-tokens", "8", wait=False)
+    reader = OutputReader(proc)
+    try:
+        wait_for_steps(out, 1, proc, output=reader.text)
+        killed = kill_one_replica()
+        output = reader.finish(timeout=900)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+    assert all(-1 <= s["reward"] <= 1 for s in rollouts(out))
+    wait_for_replicas(2, killed)
+
+
+def test_deployment_options_fixed_autoscaled_and_tensor_parallel():
+    from server.config import ServerSettings
+    from server.ray_serve import FleetSettings, build
+
+    plain = FleetSettings(replicas=3, num_gpus=1).deployment_options(ServerSettings())
+    assert plain["num_replicas"] == 3 and plain["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0}
+    scaled = FleetSettings(min_replicas=1, max_replicas=4).deployment_options(ServerSettings())
+    assert "num_replicas" not in scaled
+    assert scaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16.0}
+    sharded = FleetSettings(num_cpus=2).deployment_options(ServerSettings(backend="vllm", tensor_parallel_size=2))
+    assert sharded["placement_group_bundles"] == [{"CPU": 2.0}, {"GPU": 1.0}, {"GPU": 1.0}]
+    assert sharded["ray_actor_options"]["num_gpus"] == 0
+    with pytest.raises(ValueError, match="go together"):
+        FleetSettings(min_replicas=1)
+    with pytest.raises(ValueError, match="max_queue_items"):  # server settings are checked before any replica starts
+        build({"max_items_per_request": 10, "max_queue_items": 5})
+    with pytest.raises(ValueError, match="unknown setting.*replica"):
+        build({"replica": 2})
+
+
+def test_the_shipped_serve_config_is_valid_and_builds():
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from server.ray_serve import build
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "docker" / "ray-serve.yaml").read_text())
+    (app,) = ServeDeploySchema.model_validate(config).applications
+    assert app.import_path == "server.ray_serve:build"
+    build(app.args)  # every argument is a known deployment or server setting
