@@ -71,6 +71,11 @@ class ServerSettings(BaseSettings):
         None, description="Require 'Authorization: Bearer <key>' on all but /health/*.")
     api_key_file: Path | None = Field(None, description="Read the API key from this file instead.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging verbosity.")
+    ui: bool = Field(
+        True, description="Serve the judge playground, a page at /ui for trying rubrics in a browser, and its "
+        "rubric lab route (POST /ui/rubric-lab/score, which compiles a rubric sent in the request). The page's "
+        "own files load without the API key (they hold no data); every call it makes sends the key typed into "
+        "it. --no-ui: neither is served (404).")
 
     # Input limits.
     max_items_per_request: int = Field(256, ge=1, description="Items per /score request (else 422).")

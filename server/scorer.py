@@ -97,6 +97,7 @@ class ScoredItem:
     cached: bool  # no read or rationale of this item was computed for it (see Scorer.read_labels)
     reasoning_tokens: int = 0
     principles: Mapping[str, ScoredItem] | None = None  # a constitution's per-principle results
+    judge_text: tuple[JudgeSpan, ...] = ()  # where the judge_spans segments are in the response
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,12 @@ class Scorer:
     def compiled(self, rubric: Rubric) -> CompiledRubric:
         """The rating form of a rubric (InvalidRubric when a request's variant cannot compile)."""
         return _compiling(self.encoder.compile, rubric)
+
+    def compile_unregistered(self, rubric: Rubric) -> list[CompiledTemplate]:
+        """Every form of a rubric that is not in the registry (the playground's rubric lab),
+        compiled and checked against the token budget as the registry's are at startup;
+        InvalidRubric (422) with the reason when one fails."""
+        return _compiling(self.encoder.compile_forms, rubric)
 
     def compiled_comparison(self, rubric: Rubric):
         """The pairwise form of a rubric (RubricCannotCompare when it has none)."""
@@ -410,7 +417,8 @@ class Scorer:
             out.append(ScoredItem(combined("result"), combined("as_written"), combined("robust"), (),
                                   max(s.judge_spans for s in scored), max(s.input_tokens for s in scored),
                                   any(s.truncated for s in scored), all(s.cached for s in scored),
-                                  sum(s.reasoning_tokens for s in scored), parts))
+                                  sum(s.reasoning_tokens for s in scored), parts,
+                                  judge_text=max((s.judge_text for s in scored), key=len)))
         return out
 
     async def _score_forms(self, forms: Sequence[tuple[CompiledRubric, Sequence[GuardedItem]]],
@@ -451,7 +459,7 @@ class Scorer:
                 reported = robust if take_min and robust.result.reward < plain.result.reward else plain
                 out[f].append(ScoredItem(reported.result, plain.result, robust.result, reported.samples,
                                          len(g.judge_spans), len(g.as_written.input_ids), g.as_written.truncated,
-                                         cached, tokens))
+                                         cached, tokens, judge_text=g.judge_spans))
         return out
 
 

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from server.process import INHERITED_DRLAIF, ServerProcess
 
 # DRLAIF_* variables that configure the tests themselves, not the server or the clients.
-TEST_KNOBS = frozenset({"DRLAIF_OPENRLHF_SRC"})
+TEST_KNOBS = frozenset({"DRLAIF_OPENRLHF_SRC", "DRLAIF_REQUIRE_BROWSER", "DRLAIF_SCREENSHOT_DIR"})
 
 
 @pytest.fixture(scope="session", autouse=True)

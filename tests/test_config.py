@@ -1,15 +1,11 @@
-"""Settings: flags, env vars, validation, and the README's configuration table."""
+"""Settings: flags, env vars and validation (the configuration reference is generated from them: tests/test_docs.py)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from server.config import ServerSettings, parse_settings
-
-README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_defaults_and_flags():
@@ -46,13 +42,6 @@ def test_invalid_settings_are_refused():
         ServerSettings(port=70000)
     with pytest.raises(ValidationError):
         ServerSettings(backend="nope")
-
-
-def test_readme_documents_every_setting():
-    text = README.read_text()
-    for name in ServerSettings.model_fields:
-        assert f"`--{name.replace('_', '-')}" in text, name
-        assert f"`DRLAIF_{name.upper()}`" in text, name
 
 
 def test_vllm_backend_and_engine_options(monkeypatch):

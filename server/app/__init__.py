@@ -17,6 +17,7 @@ from server.app.body_limit import BodyLimitMiddleware
 from server.app.disconnect import CancelOnDisconnect
 from server.app.errors import install_error_handlers
 from server.app.metrics import Metrics
+from server.app.playground import PlaygroundFiles
 from server.app.protocol import request_models
 from server.app.serving import ScoringService
 from server.config import ServerSettings
@@ -72,6 +73,10 @@ def create_app(settings: ServerSettings, on_fatal: Callable[[], None] | None = N
     # before anything reads it.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, on_reject=count_rejection)
     app.add_middleware(BearerAuthMiddleware, api_key=api_key)
+    if settings.ui:
+        # Outside the key check: a browser opening /ui cannot send the key, and the page's files
+        # hold no data; every call the page makes sends the key typed into it.
+        app.add_middleware(PlaygroundFiles)
 
     @app.middleware("http")
     async def observe(request: Request, call_next):

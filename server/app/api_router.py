@@ -24,7 +24,7 @@ _ERROR_DOCS = {
     422: ("invalid_request (the body or a parameter breaks the schema: a missing or extra field, a wrong "
           "type, a limit), unknown_rubric, rubric_cannot_compare, invalid_rubric (the request's reasoning "
           "settings do not validate, do not fit max_input_tokens, or have a stop string the tokenizer cannot "
-          "match), query_mismatch (/get_reward: a query "
+          "match; the rubric lab's rubric is not one valid rubric), query_mismatch (/get_reward: a query "
           "that does not contain its prompt).", None),
     429: ("overloaded: the request's items do not fit beside the items in flight (--max-queue-items).",
           _RETRY_AFTER),
@@ -89,6 +89,15 @@ def build_router(service: ScoringService, models: protocol.RequestModels) -> API
     @router.post("/render", response_model=protocol.RenderResponse, responses=_RENDER_ERRORS, summary="The exact labeler input and label tokens for each item")
     async def render(body: ScoreRequest) -> protocol.RenderResponse:
         return await service.render(body)
+
+    if service.settings.ui:  # --no-ui: the page's files and this route are not served (404)
+        RubricLabRequest = models.rubric_lab
+
+        @router.post("/ui/rubric-lab/score", response_model=protocol.RubricLabResponse,
+                     responses=_SCORING_ERRORS, summary="The playground's rubric lab: validate a rubric given "
+                     "as YAML, as at startup, and score items under it without registering it")
+        async def rubric_lab(body: RubricLabRequest) -> protocol.RubricLabResponse:
+            return await service.rubric_lab(body)
 
     @router.get("/info", response_model=protocol.InfoResponse, responses=_GUARDED_ERRORS)
     async def info() -> protocol.InfoResponse:

@@ -4,7 +4,8 @@
 needs ``Authorization: Bearer <key>``: the API routes, ``/docs``, ``/redoc``,
 ``/openapi.json``, and any route added later, which is protected without having to ask
 for it. Unknown paths answer 401 too, so a client without the key learns nothing about
-which routes exist.
+which routes exist. The judge playground's static files (server.app.playground) are served
+in front of this check: they hold no data, and every call the page makes sends the key.
 """
 
 from __future__ import annotations

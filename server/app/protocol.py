@@ -44,6 +44,13 @@ class PrincipleScore(BaseModel):
     label_mass: float
 
 
+class JudgeTextSpan(BaseModel):
+    start: int = Field(description="First character of the segment in the response (Unicode code points).")
+    end: int = Field(description="One past its last character.")
+    rule: str = Field(description="What it was found as: rating, instruction, self_assessment, markup, role, "
+                      "slot_tag, continuation.")
+
+
 class ItemScore(BaseModel):
     reward: float = Field(description="Expected score mapped to [-1, 1]. Under the rubric's default guard "
                           "(reward: min) the lower of reward_as_written and reward_robust. A constitution's is "
@@ -57,6 +64,9 @@ class ItemScore(BaseModel):
                                  "addresses the judge; equal to reward_as_written when there is none.")
     judge_spans: int = Field(description="Segments of the response that address the judge (ratings, "
                              "instructions to the evaluator, chat markup, fake slot tags, self-assessment).")
+    judge_text: list[JudgeTextSpan] = Field(
+        default_factory=list, description="Where the judge_spans segments are in the response (the text "
+        "reward_robust reads without them); empty when there are none.")
     input_tokens: int = Field(description="Labeler input length in tokens.")
     truncated: bool = Field(description="Prompt or response was cut to fit max_input_tokens.")
     cached: bool = Field(description="Served from the exact reward cache: no read of this item was computed "
@@ -89,9 +99,22 @@ class ScoreResponse(BaseModel):
     model: str
 
 
+class RenderedSlot(BaseModel):
+    name: str = Field(description="prompt, response (or response_a, response_b in a pairwise form).")
+    start: int = Field(description="Where the slot's request text begins in text (Unicode code points).")
+    end: int = Field(description="One past its last character.")
+    token_start: int = Field(description="Where its tokens begin in input_ids.")
+    token_end: int = Field(description="One past its last token.")
+
+
+SLOTS_DESCRIPTION = ("Where the request text (untrusted) sits in text and input_ids, in slot order; all the rest "
+                     "is the rubric's trusted text.")
+
+
 class RenderedInput(BaseModel):
     text: str = Field(description="The exact labeler input, up to the answer position.")
     input_ids: list[int]
+    slots: list[RenderedSlot] = Field(default_factory=list, description=SLOTS_DESCRIPTION)
 
 
 class RenderedReasoning(BaseModel):
@@ -109,6 +132,7 @@ class RenderedItem(BaseModel):
                       "to where the rationale begins).")
     input_ids: list[int] = Field(description="Its token ids; for a reasoning rubric every sample's "
                                  "label_input_ids start with exactly these.")
+    slots: list[RenderedSlot] = Field(default_factory=list, description=SLOTS_DESCRIPTION)
     label_token_ids: dict[str, list[int]] = Field(description="Each label's tokens as they follow input_ids "
                                                   "(reasoning rubrics: as they follow reasoning.answer_ids).")
     reasoning: RenderedReasoning | None = Field(
@@ -135,6 +159,18 @@ class RubricInfo(BaseModel):
     reasoning: bool = Field(False, description="The rubric reasons before its label read.")
     principles: dict[str, float] | None = Field(None, description="Constitutions: principle -> weight.")
     aggregate: str | None = Field(None, description="Constitutions: how the principles combine.")
+
+
+class RubricLabResponse(BaseModel):
+    """The rubric lab's answer: the rubric as the server compiled it, and the items' scores under it."""
+
+    rubric: RubricInfo
+    trusted_tokens: int = Field(description="Tokens of the rating form that are not request text (the trusted "
+                                "pieces, a reasoned form's rationale budget and answer prefix, the longest "
+                                "label); a constitution's longest principle.")
+    results: list[ItemScore] = Field(description="As /score's results, in request order; empty when no items "
+                                     "were sent (validation only).")
+    model: str
 
 
 class InfoResponse(BaseModel):
@@ -235,6 +271,7 @@ class RequestModels:
     score: type[BaseModel]
     compare: type[BaseModel]
     reward: type[BaseModel]
+    rubric_lab: type[BaseModel]
     rubrics: tuple[str, ...] | None = None  # the names published as the enum of rubric fields
     limits: dict[str, int | None] = field(default_factory=dict, compare=False, repr=False)
 
@@ -350,7 +387,18 @@ def request_models(max_items: int, max_chars: int, max_queries: int | None = Non
             "only its end (OpenRLHF cuts long prompts from the left).")
         labels: list[Any] | None = Field(None, description="OpenRLHF's --label_key values; not used.")
 
+    class RubricLabRequest(BaseModel):
+        """A rubric in YAML, compiled for this request only, and items to score under it."""
+
+        model_config = strict
+        rubric_yaml: Annotated[str, StringConstraints(min_length=1, max_length=max_chars)] = Field(
+            description="One rubric as in a --rubrics file; it may extend a loaded rubric by name.")
+        items: list[ScoreItem] = Field(default_factory=list, max_length=max_items,
+                                       description="Items to score; none: validate the rubric only.")
+        seed: int | None = seed_field
+        return_rationale: bool = rationale_field
+
     return RequestModels(
-        score=ScoreRequest, compare=CompareRequest, reward=RewardRequest,
+        score=ScoreRequest, compare=CompareRequest, reward=RewardRequest, rubric_lab=RubricLabRequest,
         rubrics=tuple(rubrics) if rubrics is not None else None,
         limits={"max_items": max_items, "max_chars": max_chars, "max_queries": max_queries})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from server import __version__
@@ -15,16 +15,23 @@ from server.app.metrics import Metrics
 from server.app.openrlhf import END_MARKERS, labeler_items
 from server.backends import Backend, create_backend
 from server.config import ServerSettings
-from server.errors import DeadlineExceeded, NotReady, ShuttingDown
+from server.errors import DeadlineExceeded, InvalidRubric, NotReady, ShuttingDown
 from server.pairwise import compare
 from server.rubrics import RubricRegistry
-from server.scorer import BatchingLimits, Scorer
+from server.rubrics.model import Rubric
+from server.rubrics.registry import parse_rubric
+from server.rubrics.render import CompiledRubric, CompiledTemplate, EncodedItem
+from server.scorer import BatchingLimits, ScoredItem, Scorer
 from server.scoring import score_spread
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 WARMUP_ITEM = ("Say hello.", "Hello!")
+# The rubric lab's bounds on a pasted rubric, beyond those of a rubrics file: its labels are
+# tokenised and read for every item, its principles each compiled and read.
+LAB_MAX_LABELS = 101
+LAB_MAX_PRINCIPLES = 64
 
 
 def _prompt(item) -> str | list[dict[str, str]]:
@@ -35,6 +42,52 @@ def _prompt(item) -> str | list[dict[str, str]]:
 def _items(request) -> list[tuple[str | list[dict[str, str]], str]]:
     """(prompt, response) pairs from a validated request."""
     return [(_prompt(item), item.response) for item in request.items]
+
+
+def _rubric_info(r: Rubric) -> protocol.RubricInfo:
+    return protocol.RubricInfo(name=r.name, description=r.description,
+                               scale=protocol.ScaleInfo(min=r.scale.min, max=r.scale.max),
+                               compare=r.compare is not None, reasoning=r.reasoning is not None,
+                               principles={p.name: p.weight for p in r.principles} if r.principles else None,
+                               aggregate=r.aggregate if r.principles else None)
+
+
+def _item_scores(scorer: Scorer, rubric: Rubric, scored: Sequence[ScoredItem],
+                 return_rationale: bool) -> list[protocol.ItemScore]:
+    """/score's results for items scored under ``rubric`` (the request's variant of it)."""
+    reasoned = rubric.reasoning is not None and not rubric.principles
+    return [
+        protocol.ItemScore(
+            reward=s.result.reward, score=s.result.score, distribution=list(s.result.distribution),
+            label_mass=s.result.label_mass, reward_as_written=s.as_written.reward,
+            reward_robust=s.robust.reward, judge_spans=s.judge_spans,
+            judge_text=[protocol.JudgeTextSpan(start=j.start, end=j.end, rule=j.rule) for j in s.judge_text],
+            input_tokens=s.input_tokens, truncated=s.truncated, cached=s.cached,
+            reasoning_tokens=s.reasoning_tokens,
+            sample_scores=[r.score for _, r in s.samples] if reasoned else None,
+            score_spread=score_spread([r for _, r in s.samples]) if reasoned else None,
+            samples=[protocol.ReasonedSample(
+                rationale=scorer.encoder.decode(read.rationale.token_ids),
+                label_input_ids=list(read.label_input_ids), distribution=list(r.distribution),
+                score=r.score, label_mass=r.label_mass, finish_reason=read.rationale.finish_reason)
+                for read, r in s.samples]
+            if reasoned and return_rationale else None,
+            principles={name: protocol.PrincipleScore(
+                reward=p.result.reward, score=p.result.score, distribution=list(p.result.distribution),
+                label_mass=p.result.label_mass) for name, p in s.principles.items()}
+            if s.principles is not None else None)
+        for s in scored
+    ]
+
+
+def _slots(encoded: EncodedItem) -> list[protocol.RenderedSlot]:
+    """Where the request text is in a labeler input (/render's slots)."""
+    return [protocol.RenderedSlot(name=s.name, start=s.start, end=s.end, token_start=s.token_start,
+                                  token_end=s.token_end) for s in encoded.slots]
+
+
+def _rendered(encoded: EncodedItem) -> protocol.RenderedInput:
+    return protocol.RenderedInput(text=encoded.text, input_ids=list(encoded.input_ids), slots=_slots(encoded))
 
 
 def _reasoning(request) -> dict | None:
@@ -184,32 +237,45 @@ class ScoringService:
         scored = await scorer.score(rubric, items, seed=request.seed, principles=request.principles)
         compiled = scorer.compiled(rubric)
         self._count(compiled.rubric.name, scored)
-        reasoned = compiled.reasoning is not None and not rubric.principles
         return protocol.ScoreResponse(
-            results=[
-                protocol.ItemScore(
-                    reward=s.result.reward, score=s.result.score, distribution=list(s.result.distribution),
-                    label_mass=s.result.label_mass, reward_as_written=s.as_written.reward,
-                    reward_robust=s.robust.reward, judge_spans=s.judge_spans, input_tokens=s.input_tokens,
-                    truncated=s.truncated, cached=s.cached, reasoning_tokens=s.reasoning_tokens,
-                    sample_scores=[r.score for _, r in s.samples] if reasoned else None,
-                    score_spread=score_spread([r for _, r in s.samples]) if reasoned else None,
-                    samples=[protocol.ReasonedSample(
-                        rationale=scorer.encoder.decode(read.rationale.token_ids),
-                        label_input_ids=list(read.label_input_ids), distribution=list(r.distribution),
-                        score=r.score, label_mass=r.label_mass, finish_reason=read.rationale.finish_reason)
-                        for read, r in s.samples]
-                    if reasoned and request.return_rationale else None,
-                    principles={name: protocol.PrincipleScore(
-                        reward=p.result.reward, score=p.result.score, distribution=list(p.result.distribution),
-                        label_mass=p.result.label_mass) for name, p in s.principles.items()}
-                    if s.principles is not None else None)
-                for s in scored
-            ],
+            results=_item_scores(scorer, rubric, scored, request.return_rationale),
             rubric=compiled.rubric.name,
             scale=protocol.ScaleInfo(min=compiled.scale.lo, max=compiled.scale.hi),
             model=scorer.backend.info.model,
         )
+
+    async def rubric_lab(self, request) -> protocol.RubricLabResponse:
+        """The playground's rubric lab: a rubric from the request's YAML, validated and compiled
+        as the registry's are at startup but never registered, and the request's items (if any)
+        scored under it."""
+        return await self._serve(lambda scorer: self._rubric_lab(scorer, request), len(request.items))
+
+    async def _rubric_lab(self, scorer: Scorer, request) -> protocol.RubricLabResponse:
+        # Parsing and compiling (tokenising) a rubric of up to --max-field-chars: off the event loop.
+        rubric, forms = await asyncio.to_thread(self._lab_rubric, scorer, request.rubric_yaml)
+        scored = await scorer.score(rubric, _items(request), seed=request.seed) if request.items else []
+        # Not counted in the per-rubric metrics: the rubric's name is whatever the request says.
+        return protocol.RubricLabResponse(
+            rubric=_rubric_info(rubric),
+            trusted_tokens=max(f.fixed_tokens for f in forms if isinstance(f, CompiledRubric)),
+            results=_item_scores(scorer, rubric, scored, request.return_rationale),
+            model=scorer.backend.info.model,
+        )
+
+    def _lab_rubric(self, scorer: Scorer, text: str) -> tuple[Rubric, list[CompiledTemplate]]:
+        """The rubric lab's rubric and its compiled forms; InvalidRubric (422) with the reason."""
+        try:
+            rubric = parse_rubric(text, {r.name: r for r in self.rubrics})
+        except ValueError as exc:
+            raise InvalidRubric(str(exc)) from None
+        labels = rubric.scale.max - rubric.scale.min + 1
+        if labels > LAB_MAX_LABELS:  # each label is tokenised and read: bound the work one request sets
+            raise InvalidRubric(f"rubric {rubric.name!r}: its scale has {labels} labels; the rubric lab takes "
+                                f"at most {LAB_MAX_LABELS} (a rubrics file may have more)")
+        if len(rubric.principles or ()) > LAB_MAX_PRINCIPLES:
+            raise InvalidRubric(f"rubric {rubric.name!r} has {len(rubric.principles)} principles; the rubric "
+                                f"lab takes at most {LAB_MAX_PRINCIPLES} (a rubrics file may have more)")
+        return rubric, scorer.compile_unregistered(rubric)
 
     async def compare(self, request) -> protocol.CompareResponse:
         return await self._serve(lambda scorer: self._compare(scorer, request), len(request.items))
@@ -288,8 +354,8 @@ class ScoringService:
         if scorer.chosen_principles(rubric, request.principles):
             by_principle = await asyncio.to_thread(scorer.encode_principles, rubric, items, request.principles)
             compiled, guarded = next(iter(by_principle.values()))
-            principles = [{n: protocol.RenderedInput(text=g[i].as_written.text, input_ids=list(g[i].as_written.input_ids))
-                           for n, (_, g) in by_principle.items()} for i in range(len(items))]
+            principles = [{n: _rendered(g[i].as_written) for n, (_, g) in by_principle.items()}
+                          for i in range(len(items))]
         else:
             compiled, guarded = await asyncio.to_thread(scorer.encode, rubric, items)
         labels = {label: list(ids) for label, ids in compiled.trie.label_tokens.items()}
@@ -302,10 +368,10 @@ class ScoringService:
                 max_tokens=spec.max_tokens, samples=spec.samples, temperature=spec.temperature)
         return protocol.RenderResponse(
             results=[protocol.RenderedItem(
-                text=g.as_written.text, input_ids=list(g.as_written.input_ids), label_token_ids=labels,
+                text=g.as_written.text, input_ids=list(g.as_written.input_ids), slots=_slots(g.as_written),
+                label_token_ids=labels,
                 truncated=g.as_written.truncated, reasoning=reasoning,
-                robust=protocol.RenderedInput(text=g.robust.text, input_ids=list(g.robust.input_ids))
-                if g.robust is not None else None,
+                robust=_rendered(g.robust) if g.robust is not None else None,
                 principles=principles[i] if principles is not None else None)
                 for i, g in enumerate(guarded)],
             rubric=compiled.rubric.name,
@@ -321,14 +387,7 @@ class ScoringService:
             dtype=backend_info.dtype if backend_info else s.dtype,
             device=backend_info.device if backend_info else s.device,
             default_rubric=self.rubrics.default,
-            rubrics=[
-                protocol.RubricInfo(name=r.name, description=r.description,
-                                    scale=protocol.ScaleInfo(min=r.scale.min, max=r.scale.max),
-                                    compare=r.compare is not None, reasoning=r.reasoning is not None,
-                                    principles={p.name: p.weight for p in r.principles} if r.principles else None,
-                                    aggregate=r.aggregate if r.principles else None)
-                for r in sorted(self.rubrics, key=lambda r: r.name)
-            ],
+            rubrics=[_rubric_info(r) for r in sorted(self.rubrics, key=lambda r: r.name)],
             limits={
                 "max_items_per_request": s.max_items_per_request,
                 "max_compare_items": s.max_items_per_request,

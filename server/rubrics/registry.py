@@ -53,6 +53,33 @@ def _parse(data: object, source: str, known: Mapping[str, Rubric] | None = None)
     return rubrics
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases (``*name``, ``<<: *name``): text that anyone may send
+    must not expand, as a few hundred characters of nested aliases do, into a structure whose
+    validation takes exponential time."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted here; write the "
+                                              "value out", self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse_rubric(text: str, known: Mapping[str, Rubric], source: str = "rubric_yaml") -> Rubric:
+    """One rubric from YAML text sent over HTTP (the playground's rubric lab), validated as an
+    entry of a rubrics file is: it may extend one of ``known`` by name. ValueError, with the
+    reason in the words the server uses at startup, when the text is not YAML (or uses
+    aliases), holds other than one rubric, or does not validate."""
+    try:
+        data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: builds plain data only
+    except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser's stack
+        raise ValueError(f"{source} is not valid YAML: {exc}") from None
+    rubrics = _parse(data, source, known)
+    if len(rubrics) != 1:
+        raise ValueError(f"{source} holds {len(rubrics)} rubrics; give exactly one")
+    return rubrics[0]
+
+
 def load_presets() -> dict[str, Rubric]:
     """The built-in rubrics; a file whose name ends in ``-reasoned.yaml`` (loaded after the
     others) derives the reasoned variants of the presets."""

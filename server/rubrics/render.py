@@ -97,6 +97,19 @@ class CompiledComparison(CompiledTemplate):
 
 
 @dataclass(frozen=True)
+class SlotSpan:
+    """Where one slot's request text sits in an encoded input: characters [start, end) of its
+    text (Unicode code points) and tokens [token_start, token_end) of its input ids. All the
+    rest is the rubric's trusted text."""
+
+    name: str  # the slot without braces: "prompt", "response", "response_a", "response_b"
+    start: int
+    end: int
+    token_start: int
+    token_end: int
+
+
+@dataclass(frozen=True)
 class EncodedItem:
     """The labeler input for one item, up to (not including) the answer label."""
 
@@ -104,6 +117,7 @@ class EncodedItem:
     text: str
     truncated: bool
     shared_prefix: int = 0  # leading tokens every item of the template has: its trusted text before the first slot
+    slots: tuple[SlotSpan, ...] = ()  # the request text's places in text and input_ids, in slot order
 
 
 def _closer(trusted_after_slot: str) -> str:
@@ -416,9 +430,13 @@ class PromptEncoder:
                     texts[k] = self.decode(ids[k])
         input_ids: tuple[int, ...] = compiled.piece_ids[0]
         text = compiled.piece_texts[0]
-        for slot_ids, slot_text, piece_ids, piece_text in zip(ids, texts, compiled.piece_ids[1:],
-                                                              compiled.piece_texts[1:], strict=True):
+        slots = []
+        names = [slot.strip("{}") for slot in (SLOTS if len(responses) == 1 else PAIR_SLOTS)]
+        for name, slot_ids, slot_text, piece_ids, piece_text in zip(names, ids, texts, compiled.piece_ids[1:],
+                                                                    compiled.piece_texts[1:], strict=True):
+            slots.append(SlotSpan(name, len(text), len(text) + len(slot_text),
+                                  len(input_ids), len(input_ids) + len(slot_ids)))
             input_ids += tuple(slot_ids) + piece_ids
             text += slot_text + piece_text
         return EncodedItem(input_ids=input_ids, text=text, truncated=truncated,
-                           shared_prefix=len(compiled.piece_ids[0]))
+                           shared_prefix=len(compiled.piece_ids[0]), slots=tuple(slots))
