@@ -14,7 +14,8 @@ class LabelerConnection:
     """How to reach the labeler; shared by every evaluation and by drlaif-label."""
 
     reward_url: list[str] = _f(["http://127.0.0.1:8000"],
-                               "drlaif server base URL(s); several are used round-robin.")
+                               "drlaif server base URL(s); several are replicas: each request goes to a less "
+                               "loaded one, and one that fails is skipped until it is ready again.")
     rubric: str | None = _f(None, "Rubric the labeler judges with (the server's default when unset).")
     batch_size: int = _f(32, "Items per request to the server (progress advances by this much).")
     concurrency: int = _f(4, "Requests in flight at once.")

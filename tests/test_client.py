@@ -3,15 +3,17 @@
 Two kinds of server:
 - the real drlaif-server on the embedded labeler (session fixture `server`): the client's rewards
   are the server's, chunked or not, sync or async;
-- `FaultServer`, a small FastAPI app on 127.0.0.1 that speaks /score and /info with a
-  deterministic fake reward and injects scripted faults (error statuses, Retry-After, stalls,
-  malformed answers), to check retries, backoff, deadlines, failover and validation.
+- `FaultServer`, a small FastAPI app on 127.0.0.1 that speaks /score, /info and /health/ready
+  with a deterministic fake reward and injects scripted faults (error statuses, Retry-After,
+  stalls, malformed answers, not ready), to check retries, backoff, deadlines, routing over
+  several servers, failover and validation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import logging
 import math
@@ -121,6 +123,8 @@ class FaultServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.max_items = max_items
         self.info_status = info_status
+        self.ready_status = 200      # what GET /health/ready answers
+        self.probes: list[float] = []  # time.monotonic() of each readiness probe (not in `seen`)
         self.plan: collections.deque[Handler] = collections.deque()
         self.default: Handler | None = None      # when the plan is used up; None: correct answers
         self.seen: list[Seen] = []
@@ -135,6 +139,12 @@ class FaultServer:
                 return JSONResponse({"detail": "Not Found"}, status_code=self.info_status)
             return JSONResponse({"model": "fault-server",
                                  "limits": {"max_items_per_request": self.max_items}})
+
+        @app.get("/health/ready")
+        async def ready() -> Response:
+            self.probes.append(time.monotonic())
+            return JSONResponse({"status": "ready" if self.ready_status == 200 else "loading"},
+                                status_code=self.ready_status)
 
         @app.post("/score")
         async def score(request: Request) -> Response:
@@ -195,9 +205,9 @@ EXPECTED = [fake_reward(p, r) for p, r in zip(PROMPTS, RESPONSES)]
 
 
 def fast(urls, **kw) -> RewardClientConfig:
-    """Config with short backoffs and deadlines so the fault tests take fractions of a second."""
-    base = dict(backoff_initial_s=0.02, backoff_max_s=0.2, deadline_s=10.0, connect_timeout_s=1.0,
-                read_timeout_s=5.0, api_key_env="DRLAIF_TEST_NO_SUCH_KEY")
+    """Config with short backoffs, probe intervals and deadlines so the fault tests take fractions of a second."""
+    base = {"backoff_initial_s": 0.02, "backoff_max_s": 0.2, "probe_interval_s": 0.02, "deadline_s": 10.0,
+            "connect_timeout_s": 1.0, "read_timeout_s": 5.0, "api_key_env": "DRLAIF_TEST_NO_SUCH_KEY"}
     base.update(kw)
     return RewardClientConfig(urls=urls if isinstance(urls, list) else [urls], **base)
 
@@ -343,7 +353,7 @@ def test_retries_counts_exactly_the_retries_made(fault, caplog):
     # The async client, a connection error, and a request that gives up: max_attempts=3 is
     # 3 attempts, so 2 retries, whichever URL each went to.
     async def main() -> int:
-        config = fast([dead_url(), fault.url], max_attempts=3, failover_cooldown_s=30)
+        config = fast([dead_url(), fault.url], max_attempts=3)
         async with AsyncRewardClient(config) as client:
             assert await client.score(PROMPTS, RESPONSES) == EXPECTED  # GET /info refused once first
             assert client.retries == 1
@@ -410,30 +420,108 @@ def test_422_raises_at_once_with_the_servers_message(fault, caplog):
     assert not [r for r in caplog.records if r.name == "trainer.client"]  # nothing was retried
 
 
-def test_first_url_dead_all_requests_succeed_via_the_second(fault):
-    config = fast([dead_url(), fault.url], max_items_per_request=2)
+def test_first_url_dead_all_requests_succeed_via_the_second(fault, caplog):
+    caplog.set_level(logging.INFO, logger="trainer.client")
+    dead = dead_url()
+    config = fast([dead, fault.url], max_items_per_request=2)
     with RewardClient(config) as client:
         for _ in range(5):
             assert client.score(PROMPTS, RESPONSES) == EXPECTED
+        client.log_replica_stats()
+        stats = client.replica_stats()
     assert len(fault.scores()) == 5 * 4
+    # Only requests routed before the first refusal came back went to the dead URL; its probes
+    # kept failing, so nothing else did.
+    assert 1 <= stats[dead].requests == stats[dead].failures <= 2
+    assert (stats[fault.url].requests, stats[fault.url].failures) == (5 * 4, 0)
+    assert all(s.in_flight == 0 for s in stats.values())
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reward servers:")]
+    dead_line = f"{dead}: {stats[dead].requests} requests, {stats[dead].failures} failed"
+    assert logged == [f"reward servers: {dead_line}; {fault.url}: 20 requests, 0 failed"]
 
 
-def test_failing_url_is_avoided_while_another_works(fault):
+def test_failing_url_gets_no_traffic_until_its_probe_answers_200(fault):
     with FaultServer() as broken:
-        broken.default = status(503)
-        with RewardClient(fast([broken.url, fault.url], failover_cooldown_s=30)) as client:
+        broken.plan.append(status(503, "the labeler crashed"))
+        broken.ready_status = 503
+        with RewardClient(fast([broken.url, fault.url], probe_interval_s=0.1)) as client:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 1.0:
+                assert client.score(PROMPTS, RESPONSES) == EXPECTED
+            # Failed once, then probed (at most every 0.1 s) and kept out while not ready.
+            assert len(broken.scores()) == 1
+            assert 3 <= len(broken.probes) <= 1.0 / 0.1 + 1
+            # Seen at the server, so loopback jitter blurs the client's 0.1-s spacing a little.
+            assert all(b - a >= 0.05 for a, b in itertools.pairwise(broken.probes))
+            broken.ready_status = 200
+            time.sleep(0.3)
+            for _ in range(4):
+                assert client.score(PROMPTS, RESPONSES) == EXPECTED
+            assert len(broken.scores()) > 1  # back in rotation
+            stats = client.replica_stats()
+        assert (stats[broken.url].requests, stats[broken.url].failures) == (len(broken.seen), 1)
+
+
+def test_failed_url_is_avoided_for_a_whole_probe_interval(fault):
+    with FaultServer() as broken:
+        broken.default = status(503)  # ready by its probe, yet every /score fails
+        with RewardClient(fast([broken.url, fault.url], probe_interval_s=30)) as client:
             for _ in range(10):
                 assert client.score(PROMPTS, RESPONSES) == EXPECTED
-        # Round-robin sent the first request there; the cool-down kept the rest away.
-        assert len(broken.scores()) == 1
+        assert len(broken.scores()) == 1 and broken.probes == []
     assert len(fault.scores()) == 10
 
 
-def test_round_robin_spreads_requests_over_healthy_urls(fault):
-    with FaultServer() as other:
-        with RewardClient(fast([fault.url, other.url], max_items_per_request=1)) as client:
+def test_every_server_down_waits_for_probes_then_raises_at_the_deadline():
+    urls = [dead_url(), dead_url()]
+    with RewardClient(fast(urls, deadline_s=1.0, probe_interval_s=0.1)) as client:
+        t0 = time.monotonic()
+        with pytest.raises(RewardServerError, match="deadline") as info:
+            client.score(PROMPTS, RESPONSES)
+        assert 0.8 <= time.monotonic() - t0 < 5  # it gives up once the next probe falls past the deadline
+        stats = client.replica_stats()
+    assert "ConnectError" in str(info.value)
+    # Probes, not requests, while both were down: each URL got one request or a few.
+    assert all(1 <= s.requests == s.failures <= 4 for s in stats.values()), stats
+
+
+def test_a_request_waiting_on_dead_servers_goes_to_the_first_that_comes_up():
+    port = free_port()
+    late = FaultServer(port=port)
+    timer = threading.Timer(0.5, late.start)
+    timer.start()
+    try:
+        with RewardClient(fast([dead_url(), f"http://127.0.0.1:{port}"], max_items_per_request=8)) as client:
             assert client.score(PROMPTS, RESPONSES) == EXPECTED
-        assert len(fault.scores()) == len(other.scores()) == 4
+    finally:
+        timer.join()
+        late.stop()
+    assert len(late.probes) >= 1 and len(late.scores()) == 1
+
+
+@pytest.mark.parametrize("routing", ["least-loaded", "round-robin"])
+def test_requests_spread_over_healthy_urls(fault, routing):
+    with FaultServer() as other:
+        with RewardClient(fast([fault.url, other.url], max_items_per_request=1, routing=routing)) as client:
+            assert client.score(PROMPTS, RESPONSES) == EXPECTED
+        if routing == "round-robin":
+            assert len(fault.scores()) == len(other.scores()) == 4
+        else:  # the first four leave together and alternate; the rest go where fewer are in flight
+            assert len(fault.scores()) >= 2 and len(other.scores()) >= 2
+
+
+@pytest.mark.parametrize("routing", ["least-loaded", "round-robin"])
+def test_least_loaded_sends_less_to_a_slow_url(fault, routing):
+    prompts, responses = PROMPTS * 2, RESPONSES * 2
+    with FaultServer() as slow:
+        slow.default = stall(0.2)
+        config = fast([slow.url, fault.url], max_items_per_request=1, max_concurrency=4, routing=routing)
+        with RewardClient(config) as client:
+            assert client.score(prompts, responses) == EXPECTED * 2
+        if routing == "round-robin":
+            assert len(slow.scores()) == len(fault.scores()) == 8
+        else:  # a request there stays in flight 0.2 s; the fast one answers in milliseconds
+            assert len(slow.scores()) <= 4 and len(fault.scores()) >= 12
 
 
 @pytest.mark.parametrize("handler, needle", [

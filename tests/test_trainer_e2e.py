@@ -57,8 +57,9 @@ def length_server():
     server.stop()
 
 
-def train(url: str, out: Path, *extra: str, timeout: float = 900, wait: bool = True):
-    cmd = [sys.executable, "-m", "trainer.cli", "ppo", "--reward-url", url, "--output-dir", str(out), *FAST, *extra]
+def train(url: str | list[str], out: Path, *extra: str, timeout: float = 900, wait: bool = True):
+    urls = [url] if isinstance(url, str) else url
+    cmd = [sys.executable, "-m", "trainer.cli", "ppo", "--reward-url", *urls, "--output-dir", str(out), *FAST, *extra]
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -182,6 +183,33 @@ def test_server_outage_within_deadline_is_ridden_out(length_server, tmp_path):
     assert len(samples) == 4 * 8
     for sample in samples:  # no made-up rewards: all are what the server computes
         assert sample["reward"] == pytest.approx(length_reward(sample["response"]), abs=1e-6)
+
+
+def test_a_replica_killed_after_the_first_update_is_routed_around(tmp_path):
+    first, second = LengthServer().start(), LengthServer().start()
+    out = tmp_path / "run"
+    proc = train([first.url, second.url], out, "--steps", "5", wait=False)
+    reader = OutputReader(proc)
+    try:
+        wait_for_steps(out, 1, proc, output=reader.text)
+        first.stop()  # SIGKILL: no goodbye, connections refused from now on
+        output = reader.finish(timeout=900)
+    finally:
+        proc.kill()
+        first.stop()
+        second.stop()
+    assert proc.returncode == 0, output
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4, 5]
+    samples = rollouts(out)
+    assert len(samples) == 5 * 8
+    for sample in samples:  # no made-up rewards: all are what the servers compute
+        assert sample["reward"] == pytest.approx(length_reward(sample["response"]), abs=1e-6)
+    # At the end the run says where its requests went: the killed replica failed (and got no more
+    # traffic once its readiness probes went unanswered); the other one never failed.
+    counts = re.search(rf"reward servers: {re.escape(first.url)}: (\d+) requests, (\d+) failed; "
+                       rf"{re.escape(second.url)}: (\d+) requests, 0 failed", output)
+    assert counts, output
+    assert int(counts[2]) >= 1 and int(counts[3]) >= 4, counts.group()
 
 
 def test_server_gone_past_deadline_exits_with_checkpoint_then_resumes(length_server, tmp_path):

@@ -13,8 +13,11 @@ What the client guarantees:
   exponential backoff and full jitter, honouring `Retry-After`, under one overall deadline per call;
   other 4xx answers raise at once with the server's message. Each retry logs a warning and
   counts in the client's `retries` property, so an outage that was ridden out stays visible.
-- with several server URLs, requests go round-robin and a failing URL is avoided for a cool-down
-  while the others work.
+- with several server URLs (replicas), each request goes to the less loaded of two random replicas
+  (requests in flight); a replica that failed gets no traffic until its ``GET /health/ready``
+  answers 200, and a request that failed on it moves to a live one within the same deadline
+  (see :mod:`trainer.routing`). :meth:`AsyncRewardClient.replica_stats` counts each replica's
+  requests and failures.
 
 Example::
 
@@ -42,6 +45,8 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import httpx
+
+from trainer.routing import ROUTING_POLICIES, Outcome, ReplicaRouter, ReplicaStats
 
 log = logging.getLogger("trainer.client")
 
@@ -82,7 +87,7 @@ class RewardServerError(RuntimeError):
 class RewardClientConfig:
     """How to reach the reward server(s) and how hard to try."""
 
-    urls: list[str]                      # one or more server base URLs, round-robin
+    urls: list[str]                      # one or more server base URLs (replicas of one service)
     rubric: str | None = None            # default rubric; None: the server's default
     api_key_env: str = "DRLAIF_API_KEY"  # bearer token read from this env var if set ("" disables)
     connect_timeout_s: float = 5.0
@@ -94,7 +99,8 @@ class RewardClientConfig:
     max_concurrency: int = 4             # concurrent in-flight HTTP requests per client and event loop
     max_items_per_request: int | None = None   # None: from GET /info once (fallback 64)
     retry_statuses: tuple[int, ...] = DEFAULT_RETRY_STATUSES
-    failover_cooldown_s: float = 5.0     # how long a URL that just failed is avoided while others work
+    probe_interval_s: float = 1.0        # a failed URL's /health/ready is probed at most this often
+    routing: str = "least-loaded"        # or "round-robin" (load-blind): see trainer/routing.py
     jitter: bool = True                  # full jitter on backoff; off only for deterministic tests
     reward_field: str = "reward"         # what score() returns: one of REWARD_FIELDS
 
@@ -111,12 +117,15 @@ class RewardClientConfig:
         for name in ("connect_timeout_s", "read_timeout_s", "deadline_s", "backoff_max_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"RewardClientConfig.{name} must be > 0, got {getattr(self, name)}")
-        if self.backoff_initial_s < 0 or self.failover_cooldown_s < 0:
-            raise ValueError("RewardClientConfig: backoff_initial_s and failover_cooldown_s must be >= 0")
+        if self.backoff_initial_s < 0 or self.probe_interval_s < 0:
+            raise ValueError("RewardClientConfig: backoff_initial_s and probe_interval_s must be >= 0")
         if self.max_attempts < 1 or self.max_concurrency < 1:
             raise ValueError("RewardClientConfig: max_attempts and max_concurrency must be >= 1")
         if self.max_items_per_request is not None and self.max_items_per_request < 1:
             raise ValueError("RewardClientConfig.max_items_per_request must be >= 1 or None")
+        if self.routing not in ROUTING_POLICIES:
+            raise ValueError(f"RewardClientConfig.routing: {self.routing!r} is not one of "
+                             f"{', '.join(ROUTING_POLICIES)}")
         if self.reward_field not in REWARD_FIELDS:
             raise ValueError(f"RewardClientConfig.reward_field: {self.reward_field!r} is not one of "
                              f"{', '.join(REWARD_FIELDS)}")
@@ -194,54 +203,6 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 @dataclass
-class _UrlState:
-    url: str
-    avoid_until: float = 0.0   # soft: prefer other URLs until then
-    not_before: float = 0.0    # hard: the server asked us (Retry-After) not to come back before then
-
-
-class _Router:
-    """Round-robin over URLs, steering away from ones that just failed.
-
-    Shared by all event loops a client is used on, hence the thread lock.
-    """
-
-    def __init__(self, urls: Sequence[str], cooldown_s: float):
-        self._states = [_UrlState(u) for u in urls]
-        self._cooldown_s = cooldown_s
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def pick(self, now: float) -> tuple[str, float]:
-        """The URL to use next and the monotonic time from which it may be used (>= now)."""
-        with self._lock:
-            n = len(self._states)
-            order = [self._states[(self._next + k) % n] for k in range(n)]
-            for usable in (lambda s: s.avoid_until <= now and s.not_before <= now,   # healthy
-                           lambda s: s.not_before <= now):                           # all failing: try anyway
-                for s in order:
-                    if usable(s):
-                        self._next = (self._states.index(s) + 1) % n
-                        return s.url, now
-            # Every URL asked for a pause: take the one that is free soonest.
-            s = min(order, key=lambda s: s.not_before)
-            self._next = (self._states.index(s) + 1) % n
-            return s.url, s.not_before
-
-    def failed(self, url: str, now: float, retry_after_s: float | None) -> None:
-        with self._lock:
-            s = next(s for s in self._states if s.url == url)
-            s.avoid_until = max(s.avoid_until, now + self._cooldown_s)
-            if retry_after_s is not None:
-                s.not_before = max(s.not_before, now + retry_after_s)
-
-    def succeeded(self, url: str) -> None:
-        with self._lock:
-            s = next(s for s in self._states if s.url == url)
-            s.avoid_until = 0.0
-
-
-@dataclass
 class _Call:
     """Book-keeping for one score()/info() call: its deadline and what went wrong so far."""
 
@@ -268,10 +229,19 @@ class _Call:
 
 @dataclass
 class _LoopState:
-    """What must belong to one event loop: its connection pool and its concurrency bound."""
+    """What must belong to one event loop: its connection pool, its concurrency bound, and the
+    readiness probes it runs."""
 
     http: httpx.AsyncClient
     semaphore: asyncio.Semaphore
+    probes: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def close(self) -> None:
+        """Stop the probes (the router hears "not ready" from each) and close the pool; on its loop."""
+        for task in self.probes:
+            task.cancel()
+        await asyncio.gather(*self.probes, return_exceptions=True)
+        await self.http.aclose()
 
 
 def _server_message(resp: httpx.Response) -> str:
@@ -433,7 +403,7 @@ class AsyncRewardClient:
 
     def __init__(self, config: RewardClientConfig):
         self.config = config
-        self._router = _Router(config.urls, config.failover_cooldown_s)
+        self._router = ReplicaRouter(config.urls, policy=config.routing, probe_interval_s=config.probe_interval_s)
         self._rng = random.Random() if config.jitter else None
         self._pools: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._lock = threading.Lock()
@@ -458,6 +428,17 @@ class AsyncRewardClient:
         """
         with self._lock:
             return self._retries
+
+    def replica_stats(self) -> dict[str, ReplicaStats]:
+        """Per server URL: requests sent, failures (no answer, timeout, 429, 5xx) and requests in flight,
+        over the client's lifetime (readable after close too)."""
+        return self._router.stats()
+
+    def log_replica_stats(self) -> None:
+        """Log :meth:`replica_stats` (at the end of a run: which replica served, which failed)."""
+        log.info("reward servers: %s", "; ".join(
+            f"{url}: {s.requests} requests, {s.failures} failed" + (f", {s.in_flight} in flight" if s.in_flight else "")
+            for url, s in self.replica_stats().items()))
 
     async def score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
                           rubric: str | None = None) -> list[ScoredItem]:
@@ -519,9 +500,9 @@ class AsyncRewardClient:
         current = asyncio.get_running_loop()
         for loop, state in pools.items():
             if loop is current:
-                await state.http.aclose()
+                await state.close()
             elif loop.is_running():
-                future = asyncio.run_coroutine_threadsafe(state.http.aclose(), loop)
+                future = asyncio.run_coroutine_threadsafe(state.close(), loop)
                 try:
                     await asyncio.wait_for(asyncio.wrap_future(future), timeout=5)
                 except (TimeoutError, RuntimeError) as exc:  # that loop is stuck or going away
@@ -548,11 +529,13 @@ class AsyncRewardClient:
                     del self._pools[dead]
                 c = self.config
                 n = c.max_concurrency
+                # Beside the requests: one readiness probe per server at most.
+                connections = n + len(self._router.stats())
                 state = _LoopState(
                     http=httpx.AsyncClient(
                         headers=self._headers,
                         timeout=httpx.Timeout(c.read_timeout_s, connect=c.connect_timeout_s),
-                        limits=httpx.Limits(max_connections=n + 1, max_keepalive_connections=n + 1),
+                        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
                     ),
                     semaphore=asyncio.Semaphore(n),
                 )
@@ -634,75 +617,129 @@ class AsyncRewardClient:
                        call: _Call) -> tuple[Any, str]:
         """One logical request, retried until it succeeds, fails for good, or the call's deadline.
 
-        Returns the decoded JSON body and the URL that answered.
+        Each attempt goes where the router says; an attempt that failed moves to another usable
+        server at once, or, when there is none, backs off and waits for one (a probe that answers,
+        a Retry-After that ends). Returns the decoded JSON body and the URL that answered.
         """
         c = self.config
         state = self._loop_state()
         attempt = 0
+        avoid: str | None = None
         while True:
-            url, ready_at = self._router.pick(time.monotonic())
-            if ready_at > time.monotonic():
-                if ready_at >= call.deadline:
-                    raise call.deadline_error("every server asked to retry after the deadline")
-                await asyncio.sleep(ready_at - time.monotonic())
-            attempt += 1
-            call.attempts += 1
-            remaining = call.deadline - time.monotonic()
-            if remaining <= 0:
-                raise call.deadline_error()
-            # Never wait on one request longer than the call has left.
-            timeout = httpx.Timeout(connect=min(c.connect_timeout_s, remaining),
-                                    read=min(c.read_timeout_s, remaining),
-                                    write=min(c.read_timeout_s, remaining),
-                                    pool=min(c.connect_timeout_s, remaining))
-            retry_after = None
-            failed_at = time.monotonic()
-            try:
-                async with state.semaphore:
-                    resp = await state.http.request(method, url + path, json=body, timeout=timeout)
-            except _RETRYABLE_TRANSPORT_ERRORS as exc:
-                failed_at = time.monotonic()
-                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                status = None
-            else:
-                failed_at = time.monotonic()
-                status = resp.status_code
+            # Routed once a concurrency slot is free, so that the choice sees the load as it is
+            # when the request leaves, not as it was when the request began to wait.
+            async with state.semaphore:
+                remaining = call.deadline - time.monotonic()
+                if remaining <= 0:
+                    raise call.deadline_error()
+                route = self._router.route(avoid=avoid)
+                self._start_probes(state, route.probes)
+                if route.url is not None:
+                    attempt += 1
+                    call.attempts += 1
+                    answer, retry_after = await self._send(state, method, route.url, path, body, remaining)
+            url = route.url
+            if url is None:
+                if route.wait_until >= call.deadline:
+                    raise call.deadline_error(f"{route.why} the deadline")
+                await asyncio.sleep(route.wait_until - time.monotonic())
+                continue
+            status = None
+            if isinstance(answer, httpx.Response):
+                status = answer.status_code
                 if status == 200:
                     try:
-                        data = resp.json()
+                        return answer.json(), url
                     except ValueError:
                         raise RewardServerError(
-                            f"{url}{path} answered 200 with a body that is not JSON: {resp.text[:200]!r}",
+                            f"{url}{path} answered 200 with a body that is not JSON: {answer.text[:200]!r}",
                             urls=[url], status=200, attempts=call.attempts,
                             elapsed_s=call.elapsed()) from None
-                    self._router.succeeded(url)
-                    return data, url
-                message = _server_message(resp)
+                message = _server_message(answer)
                 if status not in c.retry_statuses:
                     raise RewardServerError(
                         f"{url}{path} answered HTTP {status}: {message} (not retried; attempt {attempt}, "
                         f"{call.elapsed():.1f} s)",
                         urls=[url], status=status, attempts=call.attempts, elapsed_s=call.elapsed())
                 reason = f"HTTP {status}: {message}"
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            else:
+                reason = answer
             call.last_error = f"{url}{path}: {reason}"
-            self._router.failed(url, failed_at, retry_after)
             if attempt >= c.max_attempts:
                 raise RewardServerError(
                     f"gave up on {url}{path} after {attempt} attempts over {call.elapsed():.1f} s "
                     f"(max_attempts={c.max_attempts}); last error: {reason}",
                     urls=c.urls, status=status, attempts=call.attempts, elapsed_s=call.elapsed())
-            delay = backoff_delay(attempt, c.backoff_initial_s, c.backoff_max_s, self._rng)
+            # Another server can take the request now: waiting would only delay it. Alone, back off
+            # as against a single server.
+            avoid = url
+            failover = self._router.has_usable(excluding=url)
+            delay = 0.0 if failover else backoff_delay(attempt, c.backoff_initial_s, c.backoff_max_s, self._rng)
             left = call.deadline - time.monotonic()
             if delay >= left:
                 raise call.deadline_error(f"the next retry would start after it, in {delay:.2f} s")
-            log.warning("reward server %s%s failed (%s); retry %d in %.2f s%s, %.1f s left before the "
-                        "deadline", url, path, reason, attempt, delay,
+            log.warning("reward server %s%s failed (%s); retry %d in %.2f s%s%s, %.1f s left before the "
+                        "deadline", url, path, reason, attempt, delay, " on another server" if failover else "",
                         f" (Retry-After {retry_after:g} s)" if retry_after is not None else "", left)
             # Counted when the retry is decided, with its warning, so the count and the log agree.
             with self._lock:
                 self._retries += 1
             await asyncio.sleep(delay)
+
+    async def _send(self, state: _LoopState, method: str, url: str, path: str, body: dict[str, Any] | None,
+                    remaining: float) -> tuple[httpx.Response | str, float | None]:
+        """One HTTP attempt at ``url``, reported to the router whatever happens.
+
+        Returns the response, or why there was none; and the server's Retry-After, if it sent one
+        with a retryable status.
+        """
+        c = self.config
+        # Never wait on one request longer than the call has left.
+        timeout = httpx.Timeout(connect=min(c.connect_timeout_s, remaining), read=min(c.read_timeout_s, remaining),
+                                write=min(c.read_timeout_s, remaining), pool=min(c.connect_timeout_s, remaining))
+        outcome, retry_after = Outcome.CANCELLED, None  # if the caller stops waiting first
+        try:
+            resp = await state.http.request(method, url + path, json=body, timeout=timeout)
+        except _RETRYABLE_TRANSPORT_ERRORS as exc:
+            outcome = Outcome.DOWN
+            return (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__), None
+        else:
+            outcome = _outcome(resp.status_code)
+            if resp.status_code in c.retry_statuses:
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            return resp, retry_after
+        finally:
+            self._router.finished(url, outcome, retry_after)
+
+    def _start_probes(self, state: _LoopState, urls: Sequence[str]) -> None:
+        """Probe these servers' readiness in the background, on this loop."""
+        for url in urls:
+            task = asyncio.ensure_future(self._probe(state.http, url))
+            state.probes.add(task)  # a task nobody holds may be garbage-collected mid-probe
+            task.add_done_callback(state.probes.discard)
+
+    async def _probe(self, http: httpx.AsyncClient, url: str) -> None:
+        """GET /health/ready of a server that failed; a 200 puts it back in rotation."""
+        ready = False
+        try:
+            # A readiness check slower than a connection is as good as "not ready".
+            resp = await http.get(f"{url}/health/ready", timeout=self.config.connect_timeout_s)
+            ready = resp.status_code == 200
+        except httpx.HTTPError as exc:
+            log.debug("readiness probe of %s failed: %r", url, exc)
+        finally:
+            self._router.probed(url, ready)
+        if ready:
+            log.info("reward server %s is ready again", url)
+
+
+def _outcome(status: int) -> Outcome:
+    """What an HTTP status says about the server that sent it."""
+    if status == 200:
+        return Outcome.OK
+    if status == 429:
+        return Outcome.BUSY
+    return Outcome.DOWN if status >= 500 else Outcome.REFUSED
 
 
 def rewards_of(items: Sequence[ScoredItem], field: str, urls: Sequence[str] = ()) -> list[float]:
@@ -789,6 +826,14 @@ class RewardClient:
     def retries(self) -> int:
         """Total retries so far, as :attr:`AsyncRewardClient.retries` (readable after close too)."""
         return self._async.retries
+
+    def replica_stats(self) -> dict[str, ReplicaStats]:
+        """Per server URL, as :meth:`AsyncRewardClient.replica_stats` (readable after close too)."""
+        return self._async.replica_stats()
+
+    def log_replica_stats(self) -> None:
+        """:meth:`AsyncRewardClient.log_replica_stats`."""
+        self._async.log_replica_stats()
 
     def close(self) -> None:
         """Close the connection pool and stop the private loop thread. Idempotent."""

@@ -26,7 +26,8 @@ class TrainConfig:
     """Settings shared by every algorithm."""
 
     reward_url: list[str] = _f(["http://127.0.0.1:8000"],
-                               "Reward server base URL(s); several are used round-robin.")
+                               "Reward server base URL(s); several are replicas: each request goes to a less "
+                               "loaded one, and one that fails is skipped until it is ready again.")
     rubric: str | None = _f(None, "Rubric the server scores with (server default when unset).")
     model: str | None = _f(None, "Policy: hub id or local dir. Unset: the embedded SmolLM2-135M-Instruct.")
     dataset: str | None = _f(

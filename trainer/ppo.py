@@ -425,6 +425,21 @@ class PPOTrainer:
 
     # ----------------------------------------------------------------- the loop
     def train(self) -> dict:
+        """Run the remaining steps, evaluate, write the report; returns the summary.
+
+        Raises :class:`RewardUnavailable` (after saving a checkpoint) when the reward server stays
+        unreachable past the deadline. Either way, each reward server's requests and failures are
+        logged at the end.
+        """
+        try:
+            return self._train()
+        finally:
+            # A fake reward source (tests, benches) has no servers to report on.
+            log_replica_stats = getattr(self.reward, "log_replica_stats", None)
+            if log_replica_stats is not None:
+                log_replica_stats()
+
+    def _train(self) -> dict:
         c = self.config
         if c.resume:
             path = self.latest_checkpoint() if c.resume == "auto" else Path(c.resume)

@@ -131,11 +131,20 @@ class DrlaifRewardFunc:
                 self._client = AsyncRewardClient(self.config)
             return self._client
 
+    def log_replica_stats(self) -> None:
+        """Log each reward server's requests and failures so far (nothing before the first call)."""
+        with self._lock:
+            client = self._client
+        if client is not None:
+            client.log_replica_stats()
+
     async def aclose(self) -> None:
-        """Close the HTTP client, if one was made. The function can be called again afterwards."""
+        """Log the servers' counts and close the HTTP client, if one was made. The function can be
+        called again afterwards (with a new client and new counts)."""
         with self._lock:
             client, self._client = self._client, None
         if client is not None:
+            client.log_replica_stats()
             await client.aclose()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -153,7 +162,8 @@ def make_reward_func(urls: str | list[str], rubric: str | None = None, *, name: 
                      **client_kwargs: Any) -> DrlaifRewardFunc:
     """A trl reward function ``async (prompts, completions, **kwargs) -> list[float]`` on drlaif-server.
 
-    ``urls``: one server URL or several (round-robin, failover). ``rubric``: the server rubric to
+    ``urls``: one server URL or several (load- and health-aware routing, failover; see
+    :mod:`trainer.routing`). ``rubric``: the server rubric to
     score with (the server's default if None). ``name``: the name trl logs it under (default
     ``drlaif_<rubric>`` or ``drlaif``). Other keyword arguments are :class:`RewardClientConfig`
     fields, e.g. ``deadline_s=300, max_concurrency=8``. See the module docstring for a full script.

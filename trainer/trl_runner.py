@@ -9,7 +9,7 @@ from trainer.config import TRLConfig
 from trainer.policy import load_tokenizer, policy_prompt, resolve_policy
 from trainer.prompts import Prompt
 from trainer.reporting import MetricsLog
-from trainer.trl_reward import make_reward_func
+from trainer.trl_reward import DrlaifRewardFunc, make_reward_func
 from trainer.world import check_world, cpu_world_needed
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,12 @@ def train_with_trl(algorithm: str, config: TRLConfig, train_prompts: list[Prompt
     main = trainer.is_world_process_zero()
     if resume is None and main:
         metrics.start_at(0)  # a fresh run into a used output_dir does not append to the old curves
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    finally:
+        for func in trainer.reward_funcs:
+            if isinstance(func, DrlaifRewardFunc):
+                func.log_replica_stats()
     final = output_dir / "final"
     trainer.save_model(str(final))
     if main:

@@ -6,17 +6,27 @@ functions (it checks with ``inspect.iscoroutinefunction``). The prompt is not an
 it travels in the sample's ``extra_info`` (veRL's docs keep it under ``"question"``).
 ``data_source`` and ``ground_truth`` are ignored: the labeler judges the response itself.
 
-Point a veRL config at it::
+Point a veRL (0.9) config at it::
 
-    custom_reward_function:
-      path: /path/to/drlaif/trainer/verl_reward.py   # or the installed module's file
-      name: compute_score                             # compute_score_sync for a sync reward manager
-    reward_model:
-      reward_manager: naive                           # or rate_limited, to bound concurrency
+    reward:
+      custom_reward_function:
+        path: pkg://trainer.verl_reward   # or the file, /path/to/drlaif/trainer/verl_reward.py
+        name: compute_score               # compute_score_sync for a sync reward manager
+      reward_manager:
+        name: naive                       # or rate_limited, to bound concurrency
 
-and set, in the environment of the workers (fixed names):
+(on the command line, ``reward.custom_reward_function.path=pkg://trainer.verl_reward`` and so
+on). veRL 0.9's ``main_ppo`` reads only these ``reward.*`` keys: the older top-level
+``custom_reward_function`` and ``reward_model.reward_manager`` are silently ignored there.
+``rate_limited`` lets one call run at a time (so the coalescing below has nothing to gather)
+unless ``+reward.max_concurrent=N`` raises that, and it turns a call that fails or outlasts
+``reward.timeout`` (300 s) into a reward of 0.0, one drlaif never gave, with an ``error`` or
+``timeout`` entry in its extra info.
 
-- ``DRLAIF_REWARD_URL``: the server, or a comma-separated list (round-robin, failover);
+Set, in the environment of the workers (fixed names):
+
+- ``DRLAIF_REWARD_URL``: the server, or a comma-separated list of replicas (load- and
+  health-aware routing, failover; see :mod:`trainer.routing`);
 - ``DRLAIF_RUBRIC``: the rubric to score with (default: the server's);
 - ``DRLAIF_API_KEY``: the server's API key, if it has one;
 - ``DRLAIF_PROMPT_KEY``: the ``extra_info`` key that holds the prompt (default ``question``);
@@ -28,17 +38,18 @@ background event loop shared by every thread and loop of the process) that waits
 scoring call, so 64 concurrent samples cost a request or two instead of 64. Each call
 returns ``{"score": reward, "label_mass": ..., "drlaif_score": ...}`` (veRL logs the keys
 besides ``score``). A reward is never invented: when the server gives no valid answer
-within the client's deadline (``DRLAIF_REWARD_DEADLINE_S``), the call raises.
+within the client's deadline (``DRLAIF_REWARD_DEADLINE_S``), the call raises. Each process logs
+its reward servers' request and failure counts when it exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -76,15 +87,20 @@ class VerlRewardSettings(BaseSettings):
         return urls
 
 
-@dataclass
 class _Coalescer:
-    """One background event loop with the HTTP client and the micro-batcher on it."""
+    """One background event loop with the HTTP client and the micro-batcher on it.
 
-    settings: VerlRewardSettings
-    pid: int
-    loop: asyncio.AbstractEventLoop
-    client: AsyncRewardClient
-    batcher: MicroBatcher
+    A plain class, not a dataclass: veRL loads ``custom_reward_function.path`` as a module that it
+    does not put in ``sys.modules``, and ``@dataclass`` fails there on this file's string annotations.
+    """
+
+    def __init__(self, settings: VerlRewardSettings, pid: int, loop: asyncio.AbstractEventLoop,
+                 client: AsyncRewardClient, batcher: MicroBatcher) -> None:
+        self.settings = settings
+        self.pid = pid
+        self.loop = loop
+        self.client = client
+        self.batcher = batcher
 
     @classmethod
     def start(cls, settings: VerlRewardSettings) -> _Coalescer:
@@ -116,12 +132,14 @@ class _Coalescer:
         return asyncio.run_coroutine_threadsafe(one(), self.loop)
 
     def close(self) -> None:
-        """Stop the batcher, close the client and end the loop's thread (from another thread)."""
+        """Log the servers' counts, stop the batcher, close the client and end the loop's thread
+        (from another thread)."""
         async def shut() -> None:
             await self.batcher.stop()
             await self.client.aclose()
 
         if self.pid == os.getpid() and self.loop.is_running():
+            self.client.log_replica_stats()
             asyncio.run_coroutine_threadsafe(shut(), self.loop).result(timeout=30)
             self.loop.call_soon_threadsafe(self.loop.stop)
 
@@ -141,6 +159,15 @@ def _current() -> _Coalescer:
                 old.close()  # a forked child's copy has no thread, and close() leaves it alone
             _coalescer = _Coalescer.start(settings)
         return _coalescer
+
+
+@atexit.register
+def _log_replica_stats_at_exit() -> None:
+    """veRL never closes a reward function: the process's counts are logged as it ends."""
+    with _lock:
+        coalescer = _coalescer
+    if coalescer is not None and coalescer.pid == os.getpid():  # not a forked child's inherited copy
+        coalescer.client.log_replica_stats()
 
 
 def _prompt_of(extra_info: Mapping[str, Any] | None, key: str) -> Prompt:
