@@ -50,6 +50,7 @@ bench: $(VLLM_STAMP)
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/principles.py --vllm-arg=--enforce-eager
 	$(BIN)/python bench/reasoning.py
+	$(BIN)/python bench/fleet.py
 
 # The documentation site (docs/, mkdocs.yml), served with live reload on port 8001
 # (8000 is the reward server's).

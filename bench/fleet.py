@@ -15,7 +15,12 @@ flight) and with round-robin, in interleaved rounds (median of --rounds); the re
 replica got are counted by the client. Prints items/s of each and the line
 ``least-loaded/round-robin = <ratio>`` (target >= 1.3 with one replica 3x slower).
 
-Run: python bench/fleet.py [--rounds 3] [--concurrency 8] [--items-per-request 4] [--slowdown 3]
+Then (or alone, with --only ray): the Ray Serve application (server/ray_serve.py) on a local Ray instance,
+with 1 and then 2 replicas of the same labeler (one torch thread each, the same batch cap), the
+same items through the same client at the same concurrency; prints items/s of each and
+``ray serve 2 replicas/1 replica = <ratio>``.
+
+Run: python bench/fleet.py [--rounds 3] [--concurrency 8] [--items-per-request 4] [--slowdown 3] [--only routing|ray]
 """
 
 from __future__ import annotations
@@ -91,12 +96,21 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at most")
     parser.add_argument("--slowdown", type=float, default=3.0, help="how much slower the slow replica is")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", choices=("routing", "ray"), help="run one part (default: both)")
     args = parser.parse_args()
 
     items = short_items(args.items)
+    server_args = ["--log-level", "warning", "--reward-cache-items", "0",
+                   "--max-batch-items", str(args.items_per_request), *(["--model", args.model] if args.model else [])]
+    if args.only != "ray":
+        routing_policies(items, server_args, args)
+    if args.only != "routing":
+        ray_replicas(items, server_args, args)
+
+
+def routing_policies(items: list[dict[str, str]], server_args: list[str], args: argparse.Namespace) -> None:
+    """Least-loaded against round-robin over a fast and a slow replica (see the module docstring)."""
     n, k = args.items, args.items_per_request
-    server_args = ["--log-level", "warning", "--reward-cache-items", "0", "--max-batch-items", str(k),
-                   *(["--model", args.model] if args.model else [])]
     with tempfile.TemporaryDirectory(prefix="drlaif-fleet-") as tmp, \
             ServerProcess(*server_args, env=ONE_THREAD) as fast, DelayedServer(Path(tmp), *server_args) as slow:
         one_request = request_seconds(fast.url, items[:k])
@@ -134,6 +148,37 @@ def main() -> None:
         print(f"both, {name:<13}           {n / seconds:8.2f} items/s  ({seconds:.1f} s; "
               f"{statistics.median(shares[name]):.0%} of requests to the slow replica)")
     print(f"least-loaded/round-robin = {rr / least:.2f}   (target >= 1.3)")
+
+
+def ray_replicas(items: list[dict[str, str]], server_args: list[str], args: argparse.Namespace) -> None:
+    """Items/s of the Ray Serve application with 1 and with 2 replicas, from one run."""
+    import ray
+    from ray import serve
+
+    from server.process import free_port
+    from server.ray_serve import build
+
+    # drlaif-server's flags as the builder's arguments ("--max-batch-items 4" -> max_batch_items=4).
+    settings = {flag.removeprefix("--").replace("-", "_"): value
+                for flag, value in zip(server_args[::2], server_args[1::2], strict=True)}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        url = f"http://127.0.0.1:{port}"
+        rates = {}
+        for replicas in (1, 2):
+            serve.run(build({**settings, "replicas": replicas, "num_cpus": 1, "torch_threads": 1}),
+                      name="drlaif", route_prefix="/")
+            score_all([url], items[: 2 * args.concurrency * args.items_per_request], args)  # warm up
+            started = time.perf_counter()
+            score_all([url], items, args)
+            rates[replicas] = len(items) / (time.perf_counter() - started)
+            print(f"ray serve, {replicas} replica(s)          {rates[replicas]:8.2f} items/s")
+        print(f"ray serve 2 replicas/1 replica = {rates[2] / rates[1]:.2f}")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 if __name__ == "__main__":
