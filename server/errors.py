@@ -70,6 +70,13 @@ class BackendFailed(DrlaifError):
         super().__init__(message, headers={"Retry-After": "1"})
 
 
+class BackendStuck(BackendFailed):
+    """A backend call past its deadline still holds the model (transformers): the server cannot
+    score until it returns, and readiness says so."""
+
+    code = "backend_stuck"
+
+
 class ShuttingDown(DrlaifError):
     """The server got SIGTERM: it finishes what it has and takes nothing new."""
 

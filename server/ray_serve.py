@@ -136,7 +136,9 @@ class DrlaifReplica:
         self._replica = serve.get_replica_context().replica_id.unique_id
         self._lifespan = app.router.lifespan_context(app)
         await self._lifespan.__aenter__()
-        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://replica")
+        # An exception in the app is answered by its own handlers (a JSON 500), not raised here.
+        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                                         base_url="http://replica")
 
     async def handle(self, request: ForwardedRequest) -> ForwardedResponse:
         """Answer one HTTP request with the app, as drlaif-server would."""
@@ -160,10 +162,13 @@ class DrlaifReplica:
         """Running replicas of this deployment, as Ray's controller reports them (cached briefly)."""
         now = time.monotonic()
         if now - self._counted_at >= _COUNT_TTL_S:
-            context = serve.get_replica_context()
-            deployment = serve.status().applications[context.app_name].deployments[context.deployment]
-            self._count = deployment.replica_states.get("RUNNING", 0)
             self._counted_at = now
+            try:
+                context = serve.get_replica_context()
+                deployment = serve.status().applications[context.app_name].deployments[context.deployment]
+                self._count = deployment.replica_states.get("RUNNING", 0)
+            except Exception as exc:  # noqa: BLE001 - /info keeps the last count rather than failing
+                log.warning("could not read the replica count from Ray's controller: %r", exc)
         return self._count
 
 
@@ -186,12 +191,20 @@ class DrlaifIngress:
 
     @ingress_app.api_route("/{path:path}", methods=["GET", "POST", "HEAD"], include_in_schema=False)
     async def forward(self, path: str, request: Request) -> Response:
-        body = await request.body()
-        if len(body) > self._max_body_bytes:  # the replica says the same; this copy need not travel
-            return _error(413, "body_too_large", f"the body is over {self._max_body_bytes} bytes (--max-body-bytes)")
+        # The replica checks the key and the size too; this copy of the body must not grow past it.
+        limit = self._max_body_bytes
+        too_large = _error(413, "body_too_large", f"the body is over {limit} bytes (--max-body-bytes)")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return too_large
         forwarded = ForwardedRequest(request.method, "/" + path, list(request.query_params.multi_items()),
                                      [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS],
-                                     body)
+                                     bytes(body))
         for attempt in range(1, self._attempts + 1):
             try:
                 answer: ForwardedResponse = await self._replicas.handle.remote(forwarded)

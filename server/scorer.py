@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from server.backends import Backend
 from server.backends.base import BadRead, Generation, GenerationRequest, bad_read, common_prefix_length
 from server.batching import AdmissionGate, BatchStats, ItemAdmission, MicroBatcher, Submitter
-from server.errors import BackendFailed, DrlaifError, InvalidRubric
+from server.errors import BackendFailed, BackendStuck, DrlaifError, InvalidRubric
 from server.reasoning import NO_RATIONALE, Rationale, label_input, rationale_of, rationale_requests
 from server.reward_cache import RewardCache, generation_key, read_key
 from server.rubrics import RubricRegistry
@@ -220,7 +220,9 @@ class Scorer:
         """Why no batch can run now, or None: on a backend that runs one call at a time (the
         transformers model behind its lock), a call past its deadline cannot be interrupted
         and holds the model until it returns; new work would only wait behind it."""
-        overdue = self.overdue_s
+        # A read is one forward under the model's lock; generation takes the lock a few decode
+        # steps at a time, so an overdue generation is slow, not stuck.
+        overdue = self.batcher.overdue_s
         if overdue is None or self.backend.info.continuous_batching:
             return None
         return (f"the labeler is stuck in a backend call that has run {overdue:.0f}s, past its deadline "
@@ -336,6 +338,8 @@ class Scorer:
     async def _compute(self, trie: LabelTrie, encoded: Sequence[EncodedItem]) -> list[np.ndarray]:
         """Label log-probabilities of each input, read by the backend through the batcher."""
         plans = [trie.plan(item.input_ids, item.shared_prefix) for item in encoded]
+        if (stuck := self.stuck()) is not None:
+            raise BackendStuck(stuck)
         answers = await _submit(self.batcher, [seq for plan in plans for seq in plan], "batch")
         out, k = [], 0
         for item, plan in zip(encoded, plans, strict=True):
@@ -501,7 +505,7 @@ def _compiling(compile_form, rubric: Rubric):
     request-level variant's (reasoning settings the tokenizer cannot serve): 422."""
     try:
         return compile_form(rubric)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # TypeError: text the tokenizer cannot take (a lone surrogate)
         raise InvalidRubric(str(exc)) from None
 
 

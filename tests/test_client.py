@@ -715,3 +715,21 @@ def test_real_server_unknown_rubric_is_a_clear_error(server):
         with pytest.raises(RewardServerError, match="422.*unknown rubric 'nope'") as info:
             client.score(["Hi"], ["Hello"])
     assert info.value.attempts == 2  # GET /info once, then the refused POST /score, not retried
+
+
+@pytest.mark.parametrize("status, body, outcome", [
+    (200, {}, "ok"), (429, {}, "busy"),
+    # One request's batch failed (an invalid read, its deadline): the server is up.
+    (503, {"error": {"type": "backend_error", "message": "invalid read"}}, "busy"),
+    (504, {"error": {"type": "deadline_exceeded", "message": "late"}}, "busy"),
+    # The server cannot score at all: out of rotation until its readiness probe says ready.
+    (503, {"error": {"type": "backend_stuck", "message": "holds the model"}}, "down"),
+    (503, {"error": {"type": "not_ready", "message": "loading"}}, "down"),
+    (502, "Bad Gateway", "down"), (500, "Internal Server Error", "down"),
+    (422, {"error": {"type": "invalid_request", "message": "no"}}, "refused"),
+])
+def test_what_an_answer_says_about_the_server(status, body, outcome):
+    from trainer.client import _outcome
+
+    resp = httpx.Response(status, json=body) if isinstance(body, dict) else httpx.Response(status, text=body)
+    assert _outcome(resp).value == outcome

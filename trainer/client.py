@@ -704,7 +704,7 @@ class AsyncRewardClient:
             outcome = Outcome.DOWN
             return (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__), None
         else:
-            outcome = _outcome(resp.status_code)
+            outcome = _outcome(resp)
             if resp.status_code in c.retry_statuses:
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             return resp, retry_after
@@ -733,13 +733,30 @@ class AsyncRewardClient:
             log.info("reward server %s is ready again", url)
 
 
-def _outcome(status: int) -> Outcome:
-    """What an HTTP status says about the server that sent it."""
+# Errors that belong to one request's batch, not to the server: it stays in rotation (after its
+# Retry-After), so that one bad input does not take every replica out in turn.
+_REQUEST_ERRORS = frozenset({"backend_error", "deadline_exceeded"})
+
+
+def _outcome(resp: httpx.Response) -> Outcome:
+    """What an answer says about the server that sent it."""
+    status = resp.status_code
     if status == 200:
         return Outcome.OK
     if status == 429:
         return Outcome.BUSY
+    if status in (503, 504) and _error_type(resp) in _REQUEST_ERRORS:
+        return Outcome.BUSY
     return Outcome.DOWN if status >= 500 else Outcome.REFUSED
+
+
+def _error_type(resp: httpx.Response) -> str | None:
+    """The ``error.type`` of a drlaif error answer (None for anything else)."""
+    try:
+        error = resp.json().get("error")
+    except (ValueError, AttributeError):
+        return None
+    return error.get("type") if isinstance(error, dict) else None
 
 
 def rewards_of(items: Sequence[ScoredItem], field: str, urls: Sequence[str] = ()) -> list[float]:

@@ -28,8 +28,9 @@ _ERROR_DOCS = {
           "that does not contain its prompt).", None),
     429: ("overloaded: the request's items do not fit beside the items in flight (--max-queue-items).",
           _RETRY_AFTER),
-    503: ("not_ready (the labeler is loading), shutting_down, backend_error (the labeler failed or "
-          "stalled on the batch).", _RETRY_AFTER),
+    503: ("not_ready (the labeler is loading), shutting_down, backend_error (the labeler failed, "
+          "stalled or gave an invalid read on the request's batch), backend_stuck (a call past "
+          "--backend-timeout-s holds the model; readiness is 503 until it returns).", _RETRY_AFTER),
     504: ("deadline_exceeded: not answered within --request-timeout-s; the request's queued work is "
           "dropped.", None),
 }

@@ -162,7 +162,7 @@ class ScoringService:
     def _stuck_for_good(self) -> str | None:
         """Why the server must exit because a stuck call holds the model, or None."""
         s, scorer = self.settings, self.scorer
-        overdue = scorer.overdue_s if scorer is not None and scorer.stuck() else None
+        overdue = scorer.batcher.overdue_s if scorer is not None and scorer.stuck() else None
         if overdue is None or not s.stuck_exit_s or overdue < s.backend_timeout_s + s.stuck_exit_s:
             return None
         return (f"a labeler backend call has held the model for {overdue:.0f}s, more than --backend-timeout-s "
@@ -248,7 +248,7 @@ class ScoringService:
         """The playground's rubric lab: a rubric from the request's YAML, validated and compiled
         as the registry's are at startup but never registered, and the request's items (if any)
         scored under it."""
-        return await self._serve(lambda scorer: self._rubric_lab(scorer, request), len(request.items))
+        return await self._serve(lambda scorer: self._rubric_lab(scorer, request), max(1, len(request.items)))
 
     async def _rubric_lab(self, scorer: Scorer, request) -> protocol.RubricLabResponse:
         # Parsing and compiling (tokenising) a rubric of up to --max-field-chars: off the event loop.
