@@ -214,10 +214,9 @@ def _services_started_by(command: str, cwd: Path) -> list[str]:
     return proc.stdout.split()
 
 
-def _readme_docker_section() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("\n## Run with Docker\n") + 1:]
-    return section[: section.index("\n## ")]
+def _docker_docs() -> str:
+    """The documentation's Docker page (docs/docker.md)."""
+    return (ROOT / "docs" / "docker.md").read_text()
 
 
 def test_fresh_clone_up_starts_the_gpu_stack(fresh_clone):
@@ -246,14 +245,14 @@ def test_stacks_are_separate_projects_and_need_no_profile():
 
 
 def test_the_up_commands_are_the_documented_ones():
-    documented = set(re.findall(r"docker compose(?: -f \S+)* up\b", _readme_docker_section()))
+    documented = set(re.findall(r"docker compose(?: -f \S+)* up\b", _docker_docs()))
     assert documented == set(UP_COMMANDS.values()), documented
     for path in [*COMPOSE_FILES.values(), ENV_EXAMPLE]:
         header = path.read_text().split("\n\n")[0]
         for command in UP_COMMANDS.values():
             assert command in header, f"{path.name}'s header does not show `{command}`"
     # The old way (profiles picked by COMPOSE_PROFILES in .env) is documented nowhere.
-    docs = [_readme_docker_section(), *(p.read_text() for p in [ENV_EXAMPLE, *COMPOSE_FILES.values(),
+    docs = [_docker_docs(), *(p.read_text() for p in [ENV_EXAMPLE, *COMPOSE_FILES.values(),
                                                                 *DOCKERFILES.values()])]
     assert not any("COMPOSE_PROFILES" in text or "--profile" in text for text in docs)
 
@@ -481,7 +480,7 @@ def test_healthcheck_is_the_readiness_route_the_server_serves(server_app):
 
 
 def test_server_health_and_lifecycle_settings():
-    uvicorn_timeout = re.search(r"timeout_graceful_shutdown=(\d+)", (ROOT / "server" / "cli.py").read_text())
+    uvicorn_timeout = re.search(r"^GRACEFUL_SHUTDOWN_S = (\d+)$", (ROOT / "server" / "cli.py").read_text(), re.M)
     assert uvicorn_timeout, "server/cli.py no longer sets uvicorn's timeout_graceful_shutdown"
 
     def seconds(duration: str) -> float:

@@ -89,11 +89,12 @@ def test_two_replicas_serve_the_whole_api_with_a_single_servers_rewards(fleet, s
 def test_a_replica_killed_under_64_concurrent_requests_loses_none_and_comes_back(fleet):
     def post(k: int) -> httpx.Response:
         item = HELD_OUT[k % len(HELD_OUT)]
-        items = [{"prompt": f"Question {k}: {item['prompt']}", "response": item["response"]}] * 2
+        items = [{"prompt": f"Question {k}: {item['prompt']}", "response": item["response"]}]
         return httpx.post(f"{fleet}/score", json={"items": items}, timeout=300)
 
     prompts = [f"Question {k}" for k in range(16)]
-    with RewardClient(RewardClientConfig(urls=[fleet], deadline_s=300)) as client, ThreadPoolExecutor(64) as pool:
+    config = RewardClientConfig(urls=[fleet], deadline_s=300)
+    with RewardClient(config) as client, ThreadPoolExecutor(64) as pool:
         answers = [pool.submit(post, k) for k in range(63)]
         rewards = pool.submit(client.score, prompts, ["An answer."] * 16)  # the 64th request
         time.sleep(1.5)  # requests are in the replicas now
@@ -105,9 +106,11 @@ def test_a_replica_killed_under_64_concurrent_requests_loses_none_and_comes_back
     wait_for_replicas(2, killed)
 
 
-def test_a_ppo_run_against_the_ray_url_finishes_while_a_replica_is_killed(fleet, tmp_path):
+def test_a_ppo_run_against_the_ray_url_finishes_while_a_replica_is_killed(fleet, tiny_policy_dir, tmp_path):
     out = tmp_path / "run"
-    proc = train(fleet, out, "--steps", "2", "--batch-size", "4", "--max-new-tokens", "8", wait=False)
+    # The tiny random policy: what is under test is the judge fleet, not what the policy learns.
+    proc = train(fleet, out, "--steps", "2", "--batch-size", "4", "--max-new-tokens", "8",
+                 "--model", str(tiny_policy_dir), wait=False)
     reader = OutputReader(proc)
     try:
         wait_for_steps(out, 1, proc, output=reader.text)

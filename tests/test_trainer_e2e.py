@@ -156,9 +156,11 @@ def test_ppo_raises_a_deterministic_reward(length_server, tmp_path):
     assert "held-out reward: before" in result.stdout
 
 
-def test_server_outage_within_deadline_is_ridden_out(length_server, tmp_path):
+def test_server_outage_within_deadline_is_ridden_out(length_server, tiny_policy_dir, tmp_path):
     out = tmp_path / "run"
-    proc = train(length_server.url, out, "--steps", "4", "--reward-deadline-s", "120", wait=False)
+    # The tiny random policy: what is under test is the reward client, not what the policy learns.
+    proc = train(length_server.url, out, "--steps", "4", "--reward-deadline-s", "120",
+                 "--model", str(tiny_policy_dir), wait=False)
     reader = OutputReader(proc)
     try:
         wait_for_steps(out, 1, proc, output=reader.text)
@@ -185,10 +187,10 @@ def test_server_outage_within_deadline_is_ridden_out(length_server, tmp_path):
         assert sample["reward"] == pytest.approx(length_reward(sample["response"]), abs=1e-6)
 
 
-def test_a_replica_killed_after_the_first_update_is_routed_around(tmp_path):
+def test_a_replica_killed_after_the_first_update_is_routed_around(tiny_policy_dir, tmp_path):
     first, second = LengthServer().start(), LengthServer().start()
     out = tmp_path / "run"
-    proc = train([first.url, second.url], out, "--steps", "5", wait=False)
+    proc = train([first.url, second.url], out, "--steps", "5", "--model", str(tiny_policy_dir), wait=False)
     reader = OutputReader(proc)
     try:
         wait_for_steps(out, 1, proc, output=reader.text)
@@ -212,9 +214,11 @@ def test_a_replica_killed_after_the_first_update_is_routed_around(tmp_path):
     assert int(counts[2]) >= 1 and int(counts[3]) >= 4, counts.group()
 
 
-def test_server_gone_past_deadline_exits_with_checkpoint_then_resumes(length_server, tmp_path):
+def test_server_gone_past_deadline_exits_with_checkpoint_then_resumes(length_server, tiny_policy_dir,
+                                                                       tmp_path):
     out = tmp_path / "run"
-    proc = train(length_server.url, out, "--steps", "3", "--reward-deadline-s", "6", wait=False)
+    tiny = ("--model", str(tiny_policy_dir))
+    proc = train(length_server.url, out, "--steps", "3", "--reward-deadline-s", "6", *tiny, wait=False)
     try:
         wait_for_steps(out, 1, proc)
         length_server.stop()
@@ -227,7 +231,7 @@ def test_server_gone_past_deadline_exits_with_checkpoint_then_resumes(length_ser
     checkpoints = sorted((out / "checkpoints").glob("step-*"))
     assert checkpoints and checkpoints[-1].name == f"step-{done:06d}"
     length_server.start()
-    result = train(length_server.url, out, "--steps", "3", "--resume", "auto")
+    result = train(length_server.url, out, "--steps", "3", "--resume", "auto", *tiny)
     assert result.returncode == 0, result.stdout + result.stderr
     assert [r["step"] for r in metrics(out)] == [1, 2, 3]
 
