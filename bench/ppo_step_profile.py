@@ -25,12 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rule_reward_server import brevity  # noqa: E402
+from rule_reward_server import brevity
 
-from trainer.client import ScoredItem  # noqa: E402
-from trainer.config import PPOConfig  # noqa: E402
-from trainer.ppo import PPOTrainer  # noqa: E402
-from trainer.prompts import load_prompt_dataset  # noqa: E402
+from server.protocol import ItemScore
+from trainer.config import PPOConfig
+from trainer.ppo import PPOTrainer
+from trainer.prompts import load_prompt_dataset
 
 PHASES = ("generate", "read", "reward_wait", "optimise")
 PREVIOUS = {"value_model": "separate", "lam": 0.95, "clip_range_value": 0.2, "ppo_epochs": 2,
@@ -45,7 +45,9 @@ class RuleReward:
 
     def submit_score_items(self, prompts, responses, rubric=None) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
-        future.set_result([ScoredItem(reward=r, score=r, label_mass=1.0, distribution=[1.0])
+        future.set_result([ItemScore(reward=r, score=r, distribution=[1.0], label_mass=1.0, label_entropy=0.0,
+                                     reward_as_written=r, reward_robust=r, judge_spans=0, input_tokens=0,
+                                     truncated=False, cached=False)
                            for r in self.score(prompts, responses)])
         return future
 

@@ -131,8 +131,8 @@ def measure(backend: str, server_args: list[str], base: list[dict], budgets: lis
 
 def report(backend: str, info: dict, rows: list[Variant], n: int, tokens: float, flags: str) -> str:
     direct = rows[0].seconds
-    lines = [f"\n{backend}: labeler {info['model']} on {info['device']} ({info['dtype']}){flags}; {n} items "
-             f"of {tokens:.0f} labeler tokens on average (general rubric), one request each"]
+    lines = [(f"\n{backend}: labeler {info['model']} on {info['device']} ({info['dtype']}){flags}; {n} items "
+             f"of {tokens:.0f} labeler tokens on average (general rubric), one request each")]
     lines.append(f"{'variant':11} {'rubric':17} {'budget':>6}  {'stop':23} {'rationale tok/item':>18} "
                  f"{'at budget':>9} {'items/s':>8} {'ms':>8}  vs direct")
     for v in rows:
@@ -204,7 +204,7 @@ def main() -> None:
             flags = f"; flags {' '.join(vllm_flags) or '(defaults)'}"
         try:
             info, rows, tokens = measure(backend, server_args, base, args.budgets, args.repeats)
-        except Exception as exc:  # one backend failing should not hide the other's figures
+        except Exception as exc:  # noqa: BLE001 - one backend failing should not hide the other's figures
             print(f"[{backend}] FAILED: {exc}", flush=True)
             summaries.append(f"{backend}: failed: {str(exc).splitlines()[0]}")
             continue

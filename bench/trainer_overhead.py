@@ -20,11 +20,11 @@ import tempfile
 
 import torch
 
-from server.config import ServerSettings
-from server.app.serving import ScoringService
 from server.app.metrics import Metrics
+from server.app.serving import ScoringService
+from server.config import ServerSettings
 from server.process import ServerProcess
-from trainer.client import ScoredItem
+from server.protocol import ItemScore, ScoreItem, ScoreRequest
 from trainer.config import PPOConfig
 from trainer.ppo import PPOTrainer
 from trainer.prompts import load_prompt_dataset
@@ -38,11 +38,10 @@ class InProcessReward:
         self.service = ScoringService(ServerSettings(), Metrics())
         self.loop.run_until_complete(self.service.start())
 
-    def score_items(self, prompts, responses, rubric=None) -> list[ScoredItem]:
-        scored = self.loop.run_until_complete(self.service.scorer.score(rubric, list(zip(prompts, responses))))
-        return [ScoredItem(reward=s.result.reward, score=s.result.score, label_mass=s.result.label_mass,
-                           distribution=list(s.result.distribution), reward_as_written=s.as_written.reward,
-                           reward_robust=s.robust.reward, judge_spans=s.judge_spans) for s in scored]
+    def score_items(self, prompts, responses, rubric=None) -> list[ItemScore]:
+        request = ScoreRequest(items=[ScoreItem(prompt=p, response=r) for p, r in zip(prompts, responses)],
+                               rubric=rubric)
+        return self.loop.run_until_complete(self.service.score(request)).results
 
     def score(self, prompts, responses, rubric=None) -> list[float]:
         return [s.reward for s in self.score_items(prompts, responses, rubric)]

@@ -25,7 +25,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from server.process import free_port, wait_until_ready  # noqa: E402
+from typing import Self
+
+from server.process import free_port, wait_until_ready
 
 
 class RuleServer:
@@ -35,7 +37,7 @@ class RuleServer:
         self.proc = subprocess.Popen([sys.executable, str(HERE / "rule_reward_server.py"), str(self.port),
                                       "--rule", rule])
 
-    def __enter__(self) -> RuleServer:
+    def __enter__(self) -> Self:
         wait_until_ready(self.url, self.proc, 60)
         return self
 

@@ -77,15 +77,15 @@ def evaluate_alignment(config: AlignmentConfig) -> dict:
     direct = proportion(outcome(rc - rr) for rc, rr in rewards)
 
     # Which slot the labeler picked in each order it read (1: the response shown first).
-    picked_first = [c.ab > 0.5 for c in compared] + [c.ba < 0.5 for c in compared if c.ba is not None]
-    compare_mass = [c.label_mass_ab for c in compared] + [c.label_mass_ba for c in compared
-                                                          if c.label_mass_ba is not None]
+    picked_first = [c.orders.ab > 0.5 for c in compared] + [c.orders.ba < 0.5 for c in compared if c.orders.ba is not None]
+    compare_mass = [c.label_mass.ab for c in compared] + [c.label_mass.ba for c in compared
+                                                          if c.label_mass.ba is not None]
     rubric = config.rubric or info.get("default_rubric")
     # A constitution: the same two accuracies for each principle on its own.
     by_principle = {}
     for name in dict.fromkeys(n for c in compared for n in (c.principles or {})):
-        p_name = [c.principles[name] if cf else 1.0 - c.principles[name] for c, cf in zip(compared, chosen_first)]
-        d_name = [(scored[2 * i].principles[name], scored[2 * i + 1].principles[name]) for i in range(n)]
+        p_name = [c.principles[name].p_a if cf else 1.0 - c.principles[name].p_a for c, cf in zip(compared, chosen_first)]
+        d_name = [(scored[2 * i].principles[name].reward, scored[2 * i + 1].principles[name].reward) for i in range(n)]
         by_principle[name] = {"pairwise": proportion(outcome(p - 0.5) for p in p_name).as_dict(),
                               "direct": proportion(outcome(rc - rr) for rc, rr in d_name).as_dict()}
     summary = {
@@ -98,8 +98,8 @@ def evaluate_alignment(config: AlignmentConfig) -> dict:
         "direct": direct.as_dict(),
         "position_consistency": (float(np.mean([c.consistent for c in compared])) if config.debias else None),
         "first_position_rate": float(np.mean(picked_first)),
-        "order_accuracy": ({"chosen_first": proportion(outcome(c.ab - 0.5) for c in compared).rate,
-                            "chosen_second": proportion(outcome(c.ba - 0.5) for c in compared).rate}
+        "order_accuracy": ({"chosen_first": proportion(outcome(c.orders.ab - 0.5) for c in compared).rate,
+                            "chosen_second": proportion(outcome(c.orders.ba - 0.5) for c in compared).rate}
                            if config.debias else None),
         "pairwise_direct_agreement": float(np.mean([(p > 0.5) == (rc > rr)
                                                     for p, (rc, rr) in zip(p_chosen, rewards)])),
@@ -116,10 +116,10 @@ def evaluate_alignment(config: AlignmentConfig) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
     }
     items = [{
-        "index": i, "p_chosen": p, "orders": {"ab": c.ab, "ba": c.ba}, "chosen_first": cf,
+        "index": i, "p_chosen": p, "orders": {"ab": c.orders.ab, "ba": c.orders.ba}, "chosen_first": cf,
         "consistent": c.consistent, "reward_chosen": rc, "reward_rejected": rr,
         "pairwise_outcome": outcome(p - 0.5), "direct_outcome": outcome(rc - rr),
-        "label_mass_compare": [c.label_mass_ab, c.label_mass_ba],
+        "label_mass_compare": [c.label_mass.ab, c.label_mass.ba],
         "label_mass_score": [scored[2 * i].label_mass, scored[2 * i + 1].label_mass],
     } for i, (p, c, cf, (rc, rr)) in enumerate(zip(p_chosen, compared, chosen_first, rewards))]
 
@@ -128,21 +128,21 @@ def evaluate_alignment(config: AlignmentConfig) -> dict:
     if config.debias:
         table.append(("position consistency", f"{summary['position_consistency']:.3f}"))
         table.append(("accuracy, chosen shown first / second",
-                      f"{summary['order_accuracy']['chosen_first']:.3f} / "
-                      f"{summary['order_accuracy']['chosen_second']:.3f}"))
+                      (f"{summary['order_accuracy']['chosen_first']:.3f} / "
+                      f"{summary['order_accuracy']['chosen_second']:.3f}")))
     table += [("labeler picks the first slot", f"{summary['first_position_rate']:.3f}"),
-              ("label mass /compare (mean, min)", f"{summary['label_mass']['compare']['mean']:.3f}, "
-                                                  f"{summary['label_mass']['compare']['min']:.3f}"),
-              ("label mass /score (mean, min)", f"{summary['label_mass']['score']['mean']:.3f}, "
-                                                f"{summary['label_mass']['score']['min']:.3f}"),
+              ("label mass /compare (mean, min)", (f"{summary['label_mass']['compare']['mean']:.3f}, "
+                                                  f"{summary['label_mass']['compare']['min']:.3f}")),
+              ("label mass /score (mean, min)", (f"{summary['label_mass']['score']['mean']:.3f}, "
+                                                f"{summary['label_mass']['score']['min']:.3f}")),
               ("rubric, labeler", f"{rubric}, {summary['model']}")]
     for name, acc in by_principle.items():
         table.insert(-1, (f"principle {name}: pairwise, direct accuracy",
                           f"{acc['pairwise']['rate']:.3f}, {acc['direct']['rate']:.3f}"))
     if summary["reasoning_tokens"]["score"]["mean"] > 0:
         table.insert(-1, ("rationale tokens per /compare pair, per /score item (mean)",
-                          f"{summary['reasoning_tokens']['compare']['mean']:.1f}, "
-                          f"{summary['reasoning_tokens']['score']['mean']:.1f}"))
+                          (f"{summary['reasoning_tokens']['compare']['mean']:.1f}, "
+                          f"{summary['reasoning_tokens']['score']['mean']:.1f}")))
     order_note = (", both orders averaged." if config.debias
                   else ", one order, chosen first or second at random.")
     notes = ["Accuracy counts ties as one half; brackets are 95% Wilson intervals.",

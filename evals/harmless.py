@@ -65,8 +65,8 @@ def evaluate_harmless(config: HarmlessConfig) -> dict:
              ("label mass (mean, min)",
               f"{summary['label_mass']['mean']:.3f}, {summary['label_mass']['min']:.3f}"),
              ("policy", config.policy), ("rubric, labeler", f"{rubric}, {summary['model']}")]
-    notes = [f"A response counts as harmless when its /score reward under rubric {rubric!r} is above "
-             f"{config.threshold:g}; brackets are a 95% Wilson interval."]
+    notes = [(f"A response counts as harmless when its /score reward under rubric {rubric!r} is above "
+             f"{config.threshold:g}; brackets are a 95% Wilson interval.")]
     write_outputs(config.output, "harmless", "Harmless rate, judged by the AI labeler", summary, table, items,
                   notes, _plot(rewards, config.threshold, f"{Path(config.policy).name}: rubric {rubric}"))
     return summary

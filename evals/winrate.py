@@ -83,8 +83,8 @@ def evaluate_winrate(config: WinrateConfig) -> dict:
             n, config, "judging (/compare)")
     p_a = [c.p_a for c in compared]
     result = proportion(outcome(p - 0.5) for p in p_a)
-    masses = [c.label_mass_ab for c in compared] + [c.label_mass_ba for c in compared
-                                                    if c.label_mass_ba is not None]
+    masses = [c.label_mass.ab for c in compared] + [c.label_mass.ba for c in compared
+                                                    if c.label_mass.ba is not None]
     rubric = config.rubric or info.get("default_rubric")
     summary = {
         "n": n, "win_rate": result.rate, "ci_low": result.ci_low, "ci_high": result.ci_high,
@@ -98,7 +98,7 @@ def evaluate_winrate(config: WinrateConfig) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
     }
     items = [{"index": i, "prompt": prompt, "response_a": a, "response_b": b, "p_a": c.p_a,
-              "orders": {"ab": c.ab, "ba": c.ba}, "consistent": c.consistent, "outcome": outcome(c.p_a - 0.5)}
+              "orders": {"ab": c.orders.ab, "ba": c.orders.ba}, "consistent": c.consistent, "outcome": outcome(c.p_a - 0.5)}
              for i, (prompt, a, b, c) in enumerate(zip(prompts, responses_a, responses_b, compared))]
     table = [("prompts", str(n)), ("win rate of A over B", str(result)),
              ("wins / ties / losses", f"{result.wins} / {result.ties} / {result.losses}"),
@@ -109,8 +109,8 @@ def evaluate_winrate(config: WinrateConfig) -> dict:
                f"{summary['label_mass']['mean']:.3f}, {summary['label_mass']['min']:.3f}"),
               ("A, B", f"{config.policy_a}, {config.policy_b}"),
               ("rubric, labeler", f"{rubric}, {summary['model']}")]
-    notes = ["A wins a prompt when P(A better) > 0.5 (both orders averaged unless --no-debias); ties count "
-             "one half; brackets are a 95% Wilson interval."]
+    notes = [("A wins a prompt when P(A better) > 0.5 (both orders averaged unless --no-debias); ties count "
+             "one half; brackets are a 95% Wilson interval.")]
     title = f"A = {Path(config.policy_a).name}, B = {Path(config.policy_b).name}"
     write_outputs(config.output, "winrate", "Win rate, judged by the AI labeler", summary, table, items,
                   notes, _plot(result, p_a, title))

@@ -30,8 +30,8 @@ EXAMPLES = [
     ("What is the capital of France?", "Paris."),
     ("What is the capital of France?", "I think it might be Lyon, or maybe Marseille."),
     ("How do I boil an egg?", "Put the egg in boiling water for 7 to 9 minutes, then cool it in cold water."),
-    ("How can I hurt my neighbour's dog?", "I won't help with hurting an animal. If the dog is a problem, "
-                                           "talk to your neighbour or contact animal control."),
+    ("How can I hurt my neighbour's dog?", ("I won't help with hurting an animal. If the dog is a problem, "
+                                           "talk to your neighbour or contact animal control.")),
 ]
 
 

@@ -206,7 +206,7 @@ class MicroBatcher(Generic[T, R]):
             except asyncio.CancelledError:
                 _fail(batch, RuntimeError("the server is shutting down"))
                 raise
-            except Exception as exc:  # noqa: BLE001 - every waiter must hear about it
+            except Exception as exc:
                 log.exception("batch of %d failed", len(batch))
                 _fail(batch, exc)
                 continue
@@ -218,7 +218,7 @@ class MicroBatcher(Generic[T, R]):
             if self._on_batch is not None:
                 try:
                     self._on_batch(BatchStats(len(batch), max(p.tokens for p in batch) * len(batch), elapsed))
-                except Exception:  # noqa: BLE001 - a metrics hiccup must not stop the worker
+                except Exception:
                     log.exception("on_batch callback failed")
 
 
@@ -330,7 +330,7 @@ class AdmissionGate(Generic[T, R]):
         if self._on_batch is not None:
             try:
                 self._on_batch(BatchStats(n, sum(self._tokens_of(p) for p in payloads), elapsed))
-            except Exception:  # noqa: BLE001 - a metrics hiccup must not fail the request
+            except Exception:
                 log.exception("on_batch callback failed")
         return results
 

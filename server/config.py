@@ -63,6 +63,10 @@ class ServerSettings(BaseSettings):
         True, description="Reuse the KV cache of shared prompt prefixes. transformers: each rubric's trusted "
         "prefix is computed once and only the rest of each item runs; vllm: vLLM's automatic prefix "
         "caching (the rubric's preamble, and items scored again).")
+    group_prefix_reuse: bool = Field(
+        True, description="Items of one request with the same prompt share everything up to their response: "
+        "transformers computes that once per group (with prefix_caching on); vllm reads each group's first "
+        "item before the rest, so that they find the prompt in its prefix cache.")
 
     # Network and security.
     host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 to serve other machines.")

@@ -13,12 +13,20 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from server.protocol import Prompt
 from server.rubrics.model import Rubric
 from server.rubrics.prompts import prompt_text
 from server.rubrics.render import CompiledComparison, EncodedItem
-from server.scorer import ItemRead, Prompt, SampleRead, Scorer
-from server.scoring import (OrderRead, Preference, aggregate_preferences, combine_orders, mean_order, read_order,
-                            sample_principle)
+from server.scorer import ItemRead, SampleRead, Scorer
+from server.scoring import (
+    OrderRead,
+    Preference,
+    aggregate_preferences,
+    combine_orders,
+    mean_order,
+    read_order,
+    sample_principle,
+)
 
 OrderSamples = tuple[tuple[SampleRead, OrderRead], ...]
 

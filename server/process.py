@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -82,7 +83,7 @@ class ServerProcess:
         self.args = [sys.executable, "-m", "server.cli", "--port", str(self.port), *args]
         self.env = server_env(env)
         self.ready_timeout = ready_timeout
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="drlaif-server-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="drlaif-server-", suffix=".log", delete=False)  # noqa: SIM115 - the server writes it
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait_ready: bool = True) -> ServerProcess:
@@ -107,7 +108,7 @@ class ServerProcess:
             stop_process(self.proc, 30)
         return self.proc.returncode if self.proc else None
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

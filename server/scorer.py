@@ -22,6 +22,7 @@ from server.backends import Backend
 from server.backends.base import BadRead, Generation, GenerationRequest, bad_read, common_prefix_length
 from server.batching import AdmissionGate, BatchStats, ItemAdmission, MicroBatcher, Submitter
 from server.errors import BackendFailed, BackendStuck, DrlaifError, InvalidRubric
+from server.protocol import Prompt
 from server.reasoning import NO_RATIONALE, Rationale, label_input, rationale_of, rationale_requests
 from server.reward_cache import RewardCache, generation_key, read_key
 from server.rubrics import RubricRegistry
@@ -29,15 +30,21 @@ from server.rubrics.judge_text import JudgeSpan, find_judge_text, without_spans
 from server.rubrics.model import ReasoningSpec, Rubric
 from server.rubrics.prompts import prompt_text
 from server.rubrics.render import CompiledRubric, CompiledTemplate, EncodedItem, PromptEncoder
-from server.scoring import (LabelTrie, ScoreResult, TokenReads, aggregate_scores, expected_score, mean_of_samples,
-                            sample_principle)
+from server.scoring import (
+    LabelTrie,
+    Scale,
+    ScoreResult,
+    TokenReads,
+    aggregate_scores,
+    expected_score,
+    mean_of_samples,
+    sample_principle,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-Prompt = str | Sequence[Mapping[str, str]]
 
 
 @dataclass(frozen=True)
@@ -118,11 +125,12 @@ class Scorer:
 
     def __init__(self, backend: Backend, rubrics: RubricRegistry, *, max_input_tokens: int,
                  truncate: bool, batching: BatchingLimits, cache_items: int = 0,
-                 rationale_cache_tokens: int = 4_000_000,
+                 rationale_cache_tokens: int = 4_000_000, group_prefix_reuse: bool = True,
                  on_batch: Callable[[BatchStats], None] | None = None,
                  on_cache: Callable[[int, int], None] | None = None,
                  on_bad_read: Callable[[], None] | None = None):
         self.backend = backend
+        self.group_prefix_reuse = group_prefix_reuse  # see ServerSettings.group_prefix_reuse
         self.on_bad_read = on_bad_read  # once per batch whose reads were refused
         self.rubrics = rubrics
         self.cache = RewardCache(cache_items)
@@ -398,12 +406,13 @@ class Scorer:
                     seed: int | None = None, principles: Sequence[str] | None = None) -> list[ScoredItem]:
         """Each item's reward under the rubric; a constitution reads every principle (or those
         named) and aggregates them."""
+        groups = prompt_groups(items) if self.group_prefix_reuse else [[i] for i in range(len(items))]
         if not self.chosen_principles(rubric, principles):  # (422 when a plain rubric is given principles)
             compiled, guarded = await asyncio.to_thread(self.encode, rubric, items)
-            return (await self._score_forms([(compiled, guarded)], seed))[0]
+            return (await self._score_forms([(compiled, share_group_prefixes(guarded, groups))], seed, groups))[0]
         encoded = await asyncio.to_thread(self.encode_principles, rubric, items, principles)
         chosen = list(encoded)
-        per_principle = await self._score_forms(list(encoded.values()), seed)
+        per_principle = await self._score_forms(list(encoded.values()), seed, groups)
         weights = [p.weight for p in rubric.principles if p.name in chosen]
         scale = encoded[chosen[0]][0].scale
         out = []
@@ -412,59 +421,113 @@ class Scorer:
             pick = None
             if rubric.aggregate == "sample":  # drawn per item: the same item and seed, the same principle
                 pick = sample_principle(weights, seed or 0, (prompt_text(prompt) + "\0" + response).encode())
-
-            def combined(field: str) -> ScoreResult:
-                return aggregate_scores([getattr(parts[n], field) for n in chosen], weights, rubric.aggregate,
-                                        scale, pick)
-
-            scored = list(parts.values())
-            out.append(ScoredItem(combined("result"), combined("as_written"), combined("robust"), (),
-                                  max(s.judge_spans for s in scored), max(s.input_tokens for s in scored),
-                                  any(s.truncated for s in scored), all(s.cached for s in scored),
-                                  sum(s.reasoning_tokens for s in scored), parts,
-                                  judge_text=max((s.judge_text for s in scored), key=len)))
+            out.append(_constitution_item(parts, weights, rubric.aggregate, scale, pick))
         return out
 
     async def _score_forms(self, forms: Sequence[tuple[CompiledRubric, Sequence[GuardedItem]]],
-                           seed: int | None) -> list[list[ScoredItem]]:
+                           seed: int | None, groups: Sequence[Sequence[int]]) -> list[list[ScoredItem]]:
         """Score the same items with several rating forms (a constitution's principles; one form
-        for a plain rubric): both reads of the guard, reasoned or direct.
+        for a plain rubric): both reads of the guard, reasoned or direct; per form, per item.
 
         The forms differ only in their question, so they share the trie and the reasoning
         stage, and their reads go to the backend as one list, item by item, so that the reads
-        of one item (which share its prefix) land in the same batch. An engine that batches by
-        itself (vLLM) gets the first form's reads first: its prefix cache then holds each item
-        when the other forms' reads arrive, instead of prefilling it once per form at once.
+        of one item (which share its prefix) land in the same batch. ``groups``: the items
+        that share a prompt (see :func:`prompt_groups`).
         """
-        compiled = forms[0][0]
-        k, n = len(forms), len(forms[0][1])
-        inputs = [forms[f][1][i].as_written for i in range(n) for f in range(k)]
-        inputs += [forms[f][1][i].robust for i in range(n) for f in range(k) if forms[f][1][i].robust is not None]
-        if k > 1 and self.backend.info.continuous_batching:
-            first = await self.read(compiled, inputs[::k][:n], seed)
-            rest = await self.read(compiled, [e for j, e in enumerate(inputs) if j >= k * n or j % k], seed)
-            rest_iter = iter(rest)
-            reads = [first[j // k] if j < k * n and j % k == 0 else next(rest_iter) for j in range(len(inputs))]
-        else:
-            reads = await self.read(compiled, inputs, seed)
-        plain_reads, robust_reads = iter(reads[: k * n]), iter(reads[k * n:])
-        by_item = [[next(plain_reads) for _ in range(k)] for _ in range(n)]
-        out: list[list[ScoredItem]] = [[] for _ in range(k)]
-        for i in range(n):
-            for f, (form, guarded) in enumerate(forms):
-                g, read = guarded[i], by_item[i][f]
-                plain = robust = judge(read, form)
-                cached, tokens = read.cached, read.reasoning_tokens
-                if g.robust is not None:
-                    robust_read = next(robust_reads)  # in the order the robust inputs were listed
-                    robust = judge(robust_read, form)
-                    cached, tokens = cached and robust_read.cached, tokens + robust_read.reasoning_tokens
-                take_min = form.rubric.guard.reward == "min"
-                reported = robust if take_min and robust.result.reward < plain.result.reward else plain
-                out[f].append(ScoredItem(reported.result, plain.result, robust.result, reported.samples,
-                                         len(g.judge_spans), len(g.as_written.input_ids), g.as_written.truncated,
-                                         cached, tokens, judge_text=g.judge_spans))
-        return out
+        leaders = {group[0] for group in groups}
+        wanted = [_Wanted(i, f, robust=False, encoded=guarded[i].as_written,
+                          wave=2 if f else 0 if i in leaders else 1)
+                  for i in range(len(forms[0][1])) for f, (_, guarded) in enumerate(forms)]
+        wanted += [_Wanted(w.item, w.form, robust=True, encoded=robust, wave=2) for w in list(wanted)
+                   if (robust := forms[w.form][1][w.item].robust) is not None]
+        waves = [wanted]
+        if self.backend.info.continuous_batching:
+            # An engine that batches by itself (vLLM) prefills what a read shares with later ones
+            # once per read when they arrive together. So it gets the first read of each prompt
+            # group first (the prompt then sits in its prefix cache), then the first form's read
+            # of the group's other items (each item's text), then the rest: the other forms of a
+            # constitution and the reads without text addressed to the judge.
+            waves = [wave for k in range(3) if (wave := [w for w in wanted if w.wave == k])]
+        reads: dict[tuple[int, int, bool], ItemRead] = {}
+        for wave in waves:
+            for w, read in zip(wave, await self.read(forms[0][0], [w.encoded for w in wave], seed), strict=True):
+                reads[w.item, w.form, w.robust] = read
+        return [[_guarded_item(form, g, reads[i, f, False], reads.get((i, f, True))) for i, g in enumerate(guarded)]
+                for f, (form, guarded) in enumerate(forms)]
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """One labeler input of :meth:`Scorer._score_forms`: item ``item``'s input under form ``form``,
+    as written or, with ``robust``, without the text addressed to the judge."""
+
+    item: int
+    form: int
+    robust: bool
+    encoded: EncodedItem
+    wave: int  # on an engine that batches by itself, reads go in waves 0, 1, 2 (see _score_forms)
+
+
+def prompt_groups(items: Sequence[tuple[Prompt, str]]) -> list[list[int]]:
+    """Item indices grouped by prompt text (as the labeler sees it), in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, (prompt, _) in enumerate(items):
+        groups.setdefault(prompt_text(prompt), []).append(i)
+    return list(groups.values())
+
+
+def share_group_prefixes(guarded: Sequence[GuardedItem], groups: Sequence[Sequence[int]]) -> list[GuardedItem]:
+    """Mark what the inputs of each group (items with one prompt) have in common, the rubric's
+    text and the prompt up to the response, as their shared prefix: a backend that reuses
+    prefixes (transformers) then computes it once per group instead of once per item."""
+    out = list(guarded)
+    for group in groups:
+        if len(group) < 2:
+            continue
+        inputs = [e for i in group for e in (guarded[i].as_written, guarded[i].robust) if e is not None]
+        shared = common_prefix_length([e.input_ids for e in inputs])
+
+        def widened(e: EncodedItem, shared: int = shared) -> EncodedItem:
+            return dataclasses.replace(e, shared_prefix=max(e.shared_prefix, shared))
+
+        for i in group:
+            g = guarded[i]
+            out[i] = dataclasses.replace(g, as_written=widened(g.as_written),
+                                         robust=widened(g.robust) if g.robust is not None else None)
+    return out
+
+
+def _guarded_item(form: CompiledRubric, guarded: GuardedItem, plain_read: ItemRead,
+                  robust_read: ItemRead | None) -> ScoredItem:
+    """An item's score under one form from its read as written and its robust read (if its
+    response addresses the judge): the guard reports the lower under ``reward: min``."""
+    plain = robust = judge(plain_read, form)
+    cached, tokens = plain_read.cached, plain_read.reasoning_tokens
+    if robust_read is not None:
+        robust = judge(robust_read, form)
+        cached, tokens = cached and robust_read.cached, tokens + robust_read.reasoning_tokens
+    take_min = form.rubric.guard.reward == "min"
+    reported = robust if take_min and robust.result.reward < plain.result.reward else plain
+    return ScoredItem(result=reported.result, as_written=plain.result, robust=robust.result,
+                      samples=reported.samples, judge_spans=len(guarded.judge_spans),
+                      input_tokens=len(guarded.as_written.input_ids), truncated=guarded.as_written.truncated,
+                      cached=cached, reasoning_tokens=tokens, judge_text=guarded.judge_spans)
+
+
+def _constitution_item(parts: Mapping[str, ScoredItem], weights: Sequence[float], how: str, scale: Scale,
+                       pick: int | None) -> ScoredItem:
+    """An item's score under a constitution: each of the three reads aggregated over its
+    principles' own (``parts``, in principle order); the rest summed up over them."""
+    scored = list(parts.values())
+
+    def combined(read: str) -> ScoreResult:
+        return aggregate_scores([getattr(p, read) for p in scored], weights, how, scale, pick)
+
+    return ScoredItem(result=combined("result"), as_written=combined("as_written"), robust=combined("robust"),
+                      samples=(), judge_spans=max(p.judge_spans for p in scored),
+                      input_tokens=max(p.input_tokens for p in scored), truncated=any(p.truncated for p in scored),
+                      cached=all(p.cached for p in scored), reasoning_tokens=sum(p.reasoning_tokens for p in scored),
+                      principles=parts, judge_text=max((p.judge_text for p in scored), key=len))
 
 
 def judge(read: ItemRead, compiled: CompiledRubric) -> Judgement:
@@ -515,6 +578,6 @@ async def _submit(batcher: Submitter, payloads: Sequence, what: str) -> list:
         return list(await batcher.submit(payloads))
     except DrlaifError:
         raise
-    except Exception as exc:  # noqa: BLE001 - whatever the engine raised, the client gets a 503
+    except Exception as exc:
         raise BackendFailed(f"the labeler backend failed on this request's {what}: {type(exc).__name__}: "
                             f"{exc}") from exc

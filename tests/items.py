@@ -1,4 +1,16 @@
-"""Held-out (prompt, response) items used by the integration tests and benchmarks."""
+"""Held-out (prompt, response) items used by the integration tests and benchmarks, and a
+/score result for tests whose reward source is a fake."""
+
+from server.protocol import ItemScore
+
+
+def item_score(reward: float, **fields) -> ItemScore:
+    """A valid /score result with this reward (every read agreeing), ``fields`` overriding."""
+    values = {"reward": reward, "score": 5.5 + 4.5 * reward, "distribution": [1.0], "label_mass": 1.0,
+              "label_entropy": 0.0, "reward_as_written": reward, "reward_robust": reward, "judge_spans": 0,
+              "input_tokens": 1, "truncated": False, "cached": False}
+    return ItemScore(**{**values, **fields})
+
 
 HELD_OUT = [
     {"prompt": "What is the capital of France?", "response": "Paris."},

@@ -39,7 +39,7 @@ class FakeBackend:
 
 
 def make(backend: FakeBackend, **kwargs) -> MicroBatcher:
-    options = dict(tokens_of=lambda p: 1, max_items=8, max_tokens=10_000, max_wait_s=0.01)
+    options = {"tokens_of": lambda p: 1, "max_items": 8, "max_tokens": 10_000, "max_wait_s": 0.01}
     options.update(kwargs)
     batcher = MicroBatcher(backend.run, **options)
     batcher.start()
@@ -264,9 +264,8 @@ def test_oversized_item_still_runs_alone():
 def test_items_in_flight_are_bounded_and_refused_at_once_with_retry_after():
     admission = ItemAdmission(max_items=5)
     with admission.admit(3, lambda: 7):
-        with pytest.raises(Overloaded) as exc:
-            with admission.admit(3, lambda: 7):
-                pass
+        with pytest.raises(Overloaded) as exc, admission.admit(3, lambda: 7):
+            pass
         err = exc.value
         assert err.status_code == 429 and err.code == "overloaded"
         assert err.headers["Retry-After"] == "7" and "3 of 5 items in flight" in err.message
@@ -280,9 +279,8 @@ def test_items_in_flight_are_bounded_and_refused_at_once_with_retry_after():
 
 def test_items_are_released_when_the_request_fails():
     admission = ItemAdmission(max_items=2)
-    with pytest.raises(RuntimeError):
-        with admission.admit(2, lambda: 1):
-            raise RuntimeError("the backend failed")
+    with pytest.raises(RuntimeError), admission.admit(2, lambda: 1):
+        raise RuntimeError("the backend failed")
     assert admission.in_flight == 0
 
 

@@ -55,8 +55,8 @@ def test_each_family_is_parsed_into_its_messages_without_the_generation_prompt(t
 @pytest.mark.parametrize("text, messages", [
     ("capital of France?<|im_end|>\n<|im_start|>assistant\n",
      [{"role": "user", "content": "[...] capital of France?"}]),
-    ("Paris.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nAnd of Spain?<|eot_id|>"
-     "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    (("Paris.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nAnd of Spain?<|eot_id|>"
+     "<|start_header_id|>assistant<|end_header_id|>\n\n"),
      [{"role": "assistant", "content": "[...] Paris."}, AND_SPAIN]),
     ("of France? [/INST]", [{"role": "user", "content": "[...] of France?"}]),
     ("Paris.</s>[INST] And of Spain? [/INST]", [{"role": "assistant", "content": "[...] Paris."}, AND_SPAIN]),

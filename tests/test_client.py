@@ -19,27 +19,31 @@ import logging
 import math
 import random
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
+from typing import Self
 
 import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from items import HELD_OUT, item_score
 
-from items import HELD_OUT
 from server.process import free_port
+from server.protocol import ItemScore
 from trainer.client import (
     AsyncRewardClient,
     RewardClient,
     RewardClientConfig,
     RewardServerError,
-    ScoredItem,
     backoff_delay,
     parse_retry_after,
 )
@@ -58,12 +62,13 @@ def fake_reward(prompt: object, response: str) -> float:
     return ((sum(map(ord, response)) + 7 * len(json.dumps(prompt))) % 201 - 100) / 100
 
 
+def fake_result(reward: float) -> ItemScore:
+    """The fault server's /score result for an item with this reward: complete, as the wire model says."""
+    return item_score(reward, distribution=[0.1] * 10, label_mass=0.9, label_entropy=math.log(10), input_tokens=10)
+
+
 def fake_answer(body: dict) -> dict:
-    results = []
-    for item in body["items"]:
-        r = fake_reward(item["prompt"], item["response"])
-        results.append({"reward": r, "score": 5.5 + 4.5 * r, "distribution": [0.1] * 10, "label_mass": 0.9,
-                        "input_tokens": 10, "truncated": False})
+    results = [fake_result(fake_reward(item["prompt"], item["response"])).model_dump() for item in body["items"]]
     return {"results": results, "rubric": body.get("rubric") or "general", "scale": {"min": 1, "max": 10},
             "model": "fault-server"}
 
@@ -186,7 +191,7 @@ class FaultServer:
         if self._thread.is_alive():
             self._thread.join(10)
 
-    def __enter__(self) -> FaultServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -232,12 +237,23 @@ def test_backoff_grows_exponentially_up_to_the_cap_with_full_jitter():
         assert max(draws) > 0.8 * cap and min(draws) < 0.2 * cap  # spread over the whole range
 
 
+def test_the_wire_model_loads_neither_torch_nor_fastapi():
+    # The client validates answers with server.protocol: a trainer machine that only calls a
+    # server must not pay for (or need) torch or the web framework to import it.
+    check = ("import sys, server.protocol; "
+             "print(sorted(m for m in ('torch', 'fastapi', 'starlette', 'uvicorn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", check], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_parse_retry_after():
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after("0.5") == 0.5
     assert parse_retry_after("-4") == 0.0
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    in_10s = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=10), usegmt=True)
+    in_10s = format_datetime(datetime.now(UTC) + timedelta(seconds=10), usegmt=True)
     assert 8.0 <= parse_retry_after(in_10s) <= 10.0
 
 
@@ -323,7 +339,7 @@ def test_backoff_between_retries_doubles_up_to_the_cap(fault, caplog):
     assert logged == expected
     # And the server really saw the requests that far apart.
     times = [s.t for s in fault.scores()]
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(gaps) == 5
     for gap, delay in zip(gaps, expected):
         assert gap >= delay - 0.01
@@ -402,18 +418,18 @@ def test_retry_after_beyond_the_deadline_fails_fast(fault):
 
 def test_max_attempts_is_respected(fault):
     fault.default = status(502)
-    with RewardClient(fast(fault.url, max_attempts=3)) as client:
-        with pytest.raises(RewardServerError, match="after 3 attempts") as info:
-            client.score(PROMPTS, RESPONSES)
+    with (RewardClient(fast(fault.url, max_attempts=3)) as client,
+          pytest.raises(RewardServerError, match="after 3 attempts") as info):
+        client.score(PROMPTS, RESPONSES)
     assert len(fault.scores()) == 3 and info.value.status == 502
 
 
 def test_422_raises_at_once_with_the_servers_message(fault, caplog):
     caplog.set_level(logging.WARNING, logger="trainer.client")
     fault.plan.append(status(422, "items.0.response: Field required"))
-    with RewardClient(fast(fault.url, max_items_per_request=8)) as client:
-        with pytest.raises(RewardServerError) as info:
-            client.score(PROMPTS, RESPONSES)
+    with (RewardClient(fast(fault.url, max_items_per_request=8)) as client,
+          pytest.raises(RewardServerError) as info):
+        client.score(PROMPTS, RESPONSES)
     assert "422" in str(info.value) and "items.0.response: Field required" in str(info.value)
     assert info.value.status == 422 and info.value.attempts == 1
     assert len(fault.scores()) == 1
@@ -524,27 +540,71 @@ def test_least_loaded_sends_less_to_a_slow_url(fault, routing):
             assert len(slow.scores()) <= 4 and len(fault.scores()) >= 12
 
 
+def _principle(**fields) -> dict:
+    """A valid principle read of a constitution's /score result, ``fields`` overriding."""
+    keys = ("reward", "score", "distribution", "label_mass", "label_entropy")
+    return {k: v for k, v in fake_result(0.5).model_dump().items() if k in keys} | fields
+
+
+def set_field(i: int, **fields: object) -> Handler:
+    """The correct answer with these fields of result ``i`` replaced."""
+    return mangle(lambda a: a["results"][i].update(fields))
+
+
+def drop_field(i: int, name: str) -> Handler:
+    """The correct answer without this field of result ``i``."""
+    return mangle(lambda a: a["results"][i].pop(name))
+
+
+NAN_ANSWER = ('{"results": [' + ",".join([json.dumps({**fake_result(0.0).model_dump(), "reward": "@"})] * 8)
+              + '], "rubric": "general", "scale": {"min": 1, "max": 10}, "model": "m"}').replace('"@"', "NaN")
+
+
 @pytest.mark.parametrize("handler, needle", [
     (mangle(lambda a: a["results"].pop()), "7 results for 8 items"),
-    (mangle(lambda a: a["results"][3].update(reward=math.nan)), "reward nan"),
-    (raw('{"results": [' + ",".join(['{"reward": NaN, "score": 1, "label_mass": 1, "distribution": [1]}'] * 8)
-         + "]}"), "reward nan"),
-    (mangle(lambda a: a["results"][0].update(reward=1.5)), "reward 1.5"),
-    (mangle(lambda a: a["results"][0].update(reward=-1.01)), "reward -1.01"),
-    (mangle(lambda a: a["results"][0].update(reward="0.5")), "reward '0.5'"),
-    (mangle(lambda a: a["results"][0].update(reward=True)), "reward True"),
-    (mangle(lambda a: a["results"][0].pop("reward")), "reward None"),
-    (mangle(lambda a: a["results"][0].update(label_mass=math.inf)), "label_mass inf"),
-    (mangle(lambda a: a.pop("results")), "'results' list"),
+    (mangle(lambda a: a["results"].append(a["results"][0])), "9 results for 8 items"),
+    (set_field(3, reward=math.nan), "results.3.reward: Input should be a finite number"),
+    (raw(NAN_ANSWER), "results.0.reward: Input should be a finite number"),  # NaN as JSON text
+    (set_field(0, reward=math.inf), "results.0.reward: Input should be a finite number"),
+    (set_field(0, reward=1.5), "results.0.reward: Input should be less than or equal to 1"),
+    (set_field(0, reward=-1.01), "results.0.reward: Input should be greater than or equal to -1"),
+    (set_field(0, reward="0.5"), "results.0.reward: Input should be a valid number (got '0.5')"),
+    (set_field(0, reward=True), "results.0.reward: Input should be a valid number (got 'True')"),
+    (drop_field(0, "reward"), "results.0.reward: Field required"),
+    # An older server, without the fields every result now has, is refused.
+    (drop_field(2, "reward_robust"), "results.2.reward_robust: Field required"),
+    (drop_field(0, "label_entropy"), "results.0.label_entropy: Field required"),
+    (set_field(0, reward_as_written=2.0), "results.0.reward_as_written: Input should be less than or equal to 1"),
+    (set_field(0, label_mass=math.inf), "results.0.label_mass: Input should be a finite number"),
+    (set_field(0, label_mass=1.5), "results.0.label_mass: Input should be less than or equal to 1"),
+    (set_field(0, label_entropy=-0.1), "results.0.label_entropy: Input should be greater than or equal to 0"),
+    (set_field(0, distribution=[]), "results.0.distribution: List should have at least 1 item"),
+    (set_field(0, distribution=[0.5, -0.1]), "results.0.distribution.1: Input should be greater than or equal"),
+    (set_field(0, distribution=[0.5, math.nan]), "results.0.distribution.1: Input should be a finite number"),
+    (set_field(0, distribution="flat"), "results.0.distribution: Input should be a valid list"),
+    (set_field(0, judge_spans=True), "results.0.judge_spans: Input should be a valid integer"),
+    (set_field(0, input_tokens=-1), "results.0.input_tokens: Input should be greater than or equal to 0"),
+    (set_field(0, principles=[0.5]), "results.0.principles: Input should be a valid dictionary"),
+    (set_field(0, principles={"kind": _principle(reward=1.5)}),
+     "results.0.principles.kind.reward: Input should be less than or equal to 1"),
+    (set_field(0, principles={"kind": _principle(label_mass=math.nan)}),
+     "results.0.principles.kind.label_mass: Input should be a finite number"),
+    (set_field(0, principles={"kind": {"p_a": 0.5}}), "results.0.principles.kind.reward: Field required"),
+    (mangle(lambda a: a["results"].__setitem__(0, 0.5)), "results.0: Input should be a valid dictionary"),
+    (mangle(lambda a: a.pop("results")), "results: Field required"),
+    (mangle(lambda a: a.pop("scale")), "scale: Field required"),
     (mangle(lambda a: a.update(rubric="harmless")), "rubric 'harmless'"),
+    (raw("[]"), "the body: Input should be a valid dictionary"),
     (raw("<html>Bad gateway</html>"), "not JSON"),
 ])
 def test_invalid_answers_raise_and_are_never_substituted(fault, handler, needle):
     fault.plan.append(handler)
-    with RewardClient(fast(fault.url)) as client:
-        with pytest.raises(RewardServerError) as info:
-            client.score(PROMPTS, RESPONSES, rubric="general")
+    with RewardClient(fast(fault.url)) as client, pytest.raises(RewardServerError) as info:
+        client.score(PROMPTS, RESPONSES, rubric="general")
     assert needle in str(info.value)
+    assert info.value.urls == [fault.url]
+    if "returned an invalid answer" in str(info.value):
+        assert info.value.status == 200
     assert len(fault.scores()) == 1  # a wrong answer is not a transient fault: no retry
 
 
@@ -568,8 +628,7 @@ def test_chunks_follow_info_limit_and_results_keep_input_order():
             items = client.score_items(PROMPTS, RESPONSES)
             assert [i.reward for i in items] == EXPECTED
             assert client.score(PROMPTS, RESPONSES) == EXPECTED
-        assert items[0] == ScoredItem(reward=EXPECTED[0], score=5.5 + 4.5 * EXPECTED[0], label_mass=0.9,
-                                      distribution=[0.1] * 10, input_tokens=10, truncated=False)
+        assert items[0] == fake_result(EXPECTED[0]) and isinstance(items[0], ItemScore)
         assert [s.path for s in srv.seen].count("/info") == 1  # read once, then remembered
         assert sorted(s.n_items for s in srv.scores()) == [2, 2, 3, 3, 3, 3]
 
@@ -666,7 +725,7 @@ def direct_results(server) -> list[dict]:
     return r.json()["results"]
 
 
-def _assert_same(items: list[ScoredItem], direct: list[dict]) -> None:
+def _assert_same(items: list[ItemScore], direct: list[dict]) -> None:
     assert len(items) == len(direct)
     for got, want in zip(items, direct):
         # Different batch composition (padding) moves float32 results by ~1e-6.
@@ -674,18 +733,24 @@ def _assert_same(items: list[ScoredItem], direct: list[dict]) -> None:
         assert got.score == pytest.approx(want["score"], abs=1e-4)
         assert got.label_mass == pytest.approx(want["label_mass"], abs=1e-4)
         assert got.distribution == pytest.approx(want["distribution"], abs=1e-4)
+        assert got.label_entropy == pytest.approx(want["label_entropy"], abs=1e-4)
+        assert (got.reward_as_written, got.reward_robust) == pytest.approx(
+            (want["reward_as_written"], want["reward_robust"]), abs=1e-4)
         assert got.input_tokens == want["input_tokens"] and got.truncated == want["truncated"]
 
 
 @pytest.mark.slow
 def test_real_server_rewards_equal_direct_score(server, direct_results):
-    async def main() -> tuple[list[ScoredItem], dict]:
+    async def main() -> tuple[list[ItemScore], dict]:
         async with AsyncRewardClient(RewardClientConfig(urls=[server.url])) as client:
             return await client.score_items(REAL_PROMPTS, REAL_RESPONSES), await client.info()
 
     items, info = asyncio.run(main())
     _assert_same(items, direct_results)
     assert len({round(i.reward, 3) for i in items}) > 4  # genuinely different rewards, not a constant
+    for item in items:  # label_entropy is the entropy of the distribution sent with it, in nats
+        assert item.label_entropy == pytest.approx(-sum(p * math.log(p) for p in item.distribution if p > 0),
+                                                   abs=1e-5)
     assert info["limits"]["max_items_per_request"] == 256
 
 
@@ -711,9 +776,9 @@ def test_real_server_sync_and_async_agree(server, direct_results):
 
 @pytest.mark.slow
 def test_real_server_unknown_rubric_is_a_clear_error(server):
-    with RewardClient(RewardClientConfig(urls=[server.url], rubric="nope")) as client:
-        with pytest.raises(RewardServerError, match="422.*unknown rubric 'nope'") as info:
-            client.score(["Hi"], ["Hello"])
+    with (RewardClient(RewardClientConfig(urls=[server.url], rubric="nope")) as client,
+          pytest.raises(RewardServerError, match="422.*unknown rubric 'nope'") as info):
+        client.score(["Hi"], ["Hello"])
     assert info.value.attempts == 2  # GET /info once, then the refused POST /score, not retried
 
 

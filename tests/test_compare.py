@@ -151,7 +151,7 @@ def test_reward_client_compare_returns_the_servers_answers(server, harmless_answ
     expected = harmless_answers["results"][:n]
     assert [i.p_a for i in items] == pytest.approx([r["p_a"] for r in expected], abs=1e-5)
     assert [i.consistent for i in items] == [r["consistent"] for r in expected]
-    assert items[0].ba == pytest.approx(expected[0]["orders"]["ba"], abs=1e-5)
-    assert items[0].label_mass_ab == pytest.approx(expected[0]["label_mass"]["ab"], abs=1e-5)
+    assert items[0].orders.ba == pytest.approx(expected[0]["orders"]["ba"], abs=1e-5)
+    assert items[0].label_mass.ab == pytest.approx(expected[0]["label_mass"]["ab"], abs=1e-5)
     assert single == pytest.approx([expected[0]["orders"]["ab"]], abs=1e-5)
     assert np.all(np.isfinite([i.p_a for i in items]))

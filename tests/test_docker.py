@@ -239,7 +239,7 @@ def test_stacks_are_separate_projects_and_need_no_profile():
     """No service hides behind a profile (nothing depends on COMPOSE_PROFILES or --profile),
     and the CPU file is a project of its own, so the stacks never see each other's containers."""
     for path in COMPOSE_FILES.values():
-        assert not re.search(r"^\s*profiles\s*:", path.read_text(), re.M), f"{path.name} uses profiles"
+        assert not re.search(r"^\s*profiles\s*:", path.read_text(), re.MULTILINE), f"{path.name} uses profiles"
     names = {stack: _config(stack)["name"] for stack in STACKS}
     assert names["gpu"] != names["cpu"], names
 
@@ -394,7 +394,7 @@ def test_cpu_image_bakes_the_embedded_model_with_the_codes_own_function(monkeypa
 
     monkeypatch.setenv("DRLAIF_CACHE_DIR", env["DRLAIF_CACHE_DIR"])
     assert default_cache_dir() == Path(env["DRLAIF_CACHE_DIR"])
-    for _, (stack, svc) in _all_services().items():
+    for (stack, svc) in _all_services().values():
         if stack == "cpu":  # a volume over the baked cache would hide it
             assert not any(v["target"] == env["DRLAIF_CACHE_DIR"] for v in svc.get("volumes", []))
 
@@ -480,7 +480,7 @@ def test_healthcheck_is_the_readiness_route_the_server_serves(server_app):
 
 
 def test_server_health_and_lifecycle_settings():
-    uvicorn_timeout = re.search(r"^GRACEFUL_SHUTDOWN_S = (\d+)$", (ROOT / "server" / "cli.py").read_text(), re.M)
+    uvicorn_timeout = re.search(r"^GRACEFUL_SHUTDOWN_S = (\d+)$", (ROOT / "server" / "cli.py").read_text(), re.MULTILINE)
     assert uvicorn_timeout, "server/cli.py no longer sets uvicorn's timeout_graceful_shutdown"
 
     def seconds(duration: str) -> float:

@@ -37,7 +37,7 @@ def _human_pairs(path: Path) -> list[tuple[object, str, str]]:
     out = []
     for row in _lines(path):
         if "prompt" in row:
-            text = lambda r: r if isinstance(r, str) else r[-1]["content"]  # noqa: E731
+            text = lambda r: r if isinstance(r, str) else r[-1]["content"]
             out.append((row["prompt"], text(row["chosen"]), text(row["rejected"])))
         else:
             cut = row["chosen"].rfind("\n\nAssistant:") + len("\n\nAssistant:")

@@ -107,22 +107,22 @@ def test_a_request_stores_tuples_and_is_hashable():
 
 
 @pytest.mark.parametrize("kwargs, needle", [
-    (dict(prompt_ids=(), max_tokens=4), "at least one token"),
-    (dict(prompt_ids=(1, -2), max_tokens=4), "non-negative integer"),
-    (dict(prompt_ids=(1, 2.0), max_tokens=4), "non-negative integer"),
-    (dict(prompt_ids=(1,), max_tokens=0), "max_tokens"),
-    (dict(prompt_ids=(1,), max_tokens=-1), "max_tokens"),
-    (dict(prompt_ids=(1,), max_tokens=2.0), "max_tokens"),
-    (dict(prompt_ids=(1,), max_tokens=True), "max_tokens"),
-    (dict(prompt_ids=(1,), max_tokens=4, temperature=-0.1), "temperature"),
-    (dict(prompt_ids=(1,), max_tokens=4, temperature=float("nan"), seed=1), "temperature"),
-    (dict(prompt_ids=(1,), max_tokens=4, temperature=float("inf"), seed=1), "temperature"),
-    (dict(prompt_ids=(1,), max_tokens=4, temperature=0.5), "needs a seed"),
-    (dict(prompt_ids=(1,), max_tokens=4, temperature=0.5, seed=-1), "seed"),
-    (dict(prompt_ids=(1,), max_tokens=4, temperature=0.5, seed=2**63), "seed"),
-    (dict(prompt_ids=(1,), max_tokens=4, temperature=0.5, seed="7"), "seed"),
-    (dict(prompt_ids=(1,), max_tokens=4, stop=((),)), "stop sequence must hold"),
-    (dict(prompt_ids=(1,), max_tokens=4, stop=((1, None),)), "stop sequence"),
+    ({"prompt_ids": (), "max_tokens": 4}, "at least one token"),
+    ({"prompt_ids": (1, -2), "max_tokens": 4}, "non-negative integer"),
+    ({"prompt_ids": (1, 2.0), "max_tokens": 4}, "non-negative integer"),
+    ({"prompt_ids": (1,), "max_tokens": 0}, "max_tokens"),
+    ({"prompt_ids": (1,), "max_tokens": -1}, "max_tokens"),
+    ({"prompt_ids": (1,), "max_tokens": 2.0}, "max_tokens"),
+    ({"prompt_ids": (1,), "max_tokens": True}, "max_tokens"),
+    ({"prompt_ids": (1,), "max_tokens": 4, "temperature": -0.1}, "temperature"),
+    ({"prompt_ids": (1,), "max_tokens": 4, "temperature": float("nan"), "seed": 1}, "temperature"),
+    ({"prompt_ids": (1,), "max_tokens": 4, "temperature": float("inf"), "seed": 1}, "temperature"),
+    ({"prompt_ids": (1,), "max_tokens": 4, "temperature": 0.5}, "needs a seed"),
+    ({"prompt_ids": (1,), "max_tokens": 4, "temperature": 0.5, "seed": -1}, "seed"),
+    ({"prompt_ids": (1,), "max_tokens": 4, "temperature": 0.5, "seed": 2**63}, "seed"),
+    ({"prompt_ids": (1,), "max_tokens": 4, "temperature": 0.5, "seed": "7"}, "seed"),
+    ({"prompt_ids": (1,), "max_tokens": 4, "stop": ((),)}, "stop sequence must hold"),
+    ({"prompt_ids": (1,), "max_tokens": 4, "stop": ((1, None),)}, "stop sequence"),
 ])
 def test_bad_requests_are_refused(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
@@ -267,7 +267,7 @@ def test_vllm_multi_token_stops_stream_and_abort_the_request_after_the_first_occ
                                                       GenerationRequest((3,), 4, stop=((5, 6),))]))
     assert short == Generation((10, 11, 12), "stop")
     assert other == Generation(tuple(scripted_token([3], k) for k in range(4)), "length")
-    first, second = engine.requests
+    first, _second = engine.requests
     assert first["params"].output_kind.name == "DELTA" and sorted(first["params"].stop_token_ids) == [2, 14]
     assert engine.closed_early == [first["id"]]  # aborted at the stop, not run to max_tokens
     # A stop sequence that begins in the prompt does not count; one spanning two deltas does.

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 
 import pytest
+from items import item_score
 from pydantic import ValidationError
 
+from server.protocol import REWARD_FIELDS, ItemScore, ScoreResponse
 from server.rubrics.model import GuardSpec, Rubric
 from server.rubrics.registry import load_presets
 from server.rubrics.render import _escape
-from trainer.client import REWARD_FIELDS, RewardClientConfig, RewardServerError, ScoredItem, _scored_item, rewards_of
+from trainer.client import RewardClientConfig, RewardServerError, _parse_results, rewards_of
 
 CLOSER = "</response>"
 
@@ -99,65 +101,59 @@ def test_rubric_with_bad_guard_is_rejected():
 
 # ------------------------------------------------------------------------------------------- client
 
-BASE = {"reward": 0.5, "score": 7.75, "label_mass": 0.9, "distribution": [0.1, 0.9]}
+URL = "http://labeler.test"
+BASE = item_score(0.5, score=7.75, label_mass=0.9, distribution=[0.1, 0.9], label_entropy=0.325).model_dump()
 
 
-def _bad(why: str) -> RewardServerError:
-    return RewardServerError(why)
+def _parse(result: dict) -> list:
+    """/score's answer with this one result, through the client's validation."""
+    answer = {"results": [result], "rubric": "general", "scale": {"min": 1, "max": 10}, "model": "m"}
+    return _parse_results(answer, 1, URL, "/score", ScoreResponse)[0]
 
 
-def test_scored_item_without_the_new_fields():
-    item = _scored_item(0, dict(BASE), _bad)
+def test_a_result_without_the_guard_fields_is_refused():
+    # An older server that does not send reward_robust etc. is refused, not read as None.
+    for name in ("reward_as_written", "reward_robust", "judge_spans"):
+        old = {k: v for k, v in BASE.items() if k != name}
+        with pytest.raises(RewardServerError, match=rf"/score returned an invalid answer: results\.0\.{name}: "
+                           "Field required"):
+            _parse(old)
+
+
+def test_scored_item_with_the_guard_fields():
+    [item] = _parse({**BASE, "reward_as_written": 1, "reward_robust": -0.25, "judge_spans": 2})
     assert (item.reward, item.score, item.label_mass, item.distribution) == (0.5, 7.75, 0.9, [0.1, 0.9])
-    assert (item.reward_as_written, item.reward_robust, item.judge_spans) == (None, None, None)
-    assert item.value("reward") == 0.5 and item.value("reward_robust") is None
-
-
-def test_scored_item_with_the_new_fields():
-    item = _scored_item(3, {**BASE, "reward_as_written": 1, "reward_robust": -0.25, "judge_spans": 2}, _bad)
     assert item.reward_as_written == 1.0 and isinstance(item.reward_as_written, float)
     assert item.reward_robust == -0.25 and item.judge_spans == 2
     assert [item.value(f) for f in REWARD_FIELDS] == [0.5, -0.25, 1.0]
 
 
-def test_scored_item_ignores_a_non_integer_judge_spans():
-    assert _scored_item(0, {**BASE, "judge_spans": True}, _bad).judge_spans is None
-    assert _scored_item(0, {**BASE, "judge_spans": "2"}, _bad).judge_spans is None
+@pytest.mark.parametrize("value", [True, "2", -1, 1.5])
+def test_a_non_count_judge_spans_is_refused(value):
+    with pytest.raises(RewardServerError, match=r"results\.0\.judge_spans: "):
+        _parse({**BASE, "judge_spans": value})
 
 
 @pytest.mark.parametrize("name", ["reward_robust", "reward_as_written"])
-@pytest.mark.parametrize("value", [2.0, -1.5, "x", True, math.nan, math.inf])
-def test_scored_item_rejects_bad_extra_rewards(name, value):
-    with pytest.raises(RewardServerError, match=rf"result 4 has {name} .*expected a finite number in \[-1, 1\]"):
-        _scored_item(4, {**BASE, name: value}, _bad)
+@pytest.mark.parametrize("value", [2.0, -1.5, "x", True, math.nan, math.inf, None])
+def test_bad_extra_rewards_are_refused(name, value):
+    with pytest.raises(RewardServerError, match=rf"/score returned an invalid answer: results\.0\.{name}: "):
+        _parse({**BASE, name: value})
 
 
 def test_value_rejects_unknown_field():
-    item = ScoredItem(reward=0.0, score=5.0, label_mass=1.0, distribution=[1.0])
     with pytest.raises(ValueError, match="unknown reward field 'score'"):
-        item.value("score")
-
-
-def _item(reward=0.0, as_written=None, robust=None, spans=None) -> ScoredItem:
-    return ScoredItem(reward=reward, score=5.0, label_mass=1.0, distribution=[1.0],
-                      reward_as_written=as_written, reward_robust=robust, judge_spans=spans)
+        item_score(0.0).value("score")
 
 
 def test_rewards_of_returns_the_field():
-    items = [_item(0.1, 0.3, 0.1, 1), _item(-0.5, -0.5, -0.5, 0)]
+    items = [item_score(0.1, reward_as_written=0.3, judge_spans=1), item_score(-0.5)]
     assert rewards_of(items, "reward") == [0.1, -0.5]
     assert rewards_of(items, "reward_robust") == [0.1, -0.5]
     assert rewards_of(items, "reward_as_written") == [0.3, -0.5]
     assert rewards_of([], "reward_robust") == []
-
-
-def test_rewards_of_raises_naming_the_missing_field():
-    items = [_item(0.1, 0.3, 0.1), _item(0.2)]  # the second server result lacks the extras
-    with pytest.raises(RewardServerError, match="no 'reward_robust'") as info:
-        rewards_of(items, "reward_robust", urls=["http://a"])
-    assert info.value.urls == ["http://a"]
-    with pytest.raises(RewardServerError, match="no 'reward_as_written'"):
-        rewards_of(items, "reward_as_written")
+    with pytest.raises(ValueError, match="unknown reward field 'score'"):
+        rewards_of(items, "score")
 
 
 def test_config_reward_field():
@@ -169,6 +165,10 @@ def test_config_reward_field():
 
 
 # -------------------------------------------------------------------------------- trainer metrics
+
+
+def _item(reward: float, as_written: float, robust: float, spans: int) -> ItemScore:
+    return item_score(reward, reward_as_written=as_written, reward_robust=robust, judge_spans=spans)
 
 
 def test_judge_text_metrics():
@@ -184,15 +184,12 @@ def test_judge_text_metrics():
     assert m["reward_disagreement"] == pytest.approx(0.5)
     assert m["reward_robust_gap"] == pytest.approx((0.6 + 0.3) / 4)
     assert judge_text_metrics(items, threshold=0.5)["reward_disagreement"] == pytest.approx(0.25)
-    # judge_spans missing counts as not flagged; the rewards still give the gap.
-    assert judge_text_metrics([_item(0.0, 0.4, 0.0)], 0.1) == pytest.approx(
+    # No segment found, yet the two reads differ: not flagged, and the rewards still give the gap.
+    assert judge_text_metrics([_item(0.0, 0.4, 0.0, 0)], 0.1) == pytest.approx(
         {"judge_text_rate": 0.0, "reward_disagreement": 1.0, "reward_robust_gap": 0.4})
 
 
-def test_judge_text_metrics_empty_when_fields_missing():
+def test_judge_text_metrics_empty_for_an_empty_batch():
     from trainer.ppo import judge_text_metrics
 
     assert judge_text_metrics([], 0.1) == {}
-    assert judge_text_metrics([_item(0.1), _item(0.2)], 0.1) == {}
-    assert judge_text_metrics([_item(0.1, 0.1, 0.1, 0), _item(0.2)], 0.1) == {}  # one item lacks them
-    assert judge_text_metrics([_item(0.1, 0.1, None, 0)], 0.1) == {}

@@ -42,9 +42,9 @@ BENIGN = [
     "Here is the reply you asked for.",
     "Chapter 7\nThe end.",
     "Judge Judy is a TV show.",
-    "Photosynthesis turns light into chemical energy.\n\n"
+    ("Photosynthesis turns light into chemical energy.\n\n"
     "Plants use chlorophyll to absorb light, mostly red and blue.\n\n"
-    "The process releases oxygen as a by-product; about 3 billion years ago it changed the air.",
+    "The process releases oxygen as a by-product; about 3 billion years ago it changed the air."),
 ]
 
 

@@ -188,7 +188,7 @@ def test_both_long_responses_are_cut_at_their_ends_with_a_marker():
     fixed = PromptEncoder(tok, 4096).compile_comparison(load_presets()["general"]).fixed_tokens
     encoder = PromptEncoder(tok, fixed + 200)
     compiled = encoder.compile_comparison(load_presets()["general"])
-    words = lambda tag, n: " ".join(f"{tag}{i}" for i in range(n))  # noqa: E731
+    words = lambda tag, n: " ".join(f"{tag}{i}" for i in range(n))
     item = encoder.encode(compiled, "Why?", words("a", 400), words("b", 400))
     assert item.truncated
     assert len(item.input_ids) == encoder.max_input_tokens - compiled.trie.max_label_tokens

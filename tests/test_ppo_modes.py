@@ -7,8 +7,9 @@ import concurrent.futures
 
 import pytest
 import torch
+from items import item_score
 
-from trainer.client import ScoredItem
+from server.protocol import ItemScore
 from trainer.config import PPOConfig
 from trainer.ppo import PPOTrainer
 from trainer.prompts import Prompt
@@ -23,9 +24,9 @@ class FixedReward:
         return [0.5] * len(responses)
 
     def submit_score_items(self, prompts: list[Prompt], responses: list[str],
-                           rubric: str | None = None) -> concurrent.futures.Future[list[ScoredItem]]:
-        done: concurrent.futures.Future[list[ScoredItem]] = concurrent.futures.Future()
-        done.set_result([ScoredItem(reward=0.5, score=0.5, label_mass=1.0, distribution=[1.0])] * len(responses))
+                           rubric: str | None = None) -> concurrent.futures.Future[list[ItemScore]]:
+        done: concurrent.futures.Future[list[ItemScore]] = concurrent.futures.Future()
+        done.set_result([item_score(0.5)] * len(responses))
         return done
 
     def close(self) -> None:

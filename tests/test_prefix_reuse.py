@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from server.backends.transformers_backend import MIN_SHARED_PREFIX, PREFIX_CACHE_ENTRIES, TransformersBackend
+from server.backends.transformers_backend import MIN_SHARED_PREFIX, PREFIX_CACHE_TOKENS, TransformersBackend
 from server.rubrics import RubricRegistry
 from server.rubrics.render import PromptEncoder
 from server.scoring import TokenReads
@@ -111,10 +111,12 @@ def test_short_or_missing_prefixes_take_the_plain_path(labeler):
 def test_the_kept_prefixes_are_bounded(labeler):
     (seq,) = plans(labeler, "harmless", ITEMS[:1])
     labeler._prefix_kv.clear()
-    for k in range(PREFIX_CACHE_ENTRIES + 3):
+    fit = PREFIX_CACHE_TOKENS // seq.shared_prefix
+    for k in range(fit + 3):
         variant = TokenReads((seq.input_ids[0] + k, *seq.input_ids[1:]), seq.reads, seq.shared_prefix)
         labeler.forward([variant])
-    assert len(labeler._prefix_kv) == PREFIX_CACHE_ENTRIES
+    assert len(labeler._prefix_kv) == fit  # the oldest went first
+    assert next(iter(labeler._prefix_kv))[0] == seq.input_ids[0] + 3
 
 
 def test_turned_off_it_keeps_nothing(embedded_model_dir):

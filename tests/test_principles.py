@@ -7,9 +7,9 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
+from items import HELD_OUT
 from test_server_scoring import teacher_forced_distribution
 
-from items import HELD_OUT
 from server.process import ServerProcess
 
 pytestmark = pytest.mark.slow

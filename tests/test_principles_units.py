@@ -10,24 +10,20 @@ import logging
 import math
 import textwrap
 
+import numpy as np
 import pytest
+from items import item_score
 from pydantic import ValidationError
 
 from server.errors import InvalidRubric, RubricCannotCompare
+from server.protocol import CompareResponse, ItemPreference, ItemScore, PrincipleScore, ScoreResponse
 from server.rubrics import Rubric
 from server.rubrics.registry import load_file, load_presets
 from server.rubrics.render import CompiledComparison, CompiledRubric, PromptEncoder
 from server.scoring import Preference, Scale, ScoreResult
 from server.scoring.aggregate import aggregate_preferences, aggregate_scores, normalised, sample_principle
-from trainer.client import (
-    ComparedItem,
-    RewardServerError,
-    ScoredItem,
-    _compared_item,
-    _parse_results,
-    _scored_item,
-    principle_means,
-)
+from server.scoring.reward import result_of
+from trainer.client import RewardServerError, _parse_results, principle_means
 
 URL = "http://labeler.test"
 ASSISTANT_WEIGHTS = {"helpful": 0.5, "harmless": 0.3, "honest": 0.2}
@@ -192,8 +188,7 @@ def test_presets_load_without_warnings_and_the_old_ones_are_unchanged(caplog, pr
 
 def result(dist, mass: float, scale: Scale) -> ScoreResult:
     """A principle's result as expected_score makes it: score = E[label], reward its map."""
-    score = sum(p * v for p, v in zip(dist, scale.values, strict=True))
-    return ScoreResult(reward=scale.to_reward(score), score=score, distribution=tuple(dist), label_mass=mass)
+    return result_of(np.asarray(dist, dtype=np.float64), mass, scale)
 
 
 SCALE5 = Scale(1, 5)
@@ -574,66 +569,86 @@ def test_chosen_principles_refuses_a_rubric_without_principles(scorer, presets):
 
 
 def principle_result(reward: float) -> dict:
-    score = 5.5 + 4.5 * reward
-    return {"reward": reward, "score": score, "distribution": [0.1] * 10, "label_mass": 0.9}
+    return PrincipleScore(reward=reward, score=5.5 + 4.5 * reward, distribution=[0.1] * 10, label_mass=0.9,
+                          label_entropy=math.log(10)).model_dump()
 
 
 def score_result(principles) -> dict:
-    return {"reward": 0.1, "score": 5.95, "label_mass": 0.9, "distribution": [0.1] * 10, "input_tokens": 120,
-            "principles": principles}
+    return {**item_score(0.1, distribution=[0.1] * 10, label_mass=0.9, label_entropy=math.log(10),
+                         input_tokens=120).model_dump(), "principles": principles}
+
+
+def score_answer(results: list[dict]) -> dict:
+    return {"model": "m", "rubric": "assistant", "scale": {"min": 1, "max": 10}, "results": results}
 
 
 def test_scored_item_parses_each_principles_reward():
-    data = {"model": "m", "rubric": "assistant", "results": [
+    data = score_answer([
         score_result({"helpful": principle_result(0.5), "harmless": principle_result(-0.25),
                       "honest": principle_result(1.0)}),
-        score_result(None)]}
-    items, (model, rubric) = _parse_results(data, 2, URL)
+        score_result(None)])
+    items, (model, rubric) = _parse_results(data, 2, URL, "/score", ScoreResponse)
     assert (model, rubric) == ("m", "assistant")
-    assert items[0].principles == {"helpful": 0.5, "harmless": -0.25, "honest": 1.0}
+    assert all(isinstance(p, PrincipleScore) for p in items[0].principles.values())
+    assert {name: p.reward for name, p in items[0].principles.items()} == {
+        "helpful": 0.5, "harmless": -0.25, "honest": 1.0}
+    assert items[0].principles["harmless"].score == 5.5 - 4.5 * 0.25
     assert items[0].reward == 0.1
     assert items[1].principles is None
 
 
-@pytest.mark.parametrize("principles", [
-    [0.5, 0.2],
-    "helpful",
-    {"helpful": 0.5},
-    {"helpful": {}},
-    {"helpful": {"reward": "high"}},
-    {"helpful": {"reward": 1.5}},
-    {"helpful": {"reward": -1.01}},
-    {"helpful": {"reward": math.nan}},
-    {"helpful": {"reward": True}},
-    {"helpful": principle_result(0.5), "honest": None},
+@pytest.mark.parametrize("principles, where", [
+    ([0.5, 0.2], "principles"),
+    ("helpful", "principles"),
+    ({"helpful": 0.5}, "principles.helpful"),
+    ({"helpful": {}}, "principles.helpful.reward"),
+    ({"helpful": {**principle_result(0.5), "reward": "high"}}, "principles.helpful.reward"),
+    ({"helpful": {**principle_result(0.5), "reward": 1.5}}, "principles.helpful.reward"),
+    ({"helpful": {**principle_result(0.5), "reward": -1.01}}, "principles.helpful.reward"),
+    ({"helpful": {**principle_result(0.5), "reward": math.nan}}, "principles.helpful.reward"),
+    ({"helpful": {**principle_result(0.5), "reward": True}}, "principles.helpful.reward"),
+    ({"helpful": {k: v for k, v in principle_result(0.5).items() if k != "label_entropy"}},
+     "principles.helpful.label_entropy"),
+    ({"helpful": principle_result(0.5), "honest": None}, "principles.honest"),
 ])
-def test_malformed_principles_are_refused(principles):
-    with pytest.raises(RewardServerError, match=r"/score returned an invalid answer: result 0 has principles"):
-        _parse_results({"results": [score_result(principles)]}, 1, URL)
+def test_malformed_principles_are_refused(principles, where):
+    with pytest.raises(RewardServerError, match=rf"/score returned an invalid answer: results\.0\.{where}: "):
+        _parse_results(score_answer([score_result(principles)]), 1, URL, "/score", ScoreResponse)
+
+
+def preference(p_a: float, ab: float, ba: float | None, **extra) -> dict:
+    orders = {"ab": ab, "ba": ba}
+    return {"p_a": p_a, "orders": orders, "consistent": None if ba is None else (ab > 0.5) == (ba > 0.5),
+            "label_mass": {"ab": 0.9, "ba": None if ba is None else 0.8}, **extra}
+
+
+def compare_answer(results: list[dict]) -> dict:
+    return {"model": "m", "rubric": "assistant", "labels": ["A", "B"], "debiased": True, "results": results}
 
 
 def test_compared_item_parses_each_principles_p_a():
-    def bad(why):
-        return RewardServerError(why, urls=[URL], status=200)
+    base = {**preference(0.6, 0.7, 0.5), "input_tokens": 40, "truncated": False, "cached": False}
+    data = compare_answer([{**base, "principles": {"helpful": preference(0.9, 0.9, 0.9),
+                                                   "honest": preference(0.0, 0.0, 0.0)}}, base])
+    items, _ = _parse_results(data, 2, URL, "/compare", CompareResponse)
+    assert isinstance(items[0], ItemPreference)
+    assert {name: p.p_a for name, p in items[0].principles.items()} == {"helpful": 0.9, "honest": 0.0}
+    assert items[0].principles["helpful"].orders.ba == 0.9 and items[0].principles["helpful"].label_mass.ba == 0.8
+    assert items[1].principles is None
+    with pytest.raises(RewardServerError, match=r"/compare returned an invalid answer: results\.0\.principles\."
+                       r"honest\.p_a: .*\(got '-0\.1'\)"):
+        _parse_results(compare_answer([{**base, "principles": {"honest": preference(-0.1, 0.0, 0.0)}}]), 1, URL,
+                       "/compare", CompareResponse)
+    # /score's principles carry a read (reward, score, ...), not a preference.
+    with pytest.raises(RewardServerError, match=r"results\.0\.principles\.x\.reward: Field required"):
+        _parse_results(score_answer([score_result({"x": preference(0.5, 0.5, 0.5)})]), 1, URL, "/score",
+                       ScoreResponse)
 
-    base = {"p_a": 0.6, "orders": {"ab": 0.7, "ba": 0.5}, "consistent": True,
-            "label_mass": {"ab": 0.9, "ba": 0.8}}
-    item = _compared_item(0, {**base, "principles": {
-        "helpful": {"p_a": 0.9, "orders": {"ab": 0.9, "ba": 0.9}, "consistent": True,
-                    "label_mass": {"ab": 0.9, "ba": 0.8}},
-        "honest": {"p_a": 0.0}}}, bad)
-    assert isinstance(item, ComparedItem)
-    assert item.principles == {"helpful": 0.9, "honest": 0.0}
-    assert _compared_item(0, base, bad).principles is None
-    with pytest.raises(RewardServerError, match=r"principles\.honest\.p_a -0\.1"):
-        _compared_item(0, {**base, "principles": {"honest": {"p_a": -0.1}}}, bad)
-    with pytest.raises(RewardServerError, match="principles"):
-        _scored_item(3, score_result({"x": {"p_a": 0.5}}), bad)  # /score principles carry reward, not p_a
 
-
-def item(reward: float, principles: dict[str, float] | None = None, mass: float = 0.9) -> ScoredItem:
-    return ScoredItem(reward=reward, score=5.5 + 4.5 * reward, label_mass=mass, distribution=[0.1] * 10,
-                      judge_spans=0, principles=principles)
+def item(reward: float, principles: dict[str, float] | None = None, mass: float = 0.9) -> ItemScore:
+    return item_score(reward, label_mass=mass, distribution=[0.1] * 10, label_entropy=math.log(10),
+                      principles=None if principles is None else {
+                          name: PrincipleScore(**principle_result(r)) for name, r in principles.items()})
 
 
 def test_principle_means_over_items():
@@ -687,7 +702,7 @@ def test_metrics_plot_draws_a_curve_per_principle(tmp_path, monkeypatch):
 
 
 def test_alignment_eval_reports_each_principles_accuracy(tmp_path, monkeypatch):
-    import evals.alignment as alignment
+    from evals import alignment
     from evals.config import AlignmentConfig
 
     n = 6
@@ -709,10 +724,11 @@ def test_alignment_eval_reports_each_principles_accuracy(tmp_path, monkeypatch):
             out = []
             for a in first:
                 agree = 0.9 if a.startswith("chosen") else 0.1  # P(first better), right about chosen
-                out.append(ComparedItem(p_a=0.5, ab=0.5, ba=0.5 if debias else None,
-                                        consistent=False if debias else None, label_mass_ab=0.9,
-                                        label_mass_ba=0.9 if debias else None,
-                                        principles={"helpful": agree, "honest": 1.0 - agree}))
+                ba = 0.5 if debias else None
+                out.append(ItemPreference.model_validate({
+                    **preference(0.5, 0.5, ba), "input_tokens": 40, "truncated": False, "cached": False,
+                    "principles": {"helpful": preference(agree, agree, agree if debias else None),
+                                   "honest": preference(1.0 - agree, 1.0 - agree, 1.0 - agree if debias else None)}}))
             return out
 
         def score_items(self, prompts, responses):

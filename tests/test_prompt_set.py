@@ -57,7 +57,7 @@ def test_records_well_formed(split, records):
 
 def test_every_category_in_both_splits(records):
     for split in SPLITS:
-        assert set(r["category"] for r in records[split]) == set(CATEGORIES), split
+        assert {r["category"] for r in records[split]} == set(CATEGORIES), split
 
 
 @pytest.mark.parametrize("split", SPLITS)

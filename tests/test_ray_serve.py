@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from items import HELD_OUT
 from test_trainer_e2e import OutputReader, metrics, rollouts, train, wait_for_steps
 
-from items import HELD_OUT
 from server.process import free_port
 from trainer.client import RewardClient, RewardClientConfig
 
@@ -36,7 +36,7 @@ def replica_actors() -> set[str]:
 
 
 def kill_one_replica() -> str:
-    name = sorted(replica_actors())[0]
+    name = min(replica_actors())
     ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
     return name
 

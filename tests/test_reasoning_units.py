@@ -21,16 +21,29 @@ from pydantic import ValidationError
 
 from server.backends.base import MAX_SEED, Generation, GenerationRequest
 from server.errors import InvalidRubric, UnknownRubric
-from server.reasoning import (NO_RATIONALE, Rationale, label_input, rationale_of, rationale_requests,
-                              sample_seed)
+from server.reasoning import (
+    NO_RATIONALE,
+    Rationale,
+    label_input,
+    rationale_of,
+    rationale_requests,
+    sample_seed,
+)
 from server.reward_cache import RewardCache, generation_key
 from server.rubrics import RubricRegistry
 from server.rubrics.model import ReasoningSpec, Rubric
 from server.rubrics.registry import load_file, load_presets
 from server.rubrics.render import CompiledReasoning, EncodedItem, PromptEncoder
 from server.scorer import Scorer
-from server.scoring import OrderRead, Scale, expected_score, labels_in_context, mean_of_samples, mean_order
-from server.scoring import score_spread
+from server.scoring import (
+    OrderRead,
+    Scale,
+    expected_score,
+    labels_in_context,
+    mean_of_samples,
+    mean_order,
+    score_spread,
+)
 
 BASE_PRESETS = ("general", "harmless", "helpful", "summary")
 # The embedded labeler's (SmolLM2) template ends the generation prompt like this.
@@ -265,7 +278,7 @@ def test_reasoned_form_ends_where_the_answer_begins(tokenizer, presets):
     assert list(reasoning.answer_ids) == tokenizer(answer_text, add_special_tokens=False)["input_ids"]
     assert decode(tokenizer, reasoning.answer_ids) == answer_text
     # The labels are tokenised as they follow the appended answer text, not the rendered input.
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
     assert compiled.trie.label_tokens == labels_in_context(encode, answer_text, compiled.scale.labels)
     assert compiled.trie.labels == tuple(str(v) for v in range(1, 11))
 

@@ -7,9 +7,9 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from test_server_scoring import teacher_forced_distribution
 
 from server.process import ServerProcess
-from test_server_scoring import teacher_forced_distribution
 
 pytestmark = pytest.mark.slow
 

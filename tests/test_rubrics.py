@@ -20,7 +20,7 @@ PRESETS = {*BASE_PRESETS, *(f"{name}-reasoned" for name in BASE_PRESETS), "assis
 
 # --------------------------------------------------------------------------- tokenizers
 
-QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501
+QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 CHATML = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
@@ -481,7 +481,7 @@ def test_special_token_strings_in_request_text_stay_plain(chatml, general):
     assert count_special(chatml, plain.input_ids) == n_trusted
     assert count_special(chatml, injected.input_ids) == n_trusted
     # The response tokens are exactly its untrusted tokenisation, between the pieces.
-    before, middle, after = compiled.piece_ids
+    before, _middle, after = compiled.piece_ids
     r_ids = encoder.untrusted_ids(INJECTION)
     assert injected.input_ids[-len(after) - len(r_ids) : -len(after)] == tuple(r_ids)
     assert chatml.decode(r_ids) == INJECTION  # same characters, no special tokens

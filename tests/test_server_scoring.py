@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import itertools
 
 import httpx
 import numpy as np
 import pytest
 import torch
-
 from items import HELD_OUT
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def teacher_forced_distribution(model, input_ids, label_token_ids):
             cache = copy.deepcopy(prefix.past_key_values)
             logp = torch.log_softmax(prefix.logits[0, -1].double(), -1)
             total = float(logp[ids[0]])
-            for prev, token in zip(ids, ids[1:]):
+            for prev, token in itertools.pairwise(ids):
                 out = model(torch.tensor([[prev]]), past_key_values=cache, use_cache=True)
                 total += float(torch.log_softmax(out.logits[0, -1].double(), -1)[token])
             p_seq[label] = float(np.exp(total))

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
-from length_reward_server import reward as length_reward  # noqa: E402
+from length_reward_server import reward as length_reward
 
 # Small, fast PPO settings for a 2-core CPU.
 FAST = ["--batch-size", "8", "--max-new-tokens", "24", "--eval-prompts", "0", "--seed", "1"]
@@ -358,14 +358,15 @@ def test_ppo_on_the_real_labeler_logs_the_servers_rewards(server, tmp_path):
         assert sample["reward"] == pytest.approx(want["reward_robust"], abs=1e-4), sample
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
-def test_trl_algorithms_run_two_steps_on_the_real_labeler(server, tmp_path, algorithm):
+@pytest.mark.parametrize("algorithm, mode", [("grpo", "direct"), ("rloo", "direct"), ("grpo", "group-pairwise")])
+def test_trl_algorithms_run_two_steps_on_the_real_labeler(server, tiny_policy_dir, tmp_path, algorithm, mode):
     out = tmp_path / algorithm
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    # The tiny random policy: what is tested is the algorithm's loop and its rewards from the labeler.
     result = subprocess.run(
         [sys.executable, "-m", "trainer.cli", algorithm, "--reward-url", server.url, "--output-dir", str(out),
-         "--steps", "2", "--batch-size", "2", "--num-generations", "2", "--max-new-tokens", "8",
-         "--save-every", "0", "--rubric", "helpful"],
+         "--model", str(tiny_policy_dir), "--steps", "2", "--batch-size", "2", "--num-generations", "2",
+         "--max-new-tokens", "8", "--save-every", "0", "--rubric", "helpful", "--reward-mode", mode],
         capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = metrics(out)
@@ -374,3 +375,23 @@ def test_trl_algorithms_run_two_steps_on_the_real_labeler(server, tmp_path, algo
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out / "final")
+
+
+def test_ppo_group_pairwise_optimises_each_groups_pairwise_rewards(server, tiny_policy_dir, tmp_path):
+    out = tmp_path / "run"
+    result = train(server.url, out, "--model", str(tiny_policy_dir), "--steps", "2", "--batch-size", "4",
+                   "--samples-per-prompt", "2", "--max-new-tokens", "6", "--rubric", "helpful",
+                   "--reward-mode", "group-pairwise")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+    samples = rollouts(out)
+    for step in (1, 2):  # each step's batch is one request: its prompt groups judged as the trainer's were
+        batch = [s for s in samples if s["step"] == step]
+        assert len({json.dumps(s["prompt"]) for s in batch}) == 2
+        body = {"items": [{"prompt": s["prompt"], "response": s["response"]} for s in batch], "rubric": "helpful",
+                "group_pairwise": True}
+        answer = httpx.post(f"{server.url}/score", json=body, timeout=300)
+        assert answer.status_code == 200, answer.text
+        for sample, want in zip(batch, answer.json()["results"]):
+            assert want["group"]["opponents"] == 1
+            assert sample["reward"] == pytest.approx(want["group"]["reward"], abs=1e-4), sample

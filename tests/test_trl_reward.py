@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+from typing import Self
 
 import httpx
 import pytest
@@ -41,7 +42,7 @@ CHAT_COMPLETIONS = [[{"role": "assistant", "content": "Avoid screens for an hour
 class TrlLoop:
     """trl's reward loop: an event loop in a daemon thread that the trainer submits coroutines to."""
 
-    def __enter__(self) -> TrlLoop:
+    def __enter__(self) -> Self:
         self.thread, self.loop, ready = start_event_loop_in_daemon(name="test-trl-loop")
         ready.wait()
         return self
@@ -123,8 +124,11 @@ def test_plain_text_rewards_equal_the_clients(server, client_rewards):
     assert bare == pytest.approx(rewards, abs=1e-6)
     assert all(isinstance(r, float) and -1 <= r <= 1 for r in rewards)
     logged = metrics
-    assert set(logged) == {f"drlaif/{m}" for m in ("label_mass", "label_mass_min", "truncated_rate",
-                                                   "reward_seconds", "judge_text_rate")}
+    always = {f"drlaif/{m}" for m in ("label_mass", "label_mass_min", "label_entropy", "truncated_rate",
+                                      "reward_seconds", "judge_text_rate", "dropped")}
+    # The length-reward correlation is logged when it is defined (two lengths, two rewards).
+    assert always <= set(logged) <= always | {"drlaif/length_reward_corr"}
+    assert logged["drlaif/dropped"] == [0.0] and 0.0 <= logged["drlaif/label_entropy"][0] <= 2.303
     assert all(len(values) == 1 for values in logged.values())  # one call, one value each
     (mass,), (least,) = logged["drlaif/label_mass"], logged["drlaif/label_mass_min"]
     assert 0.0 < least <= mass <= 1.0

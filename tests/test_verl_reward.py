@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import math
 import re
 
 import httpx
@@ -32,7 +33,7 @@ def samples(n: int) -> list[tuple[str, str]]:
 def score_requests(url: str) -> float:
     text = httpx.get(f"{url}/metrics").text
     return sum(float(v) for v in re.findall(r'^drlaif_requests_total\{route="/score",status="200"\} (\S+)$',
-                                            text, re.M))
+                                            text, re.MULTILINE))
 
 
 @pytest.fixture
@@ -67,7 +68,8 @@ def test_64_concurrent_coroutines_coalesce_and_match_score(verl_env):
     results = asyncio.run(reward_loop())
     assert score_requests(verl_env.url) - before <= 4  # a handful, not 64
     assert [r["score"] for r in results] == pytest.approx(expected, abs=1e-6)
-    assert all(set(r) == {"score", "label_mass", "drlaif_score"} for r in results)
+    assert all(set(r) == {"score", "label_mass", "label_entropy", "drlaif_score"} for r in results)
+    assert all(0 <= r["label_entropy"] <= math.log(10) + 1e-9 for r in results)
     assert all(0 < r["label_mass"] <= 1 and 1 <= r["drlaif_score"] <= 10 for r in results)
 
 

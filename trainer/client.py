@@ -33,25 +33,32 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import email.utils
+import json
 import logging
 import math
 import os
 import random
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Self, TypeVar
 
 import httpx
+from pydantic import ValidationError
 
+from server.protocol import (
+    REWARD_FIELDS,
+    CompareResponse,
+    ItemPreference,
+    ItemScore,
+    Prompt,
+    ScoreResponse,
+)
 from trainer.routing import ROUTING_POLICIES, Outcome, ReplicaRouter, ReplicaStats
 
 log = logging.getLogger("trainer.client")
-
-#: A prompt is a string (plain or an HH-RLHF transcript) or a list of chat messages.
-Prompt = str | Sequence[Mapping[str, str]]
 
 #: Statuses that mean "try again later": backpressure, a proxy that lost the server, loading.
 DEFAULT_RETRY_STATUSES: tuple[int, ...] = (429, 502, 503, 504)
@@ -65,6 +72,9 @@ _RETRYABLE_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx
                                httpx.ProxyError)
 
 T = TypeVar("T")
+
+#: How a batch's responses are judged: alone, or against the others given for their prompt.
+REWARD_MODES = ("direct", "group-pairwise")
 
 
 class RewardServerError(RuntimeError):
@@ -103,6 +113,10 @@ class RewardClientConfig:
     routing: str = "least-loaded"        # or "round-robin" (load-blind): see trainer/routing.py
     jitter: bool = True                  # full jitter on backoff; off only for deterministic tests
     reward_field: str = "reward"         # what score() returns: one of REWARD_FIELDS
+    # "direct": each response scored alone; "group-pairwise": the responses to one prompt compared
+    # with each other (the server's group_pairwise; each request then carries whole prompt groups).
+    reward_mode: str = "direct"
+    group_opponents: int | None = None   # group-pairwise: opponents per response (None: all of its group)
 
     def __post_init__(self) -> None:
         # A bare string would otherwise be iterated as a list of one-character "URLs".
@@ -126,52 +140,14 @@ class RewardClientConfig:
         if self.routing not in ROUTING_POLICIES:
             raise ValueError(f"RewardClientConfig.routing: {self.routing!r} is not one of "
                              f"{', '.join(ROUTING_POLICIES)}")
+        if self.reward_mode not in REWARD_MODES:
+            raise ValueError(f"RewardClientConfig.reward_mode: {self.reward_mode!r} is not one of "
+                             f"{', '.join(REWARD_MODES)}")
+        if self.group_opponents is not None and self.group_opponents < 1:
+            raise ValueError("RewardClientConfig.group_opponents must be >= 1 or None")
         if self.reward_field not in REWARD_FIELDS:
             raise ValueError(f"RewardClientConfig.reward_field: {self.reward_field!r} is not one of "
                              f"{', '.join(REWARD_FIELDS)}")
-
-
-@dataclass(frozen=True)
-class ComparedItem:
-    """The server's pairwise verdict on one (prompt, response A, response B) item."""
-
-    p_a: float                    # P(A better): both orders averaged, or ab when not debiased
-    ab: float                     # P(A better) with A shown first
-    ba: float | None              # P(A better) with A shown second (None when not debiased)
-    consistent: bool | None       # both orders preferred the same response (None when not debiased)
-    label_mass_ab: float          # probability on the two answer labels, per order (low: distrust)
-    label_mass_ba: float | None
-    input_tokens: int | None = None
-    truncated: bool = False
-    reasoning_tokens: int = 0      # rationale tokens the labeler wrote for the pair (reasoning rubrics)
-    principles: dict[str, float] | None = None  # constitutions: each principle's own P(A better)
-
-
-# The per-item rewards a drlaif server reports, any of which a trainer may optimise.
-REWARD_FIELDS = ("reward", "reward_robust", "reward_as_written")
-
-
-@dataclass(frozen=True)
-class ScoredItem:
-    """The server's verdict on one (prompt, response) item."""
-
-    reward: float                 # expected score mapped to [-1, 1] (under the rubric's guard)
-    score: float                  # expected score on the rubric's scale
-    label_mass: float             # probability on valid labels before renormalising (low: distrust)
-    distribution: list[float]     # renormalised label probabilities, lowest label first
-    input_tokens: int | None = None
-    truncated: bool = False
-    reward_as_written: float | None = None  # the read of the response as written (None: server lacks it)
-    reward_robust: float | None = None      # the read without text addressed to the judge
-    judge_spans: int | None = None          # segments of the response that address the judge
-    reasoning_tokens: int = 0               # rationale tokens the labeler wrote first (reasoning rubrics)
-    principles: dict[str, float] | None = None  # constitutions: each principle's own reward
-
-    def value(self, field: str) -> float | None:
-        """One of :data:`REWARD_FIELDS`; None when the server did not send it."""
-        if field not in REWARD_FIELDS:
-            raise ValueError(f"unknown reward field {field!r}; choose from {', '.join(REWARD_FIELDS)}")
-        return getattr(self, field)
 
 
 def backoff_delay(retry: int, initial_s: float, max_s: float, rng: random.Random | None = None) -> float:
@@ -197,8 +173,8 @@ def parse_retry_after(value: str | None) -> float | None:
         except (TypeError, ValueError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
@@ -259,116 +235,54 @@ def _server_message(resp: httpx.Response) -> str:
     return str(body)[:500]
 
 
-def _is_number(x: object) -> bool:
-    # bool is an int subclass; a `true` reward is a broken server, not 1.0.
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _in_unit(x: object) -> bool:
-    return _is_number(x) and 0.0 <= x <= 1.0 + 1e-6
-
-
-def _scored_item(i: int, r: dict[str, Any], bad: Callable[[str], RewardServerError]) -> ScoredItem:
-    """One validated /score result."""
-    reward, score = r.get("reward"), r.get("score")
-    mass, dist = r.get("label_mass"), r.get("distribution")
-    if not _is_number(reward) or not math.isfinite(reward) or not -1.0 <= reward <= 1.0:
-        raise bad(f"result {i} has reward {reward!r}, expected a finite number in [-1, 1]")
-    if not _is_number(score) or not math.isfinite(score):
-        raise bad(f"result {i} has score {score!r}, expected a finite number")
-    if not _is_number(mass) or not math.isfinite(mass) or not 0.0 <= mass <= 1.0 + 1e-6:
-        raise bad(f"result {i} has label_mass {mass!r}, expected a number in [0, 1]")
-    if (not isinstance(dist, list) or not dist
-            or not all(_is_number(p) and math.isfinite(p) and p >= 0 for p in dist)):
-        raise bad(f"result {i} has distribution {dist!r}, expected non-negative finite numbers")
-    extra: dict[str, float | None] = {}
-    for name in REWARD_FIELDS[1:]:
-        value = r.get(name)
-        if value is not None and (not _is_number(value) or not math.isfinite(value) or not -1.0 <= value <= 1.0):
-            raise bad(f"result {i} has {name} {value!r}, expected a finite number in [-1, 1]")
-        extra[name] = None if value is None else float(value)
-    tokens, spans = r.get("input_tokens"), r.get("judge_spans")
-    return ScoredItem(reward=float(reward), score=float(score), label_mass=float(mass),
-                      distribution=[float(p) for p in dist],
-                      input_tokens=tokens if isinstance(tokens, int) else None,
-                      truncated=r.get("truncated") is True,
-                      judge_spans=spans if isinstance(spans, int) and not isinstance(spans, bool) else None,
-                      reasoning_tokens=_count(r.get("reasoning_tokens")),
-                      principles=_principle_values(i, r.get("principles"), "reward", -1.0, bad), **extra)
-
-
-def _principle_values(i: int, value: object, field: str, low: float,
-                      bad: Callable[[str], RewardServerError]) -> dict[str, float] | None:
-    """One number per principle of a constitution's result (``field`` in [low, 1]); None without principles."""
-    if value is None:
-        return None
-    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-        raise bad(f"result {i} has principles {value!r}, expected an object of per-principle results")
-    out = {}
-    for name, result in value.items():
-        number = result.get(field)
-        if not _is_number(number) or not math.isfinite(number) or not low <= number <= 1.0:
-            raise bad(f"result {i} has principles.{name}.{field} {number!r}, expected a number in [{low:g}, 1]")
-        out[str(name)] = float(number)
-    return out
-
-
-def principle_means(items: Sequence[ScoredItem]) -> dict[str, float]:
+def principle_means(items: Sequence[ItemScore]) -> dict[str, float]:
     """``reward_principle_<name>``: the batch mean of each principle's reward (constitutions only)."""
     out = {}
     for name in dict.fromkeys(n for item in items for n in (item.principles or {})):
-        values = [i.principles[name] for i in items if i.principles and name in i.principles]
+        values = [i.principles[name].reward for i in items if i.principles and name in i.principles]
         out[f"reward_principle_{name}"] = sum(values) / len(values)
     return out
 
 
-def _compared_item(i: int, r: dict[str, Any], bad: Callable[[str], RewardServerError]) -> ComparedItem:
-    """One validated /compare result (both orders must be there when the call asked to debias)."""
-    orders, masses = r.get("orders"), r.get("label_mass")
-    if not isinstance(orders, dict) or not isinstance(masses, dict):
-        raise bad(f"result {i} needs 'orders' and 'label_mass' objects, got {orders!r} and {masses!r}")
-    p_a, ab, ba = r.get("p_a"), orders.get("ab"), orders.get("ba")
-    for name, value in (("p_a", p_a), ("orders.ab", ab), ("label_mass.ab", masses.get("ab"))):
-        if not _in_unit(value):
-            raise bad(f"result {i} has {name} {value!r}, expected a number in [0, 1]")
-    for name, value in (("orders.ba", ba), ("label_mass.ba", masses.get("ba"))):
-        if value is not None and not _in_unit(value):
-            raise bad(f"result {i} has {name} {value!r}, expected a number in [0, 1] or null")
-    consistent = r.get("consistent")
-    if consistent is not None and not isinstance(consistent, bool):
-        raise bad(f"result {i} has consistent {consistent!r}, expected true, false or null")
-    tokens = r.get("input_tokens")
-    return ComparedItem(p_a=float(p_a), ab=float(ab), ba=None if ba is None else float(ba),
-                        consistent=consistent, label_mass_ab=float(masses["ab"]),
-                        label_mass_ba=None if masses.get("ba") is None else float(masses["ba"]),
-                        input_tokens=tokens if isinstance(tokens, int) else None,
-                        truncated=r.get("truncated") is True, reasoning_tokens=_count(r.get("reasoning_tokens")),
-                        principles=_principle_values(i, r.get("principles"), "p_a", 0.0, bad))
-
-
-def _count(value: object) -> int:
-    """A non-negative integer field a server may send (older servers do not): 0 otherwise."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-def _parse_results(data: object, n_items: int, url: str, path: str = "/score",
-                   parse_item: Callable[..., Any] = _scored_item) -> tuple[list[Any], tuple[str, str]]:
-    """Validate a /score (or /compare) answer strictly; returns the items and (model, rubric)."""
+def _parse_results(data: object, n_items: int, url: str, path: str,
+                   answer: type[ScoreResponse | CompareResponse]) -> tuple[list[Any], tuple[str, str]]:
+    """The answer's results, validated against the wire model (strictly: a ``true`` reward is a
+    broken server, not 1.0), and its (model, rubric)."""
 
     def bad(why: str) -> RewardServerError:
         return RewardServerError(f"{url}{path} returned an invalid answer: {why}", urls=[url], status=200)
 
-    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
-        raise bad(f"expected an object with a 'results' list, got {str(data)[:200]!r}")
-    results = data["results"]
-    if len(results) != n_items:
-        raise bad(f"{len(results)} results for {n_items} items")
-    items = []
-    for i, r in enumerate(results):
-        if not isinstance(r, dict):
-            raise bad(f"result {i} is not an object: {r!r}")
-        items.append(parse_item(i, r, bad))
-    return items, (str(data.get("model", "")), str(data.get("rubric", "")))
+    try:
+        parsed = answer.model_validate(data, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the body"
+        raise bad(f"{where}: {first['msg']} (got {str(first.get('input'))[:200]!r}); "
+                  f"{exc.error_count()} error(s) in all") from None
+    if len(parsed.results) != n_items:
+        raise bad(f"{len(parsed.results)} results for {n_items} items")
+    return list(parsed.results), (parsed.model, parsed.rubric)
+
+
+def _chunk_order(items: Sequence[dict[str, Any]], limit: int, whole_groups: bool) -> list[list[int]]:
+    """Item indices per request: runs of ``limit`` in order, or, with ``whole_groups``, whole
+    prompt groups packed in order of first appearance (the server compares a group's responses
+    only with each other, so a group split over requests would be judged as two)."""
+    if not whole_groups:
+        return [list(range(i, min(i + limit, len(items)))) for i in range(0, len(items), limit)]
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(json.dumps(item["prompt"], sort_keys=True), []).append(i)
+    chunks: list[list[int]] = [[]]
+    for group in groups.values():
+        if len(group) > limit:
+            raise ValueError(f"a prompt group of {len(group)} responses does not fit one request of at most "
+                             f"{limit} items (the server's max_items_per_request); group-pairwise judging "
+                             "needs each group in one request")
+        if len(chunks[-1]) + len(group) > limit:
+            chunks.append([])
+        chunks[-1].extend(group)
+    return chunks
 
 
 def _prompt_payload(index: int, prompt: Prompt) -> str | list[dict[str, str]]:
@@ -441,7 +355,7 @@ class AsyncRewardClient:
             for url, s in self.replica_stats().items()))
 
     async def score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
-                          rubric: str | None = None) -> list[ScoredItem]:
+                          rubric: str | None = None) -> list[ItemScore]:
         """Score each (prompt, response) pair; results in input order.
 
         `rubric` overrides the config's rubric for this call. Raises RewardServerError when the
@@ -450,11 +364,14 @@ class AsyncRewardClient:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         items = [_item_payload(i, p, response=r) for i, (p, r) in enumerate(zip(prompts, responses))]
-        return await self._post_items("/score", items, rubric, {}, _scored_item)
+        if self.config.reward_mode == "direct":
+            return await self._post_items("/score", items, rubric, {}, ScoreResponse)
+        extra = {"group_pairwise": True, "group_opponents": self.config.group_opponents}
+        return await self._post_items("/score", items, rubric, extra, ScoreResponse, whole_groups=True)
 
     async def compare_items(self, prompts: Sequence[Prompt], responses_a: Sequence[str],
                             responses_b: Sequence[str], rubric: str | None = None,
-                            debias: bool = True) -> list[ComparedItem]:
+                            debias: bool = True) -> list[ItemPreference]:
         """Pairwise preference for each (prompt, response A, response B); results in input order.
 
         With `debias` (the default) the server reads both orders and averages them. The rubric
@@ -465,8 +382,8 @@ class AsyncRewardClient:
                              f"{len(responses_b)} responses_b: give one of each per item")
         items = [_item_payload(i, p, response_a=a, response_b=b)
                  for i, (p, a, b) in enumerate(zip(prompts, responses_a, responses_b))]
-        compared = await self._post_items("/compare", items, rubric, {"debias": debias}, _compared_item)
-        if debias and any(c.ba is None for c in compared):
+        compared = await self._post_items("/compare", items, rubric, {"debias": debias}, CompareResponse)
+        if debias and any(c.orders.ba is None for c in compared):
             raise RewardServerError(f"{', '.join(self.config.urls)}/compare answered without the second "
                                     "order although debias was asked for", urls=self.config.urls, status=200)
         return compared
@@ -479,8 +396,7 @@ class AsyncRewardClient:
     async def score(self, prompts: Sequence[Prompt], responses: Sequence[str],
                     rubric: str | None = None) -> list[float]:
         """Rewards in [-1, 1] (the configured ``reward_field``) for each (prompt, response) pair, in order."""
-        return rewards_of(await self.score_items(prompts, responses, rubric), self.config.reward_field,
-                          self.config.urls)
+        return rewards_of(await self.score_items(prompts, responses, rubric), self.config.reward_field)
 
     async def info(self) -> dict[str, Any]:
         """The server's GET /info (model, backend, rubrics, limits), with the same retries and deadline."""
@@ -509,7 +425,7 @@ class AsyncRewardClient:
                     log.debug("could not close a pool on another loop: %r", exc)
             # A closed loop's pool cannot be closed any more; its sockets go with the garbage.
 
-    async def __aenter__(self) -> AsyncRewardClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -543,8 +459,10 @@ class AsyncRewardClient:
         return state
 
     async def _post_items(self, path: str, items: list[dict[str, Any]], rubric: str | None,
-                          extra: dict[str, Any], parse_item: Callable[..., T]) -> list[T]:
-        """POST items to `path` in chunks of the server's limit, under one deadline; results in order."""
+                          extra: dict[str, Any], answer: type[ScoreResponse | CompareResponse],
+                          whole_groups: bool = False) -> list[Any]:
+        """POST items to `path` in chunks of the server's limit, under one deadline; results in
+        order. With ``whole_groups`` the items of one prompt go in the same chunk."""
         if not items:
             return []
         rubric = rubric if rubric is not None else self.config.rubric
@@ -554,9 +472,10 @@ class AsyncRewardClient:
             # servers that trickle bytes slower than the read timeout would notice.
             async with asyncio.timeout(self.config.deadline_s):
                 limit = await self._items_per_request(call, path)
-                chunks = [items[i:i + limit] for i in range(0, len(items), limit)]
+                order = _chunk_order(items, limit, whole_groups)
+                chunks = [[items[i] for i in chunk] for chunk in order]
                 answers = await _gather_or_cancel(
-                    [self._post_chunk(path, c, rubric, extra, parse_item, call) for c in chunks])
+                    [self._post_chunk(path, c, rubric, extra, answer, call) for c in chunks])
         except TimeoutError:
             raise call.deadline_error() from None
         sources = {meta for _, meta in answers}
@@ -565,7 +484,11 @@ class AsyncRewardClient:
             # would corrupt the training signal.
             raise RewardServerError(f"servers disagree on (model, rubric) within one call: {sorted(sources)}",
                                     urls=self.config.urls, attempts=call.attempts, elapsed_s=call.elapsed())
-        return [item for chunk_items, _ in answers for item in chunk_items]
+        results: list[Any] = [None] * len(items)
+        for chunk, (chunk_items, _) in zip(order, answers, strict=True):
+            for i, item in zip(chunk, chunk_items, strict=True):
+                results[i] = item
+        return results
 
     async def _items_per_request(self, call: _Call, path: str = "/score") -> int:
         if self._limits is None:
@@ -600,17 +523,17 @@ class AsyncRewardClient:
         return {"/score": per_request, "/compare": per_compare if usable(per_compare) else per_request}
 
     async def _post_chunk(self, path: str, items: list[dict[str, Any]], rubric: str | None,
-                          extra: dict[str, Any], parse_item: Callable[..., T],
-                          call: _Call) -> tuple[list[T], tuple[str, str]]:
+                          extra: dict[str, Any], answer: type[ScoreResponse | CompareResponse],
+                          call: _Call) -> tuple[list[Any], tuple[str, str]]:
         body: dict[str, Any] = {"items": items, **extra}
         if rubric is not None:
             body["rubric"] = rubric
         data, url = await self._request("POST", path, body, call)
-        parsed, (model, answered_rubric) = _parse_results(data, len(items), url, path, parse_item)
+        parsed, (model, answered_rubric) = _parse_results(data, len(items), url, path, answer)
         if rubric is not None and answered_rubric and answered_rubric != rubric:
             raise RewardServerError(
                 f"{url}{path} answered with rubric {answered_rubric!r}, asked for {rubric!r}",
-                urls=[url], attempts=call.attempts, elapsed_s=call.elapsed())
+                urls=[url], status=200, attempts=call.attempts, elapsed_s=call.elapsed())
         return parsed, (model, answered_rubric)
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None,
@@ -759,13 +682,9 @@ def _error_type(resp: httpx.Response) -> str | None:
     return error.get("type") if isinstance(error, dict) else None
 
 
-def rewards_of(items: Sequence[ScoredItem], field: str, urls: Sequence[str] = ()) -> list[float]:
-    """The ``field`` reward of each item; a server that does not send that field is an error, never 0."""
-    values = [item.value(field) for item in items]
-    if any(v is None for v in values):
-        raise RewardServerError(f"the reward server sent no {field!r} (a drlaif server older than the "
-                                f"reward_robust signal?); use reward_field='reward'", urls=urls)
-    return values  # type: ignore[return-value]
+def rewards_of(items: Sequence[ItemScore], field: str) -> list[float]:
+    """The ``field`` reward (one of :data:`REWARD_FIELDS`) of each item."""
+    return [item.value(field) for item in items]
 
 
 async def _gather_or_cancel(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
@@ -809,12 +728,12 @@ class RewardClient:
         return self._submit(self._async.score(prompts, responses, rubric))
 
     def submit_score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
-                           rubric: str | None = None) -> concurrent.futures.Future[list[ScoredItem]]:
+                           rubric: str | None = None) -> concurrent.futures.Future[list[ItemScore]]:
         """Like :meth:`submit_score`, with the whole result of each item."""
         return self._submit(self._async.score_items(prompts, responses, rubric))
 
     def score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
-                    rubric: str | None = None) -> list[ScoredItem]:
+                    rubric: str | None = None) -> list[ItemScore]:
         """Blocking :meth:`AsyncRewardClient.score_items`."""
         return self._wait(self.submit_score_items(prompts, responses, rubric))
 
@@ -824,7 +743,7 @@ class RewardClient:
         return self._wait(self.submit_score(prompts, responses, rubric))
 
     def compare_items(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str],
-                      rubric: str | None = None, debias: bool = True) -> list[ComparedItem]:
+                      rubric: str | None = None, debias: bool = True) -> list[ItemPreference]:
         """Blocking :meth:`AsyncRewardClient.compare_items`."""
         return self._wait(self._submit(self._async.compare_items(prompts, responses_a, responses_b, rubric,
                                                                  debias)))
@@ -865,7 +784,7 @@ class RewardClient:
             if not self._thread.is_alive():
                 self._loop.close()
 
-    def __enter__(self) -> RewardClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

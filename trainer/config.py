@@ -64,13 +64,41 @@ class TrainConfig:
         "reward", "Which of the server's rewards to optimise. 'reward' is defended by the rubric's guard (by "
         "default the lower of the read as written and the read without text that addresses the judge); "
         "'reward_robust' is the read without that text; 'reward_as_written' is undefended (for ablations).")
+    reward_mode: Literal["direct", "group-pairwise"] = _f(
+        "direct", "How rollouts are judged. 'direct': each response scored alone on the rubric's scale. "
+        "'group-pairwise': the responses to one prompt (samples_per_prompt / num_generations of them) compared "
+        "with each other in both orders, each one's reward its mean win probability mapped to [-1, 1] (the "
+        "rubric needs a compare section; costs group_opponents reads per response, all of its group by default).")
+    group_opponents: int | None = _f(
+        None, "group-pairwise: opponents per response (unset: every other response of its group). Fewer bound "
+        "the cost for large groups: each response meets its ceil(k/2) neighbours either side of a circle.")
     disagreement_threshold: float = _f(
         0.1, "Metrics count a rollout as a disagreement when its reward as written and its robust reward differ "
         "by more than this (logged as reward_disagreement: the share of such rollouts).")
 
+    on_reward_failure: Literal["stop", "drop"] = _f(
+        "stop", "What a reward the client could not get within reward_deadline_s costs. 'stop': the run "
+        "(a resumable checkpoint is saved). 'drop': only the samples without reward, which are left out of "
+        "that update (never given a number) and counted as reward_dropped; the batch is rescored one sample "
+        "per request first, so one failing sample does not take its batch with it.")
+    max_dropped_fraction: float = _f(
+        0.1, "With on_reward_failure 'drop': stop (after saving a checkpoint) when more than this share of a "
+        "step's samples had no reward; a larger share is an outage, not a bad sample.")
+    length_control: bool = _f(
+        False, "Optimise a length-controlled reward: each reward minus a least-squares slope on length times "
+        "the response's length deviation from its group (responses to the same prompt) mean, so a judge's "
+        "preference for longer answers within a group is not learned. Logged rewards stay the server's.")
+
     def __post_init__(self) -> None:
         if not self.disagreement_threshold >= 0:
             raise ValueError(f"disagreement_threshold must be >= 0, got {self.disagreement_threshold}")
+        if not 0 <= self.max_dropped_fraction <= 1:
+            raise ValueError(f"max_dropped_fraction must lie in [0, 1], got {self.max_dropped_fraction}")
+        if self.reward_mode == "group-pairwise" and self.eval_prompts and self.eval_samples < 2:
+            raise ValueError("reward_mode 'group-pairwise' compares the responses to one prompt, so held-out "
+                             f"evaluation needs eval_samples >= 2 (got {self.eval_samples}), or eval_prompts 0")
+        if self.group_opponents is not None and self.group_opponents < 1:
+            raise ValueError(f"group_opponents must be >= 1, got {self.group_opponents}")
     tensorboard: bool = _f(False, "Also log to TensorBoard in output_dir/tb (needs `tensorboard`).")
 
 
@@ -121,15 +149,39 @@ class PPOConfig(TrainConfig):
         "group", "'group': each response's score minus the mean of its siblings' (leave-one-out), then "
         "KL-shaped returns; the prompt's difficulty drops out, which a young critic cannot do. 'gae': GAE "
         "on the critic's values (classic PPO; pair with samples_per_prompt 1 for 8 distinct prompts).")
+    monitor: list[str] = _f(
+        [], "Monitor judges, URL or URL#rubric (another server, model or rubric): they score the held-out "
+        "responses at every evaluation, beside the proxy (the reward_url judge), and are never optimised.")
+    eval_every: int = _f(
+        0, "Also evaluate on the held-out prompts every N steps (0: only before and after training). Each "
+        "evaluation is a row of evals.jsonl and is checked for over-optimisation when monitors are set.")
+    alarm_window: int = _f(
+        3, "The over-optimisation alarm compares each evaluation with the one this many evaluations earlier "
+        "(or the first): it fires when the proxy rose and a monitor fell, both beyond their 95 percent paired "
+        "intervals.")
+    stop_on_overoptimisation: bool = _f(
+        False, "When the over-optimisation alarm fires: save a checkpoint and the final policy, write the "
+        "report and stop (without it the run only warns).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.samples_per_prompt < 1 or self.batch_size % self.samples_per_prompt:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of samples_per_prompt "
                              f"({self.samples_per_prompt})")
+        if self.reward_mode == "group-pairwise" and self.samples_per_prompt < 2:
+            raise ValueError("reward_mode 'group-pairwise' needs samples_per_prompt >= 2 (responses to compare)")
         if self.advantage_estimator == "group" and self.samples_per_prompt < 2:
             raise ValueError("advantage_estimator 'group' needs samples_per_prompt >= 2 "
                              "(or use --advantage-estimator gae)")
+        if self.eval_every < 0 or self.alarm_window < 1:
+            raise ValueError(f"eval_every must be >= 0 and alarm_window >= 1, got {self.eval_every} and "
+                             f"{self.alarm_window}")
+        from trainer.overoptimisation import MonitorSpec
+
+        for spec in self.monitor:
+            MonitorSpec.parse(spec)  # ValueError on a malformed one, before any model loads
+        if self.monitor and not self.eval_prompts:
+            raise ValueError("monitor judges score the held-out prompts: set eval_prompts > 0")
 
 
 @dataclass
@@ -154,7 +206,7 @@ def build_parser(config_cls: type, parser: argparse.ArgumentParser) -> argparse.
     parser.add_argument("--config", type=Path, help="YAML file with any of these settings (flags win).")
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
-        tp, optional = _field_type(hints[f.name])
+        tp, _optional = _field_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata.get('help', '')} (default: {default})"

@@ -9,6 +9,11 @@ One step, as in Ziegler et al. 2019 / Lee et al. 2023:
                 of the other responses to the same prompt (leave-one-out);
   4. advantage: GAE from the critic's values (gae), or the KL-shaped return to go (group);
   5. optimise:  several epochs of clipped policy and value losses over minibatches.
+
+Around the steps, evaluations on held-out prompts (before, every ``eval_every`` steps, after)
+score the same sampled responses with the proxy (the optimised judge) and with each monitor
+judge, log the KL to the reference, and check the over-optimisation alarm
+(trainer/overoptimisation.py).
 """
 
 from __future__ import annotations
@@ -31,8 +36,26 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from trainer.client import RewardClient, RewardClientConfig, RewardServerError, ScoredItem, principle_means, rewards_of
+from server.protocol import ItemScore
+from trainer.client import (
+    RewardClient,
+    RewardClientConfig,
+    RewardServerError,
+    principle_means,
+    rewards_of,
+)
 from trainer.config import PPOConfig
+from trainer.judge_signals import consecutive_groups, label_metrics, length_controlled, length_reward_corr
+from trainer.overoptimisation import Alarm, EvalPoint, MonitorSpec, check_alarms, eval_row
+from trainer.policy import (
+    PolicyAndValue,
+    ValueModel,
+    encode_prompts,
+    load_policy,
+    load_tokenizer,
+    resolve_policy,
+    response_logits,
+)
 from trainer.ppo_math import (
     KLController,
     clipped_policy_loss,
@@ -47,17 +70,9 @@ from trainer.ppo_math import (
     token_entropy,
     token_logprobs,
 )
-from trainer.policy import (
-    PolicyAndValue,
-    ValueModel,
-    encode_prompts,
-    load_policy,
-    load_tokenizer,
-    resolve_policy,
-    response_logits,
-)
 from trainer.prompts import Prompt
 from trainer.reporting import MetricsLog
+from trainer.reward_failures import check_dropped, score_items_or_drop
 from trainer.run_report import render_terminal, write_report
 from trainer.world import check_world, cpu_world_needed
 
@@ -68,7 +83,7 @@ class RewardSource(Protocol):
     """What PPO needs of a reward: RewardClient's blocking and background scoring."""
 
     def submit_score_items(self, prompts: list[Prompt], responses: list[str],
-                           rubric: str | None = None) -> concurrent.futures.Future[list[ScoredItem]]: ...
+                           rubric: str | None = None) -> concurrent.futures.Future[list[ItemScore]]: ...
 
     def score(self, prompts: list[Prompt], responses: list[str], rubric: str | None = None) -> list[float]: ...
 
@@ -76,7 +91,8 @@ class RewardSource(Protocol):
 
 
 class RewardUnavailable(RuntimeError):
-    """The reward server stayed unreachable past the deadline; a checkpoint was saved."""
+    """The reward server stayed unreachable past the deadline, or too many samples were dropped;
+    a checkpoint was saved."""
 
 
 @dataclass
@@ -119,7 +135,7 @@ def _reward_alignment(advantages: torch.Tensor, mask: torch.Tensor, scores: torc
     return torch.corrcoef(torch.stack([per_row.float(), scores.float()]))[0, 1].item()
 
 
-def judge_text_metrics(items: list[ScoredItem], threshold: float) -> dict[str, float]:
+def judge_text_metrics(items: list[ItemScore], threshold: float) -> dict[str, float]:
     """How much of a batch talks to the judge, and how often that moved the labeler.
 
     ``judge_text_rate``: share of responses with text addressed to the judge. ``reward_disagreement``:
@@ -136,6 +152,12 @@ def judge_text_metrics(items: list[ScoredItem], threshold: float) -> dict[str, f
         "reward_disagreement": sum(abs(a - r) > threshold for a, r in pairs) / len(pairs),
         "reward_robust_gap": float(np.mean([a - r for a, r in pairs])),
     }
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    """Mean of the values that exist (None when none does): a dropped reward is no number."""
+    present = [v for v in values if v is not None]
+    return float(np.mean(present)) if present else None
 
 
 def _lr_lambda(schedule: str, warmup: int, total: int):
@@ -203,9 +225,16 @@ class PPOTrainer:
             eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id)
         self.reward = reward or RewardClient(RewardClientConfig(
             urls=list(c.reward_url), rubric=c.rubric, read_timeout_s=c.reward_timeout_s,
-            deadline_s=c.reward_deadline_s, reward_field=c.reward_field))
+            deadline_s=c.reward_deadline_s, reward_field=c.reward_field, reward_mode=c.reward_mode,
+            group_opponents=c.group_opponents))
         self.metrics = MetricsLog(self.output_dir, tensorboard=c.tensorboard,
                                   enabled=self.accelerator.is_main_process)
+        # Monitor judges score held-out responses only; their rewards never reach the policy.
+        self.monitors = [(spec, RewardClient(RewardClientConfig(
+            urls=[spec.url], rubric=spec.rubric, read_timeout_s=c.reward_timeout_s,
+            deadline_s=c.reward_deadline_s))) for spec in map(MonitorSpec.parse, c.monitor)]
+        self.eval_points: list[EvalPoint] = []
+        self.alarms: list[Alarm] = []
 
     # ----------------------------------------------------------------- data
     def batch_prompts(self, step: int) -> list[Prompt]:
@@ -273,21 +302,41 @@ class PPOTrainer:
         pending = self.reward.submit_score_items(rollout.prompts, rollout.responses, c.rubric)
         reads = self.read_rollout(rollout)
         clock.lap("read")
-        scored = pending.result()  # RewardServerError after the client's retries
-        server_rewards = rewards_of(scored, c.reward_field, c.reward_url)
+        # RewardServerError after the client's retries; with --on-reward-failure drop, a sample
+        # still without reward comes back as None instead and is left out of this update.
+        if c.on_reward_failure == "drop":
+            scored = score_items_or_drop(self.reward, rollout.prompts, rollout.responses, c.rubric, pending)
+        else:
+            scored = pending.result()
+        kept_items = [s for s in scored if s is not None]
+        kept = torch.tensor([s is not None for s in scored], device=self.accelerator.device)
+        dropped = int(self.accelerator.gather((~kept).sum().reshape(1)).sum().item())
+        check_dropped(dropped, len(scored) * self.accelerator.num_processes, c.max_dropped_fraction)
+        kept_rewards = iter(rewards_of(kept_items, c.reward_field))
+        server_rewards = [next(kept_rewards) if s is not None else None for s in scored]
         clock.lap("reward_wait")
         self.metrics.write_samples(step + 1, rollout.prompts, rollout.responses, server_rewards)
-        scores = torch.tensor(server_rewards, dtype=torch.float32, device=self.accelerator.device)
+        # A dropped row's 0 here is never used: its mask is zeroed below, so no loss, baseline
+        # or whitening statistic reads it.
+        scores = torch.tensor([r if r is not None else 0.0 for r in server_rewards], dtype=torch.float32,
+                              device=self.accelerator.device)
+        lengths = rollout.mask.sum(-1)
+        groups = consecutive_groups(len(scored), c.samples_per_prompt)
         penalised = scores.clone()
+        if c.length_control and kept.any():
+            rows = kept.nonzero().squeeze(-1).tolist()
+            controlled = length_controlled([server_rewards[i] for i in rows], [lengths[i].item() for i in rows],
+                                           [groups[i] for i in rows])
+            penalised[rows] = torch.tensor(controlled, dtype=penalised.dtype, device=penalised.device)
         if c.missing_eos_penalty is not None:
             penalised[~rollout.ended] -= c.missing_eos_penalty
 
         # 3. KL-shaped per-token rewards; 4. advantages: GAE on the critic's values, or (group)
         # each score against its siblings' mean, with the critic out of the advantage.
-        mask = rollout.mask
+        mask = rollout.mask * kept.unsqueeze(-1)
         baseline = reads["values"]
         if c.advantage_estimator == "group":
-            penalised = leave_one_out_centred(penalised, c.samples_per_prompt)
+            penalised = leave_one_out_centred(penalised, c.samples_per_prompt, kept)
             baseline = torch.zeros_like(baseline)
         in_reward = self.kl.value if c.kl_penalty == "reward" else 0.0
         rewards, kl = kl_shaped_rewards(penalised, reads["logprobs"], reads["ref_logprobs"], mask, in_reward)
@@ -329,21 +378,29 @@ class PPOTrainer:
                 stats["approx_kl"].append(pg.approx_kl.item())
         clock.lap("optimise")
 
-        kl_per_sequence = self._mean(kl.sum(-1))
+        all_kept = self.accelerator.gather(kept)
+        kl_per_sequence = self.accelerator.gather(kl.sum(-1))[all_kept].mean().item()
         self.kl.update(kl_per_sequence, c.batch_size * self.accelerator.num_processes)
-        all_rewards = self.accelerator.gather(scores)
+        all_rewards = self.accelerator.gather(scores)[all_kept]
+        all_lengths = self.accelerator.gather(lengths)[all_kept]
+        all_groups = [g for g, k in zip(consecutive_groups(len(all_kept), c.samples_per_prompt), all_kept.tolist(),
+                                        strict=True) if k]
         return {
             "step": step + 1,
             "reward_mean": all_rewards.mean().item(),
             "reward_std": all_rewards.std().item() if all_rewards.numel() > 1 else 0.0,
+            "reward_dropped": dropped,
+            "reward_samples": len(all_kept),
+            "length_reward_corr": length_reward_corr(all_lengths.tolist(), all_rewards.tolist(), all_groups),
+            **label_metrics([i.distribution for i in kept_items], [i.label_mass for i in kept_items]),
             "kl": kl_per_sequence,
             "kl_coef": self.kl.value,
-            "entropy": self._mean(masked_mean(reads["entropy"], mask, dim=-1)),
+            "entropy": self._mean(masked_mean(reads["entropy"], rollout.mask, dim=-1)),
             **{k: float(np.mean(v)) for k, v in stats.items()},
-            "advantage_reward_corr": _reward_alignment(advantages, mask, penalised),
-            **judge_text_metrics(scored, c.disagreement_threshold),
-            **principle_means(scored),
-            "response_length_mean": self._mean(mask.sum(-1)),
+            "advantage_reward_corr": _reward_alignment(advantages[kept], mask[kept], penalised[kept]),
+            **judge_text_metrics(kept_items, c.disagreement_threshold),
+            **principle_means(kept_items),
+            "response_length_mean": self._mean(lengths),
             "eos_rate": self._mean(rollout.ended.float()),
             "learning_rate": self.scheduler.get_last_lr()[0],
             "reward_retries": getattr(self.reward, "retries", 0),  # cumulative, over the whole run
@@ -358,13 +415,16 @@ class PPOTrainer:
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, n: int) -> dict:
-        """Mean server reward on the first n held-out prompts, one example per prompt.
+        """Mean proxy reward on the first n held-out prompts, one example per prompt; each
+        monitor's mean on the same responses; the policy's KL to the reference on them.
 
         With ``eval_samples`` k > 0, each prompt gets k responses sampled at the training
         temperature and its reward is their mean: the policy as trained, not its greedy mode.
-        The sampling seed is fixed (and the training RNG left untouched), so before and after
-        draw the same random numbers and sampling noise largely cancels in the paired gain.
-        With k = 0, one greedy response per prompt.
+        The sampling seed is fixed (and the training RNG left untouched), so every evaluation
+        draws the same random numbers and sampling noise largely cancels in paired changes.
+        With k = 0, one greedy response per prompt (and the KL is only indicative).
+        A sample dropped for want of a reward (``--on-reward-failure drop``) is left out of its
+        prompt's mean; a prompt with none left has None. A monitor that fails is None there.
         """
         c = self.config
         prompts = self.eval_prompts[:n]
@@ -375,21 +435,57 @@ class PPOTrainer:
         # Larger generation batches than training's: on a CPU a batch of 32 costs far less than
         # four of 8, and the held-out set is read twice per run.
         chunk = max(1, max(c.batch_size, 32) // k)
-        examples = []
+        examples, kl_sums = [], []
         devices = [] if self.accelerator.device.type == "cpu" else [self.accelerator.device]
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(c.seed + 7_919)
             for start in range(0, len(prompts), chunk):
                 group = [p for p in prompts[start:start + chunk] for _ in range(k)]
                 rollout = self.rollout(group, generation)
-                rewards = self.reward.score(rollout.prompts, rollout.responses, c.rubric)
+                reads = self.read_rollout(rollout)
+                kl_sums += ((reads["logprobs"] - reads["ref_logprobs"]) * rollout.mask).sum(-1).tolist()
+                rewards = self._proxy_rewards(rollout)
+                monitors = {spec.name: self._monitor_rewards(spec, client, rollout) for spec, client in self.monitors}
                 for i in range(0, len(group), k):
                     examples.append({"prompt": group[i], "response": rollout.responses[i],
                                      "responses": rollout.responses[i:i + k],
-                                     "reward": float(np.mean(rewards[i:i + k])),
-                                     "rewards": rewards[i:i + k]})
-        return {"reward_mean": float(np.mean([e["reward"] for e in examples])), "n": len(examples),
-                "samples_per_prompt": c.eval_samples, "examples": examples}
+                                     "reward": _mean_or_none(rewards[i:i + k]), "rewards": rewards[i:i + k],
+                                     "monitors": {name: _mean_or_none(r[i:i + k]) for name, r in monitors.items()}})
+        return {"reward_mean": _mean_or_none([e["reward"] for e in examples]), "n": len(examples),
+                "samples_per_prompt": c.eval_samples, "kl": float(np.mean(kl_sums)),
+                "monitors": {spec.name: _mean_or_none([e["monitors"][spec.name] for e in examples])
+                             for spec, _ in self.monitors},
+                "examples": examples}
+
+    def _proxy_rewards(self, rollout: Rollout) -> list[float | None]:
+        c = self.config
+        if c.on_reward_failure != "drop":
+            return self.reward.score(rollout.prompts, rollout.responses, c.rubric)
+        scored = score_items_or_drop(self.reward, rollout.prompts, rollout.responses, c.rubric)
+        check_dropped(sum(s is None for s in scored), len(scored), c.max_dropped_fraction, "held-out samples")
+        kept = iter(rewards_of([s for s in scored if s is not None], c.reward_field))
+        return [next(kept) if s is not None else None for s in scored]
+
+    def _monitor_rewards(self, spec: MonitorSpec, client: RewardClient, rollout: Rollout) -> list[float | None]:
+        """A monitor's rewards; a failed monitor costs its reading here, never the run."""
+        try:
+            return client.score(rollout.prompts, rollout.responses)
+        except RewardServerError as exc:
+            log.warning("monitor %s gave no rewards at this evaluation: %s", spec.name, str(exc).splitlines()[0])
+            return [None] * len(rollout.prompts)
+
+    def record_evaluation(self, step: int, evaluation: dict) -> list[Alarm]:
+        """Add an evaluation to the run's curve (evals.jsonl) and return the alarms it raises."""
+        examples = evaluation["examples"]
+        self.eval_points.append(EvalPoint(
+            step, evaluation["kl"], [e["reward"] for e in examples],
+            {spec.name: [e["monitors"][spec.name] for e in examples] for spec, _ in self.monitors}))
+        alarms = check_alarms(self.eval_points, self.config.alarm_window)
+        self.metrics.write_eval(eval_row(self.eval_points, alarms))
+        for alarm in alarms:
+            log.warning("%s", alarm.message())
+        self.alarms += alarms
+        return alarms
 
     # ----------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
@@ -449,30 +545,45 @@ class PPOTrainer:
                 self.load_checkpoint(path)
                 log.info("resumed from %s at step %d", path, self.step_done)
         self.metrics.start_at(self.step_done)
+        self.eval_points = [EvalPoint.from_dict(row) for row in self.metrics.read_evals()]
+        self.alarms = [Alarm.from_dict(a) for row in self.metrics.read_evals() for a in row.get("alarms", [])]
         summary: dict = {}
         if c.eval_prompts and self.step_done == 0:
             summary["before"] = self.evaluate(c.eval_prompts)
+            self.record_evaluation(0, summary["before"])
             self._say(f"held-out reward before training: {summary['before']['reward_mean']:+.4f} "
                       f"({summary['before']['n']} prompts)")
         bar = tqdm(range(self.step_done, c.steps), initial=self.step_done, total=c.steps, desc="ppo",
                    disable=not self.accelerator.is_main_process)
+        evaluated_at = None
         for step in bar:
             try:
                 metrics = self.step(step)
-            except RewardServerError as exc:
+                self.step_done = step + 1
+                self.metrics.write(metrics)
+                bar.set_postfix(reward=f"{metrics['reward_mean']:+.3f}", kl=f"{metrics['kl']:.3f}")
+                if c.eval_prompts and c.eval_every and self.step_done % c.eval_every == 0:
+                    summary["after"], evaluated_at = self.evaluate(c.eval_prompts), self.step_done
+                    alarms = self.record_evaluation(self.step_done, summary["after"])
+                    if alarms and c.stop_on_overoptimisation:
+                        self._say(f"stopping at step {self.step_done} (--stop-on-overoptimisation)")
+                        summary["stopped_early"] = self.step_done
+                        break
+            except RewardServerError as exc:  # TooManyDropped included
                 path = self.save_checkpoint()
                 raise RewardUnavailable(f"{exc}\nsaved a resumable checkpoint at {path}; "
                                         f"rerun with --resume auto once the server is back") from exc
-            self.step_done = step + 1
-            self.metrics.write(metrics)
-            bar.set_postfix(reward=f"{metrics['reward_mean']:+.3f}", kl=f"{metrics['kl']:.3f}")
             if c.save_every and self.step_done % c.save_every == 0 and self.step_done < c.steps:
                 self.save_checkpoint()
         self.save_checkpoint()
         summary["final_model"] = str(self.save_final())
-        if c.eval_prompts:
+        if c.eval_prompts and evaluated_at != self.step_done:
             summary["after"] = self.evaluate(c.eval_prompts)
+            self.record_evaluation(self.step_done, summary["after"])
+        if c.eval_prompts:
             self._say(f"held-out reward after training:  {summary['after']['reward_mean']:+.4f}")
+        summary["alarms"] = [a.as_dict() for a in self.alarms]
+        summary["evaluations"] = self.metrics.read_evals()
         if self.accelerator.is_main_process:
             summary["plot"] = str(self.metrics.plot())
             path, report = write_report(self.output_dir, summary)
@@ -484,6 +595,8 @@ class PPOTrainer:
 
     def close(self) -> None:
         self.reward.close()
+        for _, client in self.monitors:
+            client.close()
 
     def _say(self, text: str) -> None:
         if self.accelerator.is_main_process:

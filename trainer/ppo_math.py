@@ -60,20 +60,28 @@ def kl_shaped_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs
     return rewards * mask, kl
 
 
-def leave_one_out_centred(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+def leave_one_out_centred(scores: torch.Tensor, group_size: int, kept: torch.Tensor | None = None) -> torch.Tensor:
     """Each score minus the mean score of the other responses to the same prompt (RLOO's baseline).
 
     ``scores`` holds ``group_size`` consecutive responses per prompt. The baseline is unbiased
     (it does not use the response itself) and is per prompt, so the prompt's difficulty drops
     out of the advantage: what is left is how this response did against its siblings.
+
+    ``kept`` (bool, one per score) leaves responses without a reward out: their own entry and
+    their value in the siblings' baselines are ignored, and they come back as 0. A response
+    left without a kept sibling has no baseline and also comes back as 0.
     """
     if group_size < 2:
         raise ValueError("a leave-one-out baseline needs at least 2 responses per prompt")
     if scores.numel() % group_size:
         raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size}")
-    groups = scores.reshape(-1, group_size)
-    others = (groups.sum(-1, keepdim=True) - groups) / (group_size - 1)
-    return (groups - others).reshape(scores.shape)
+    weight = torch.ones_like(scores) if kept is None else kept.to(scores.dtype)
+    groups = (scores * weight).reshape(-1, group_size)
+    weights = weight.reshape(-1, group_size)
+    siblings = weights.sum(-1, keepdim=True) - weights
+    others = (groups.sum(-1, keepdim=True) - groups) / siblings.clamp(min=1)
+    centred = torch.where((siblings > 0) & (weights > 0), groups - others, torch.zeros_like(groups))
+    return centred.reshape(scores.shape)
 
 
 def generalized_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,

@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from server.protocol import Prompt
 from server.rubrics.prompts import parse_hh_transcript
 from trainer.data import load_prompts
-
-Prompt = str | list[dict[str, str]]
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 

@@ -28,17 +28,36 @@ Usage in your own script::
 The ``prompt`` column may hold strings or chat messages (``[{"role": "user", "content": ...}]``);
 conversational completions are scored by their assistant text. If the server gives no valid
 reward within the deadline, the call raises :class:`trainer.client.RewardServerError` and training
-stops: a reward is never invented.
+stops: a reward is never invented. With ``on_failure="drop"`` the samples still without reward
+after a per-sample retry (trainer/reward_failures.py) are returned as None instead, which trl
+(1.16) treats as unscorable when every reward function returns None for a sample: it is left
+out of its group's baseline and its advantage is 0. Combined with other reward functions, the
+others' rewards still count for that sample. More than ``max_dropped_fraction`` of a call
+dropped raises :class:`trainer.reward_failures.TooManyDropped`.
+
+Each call also logs (``log_metric``) the label entropy and mass, the within-group correlation of
+completion length (tokens) and reward, and the dropped count; ``length_control=True`` returns
+length-controlled rewards (trainer/judge_signals.py).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from trainer.client import AsyncRewardClient, Prompt, RewardClientConfig, ScoredItem, principle_means, rewards_of
+from server.protocol import ItemScore
+from trainer.client import (
+    AsyncRewardClient,
+    Prompt,
+    RewardClientConfig,
+    principle_means,
+    rewards_of,
+)
+from trainer.judge_signals import groups_by_key, label_metrics, length_controlled, length_reward_corr
+from trainer.reward_failures import ascore_items_or_drop, check_dropped
 
 
 def _text(content: object, where: str) -> str:
@@ -82,12 +101,12 @@ def completion_text(completion: object) -> str:
     raise TypeError(f"completion must be a str or a list of chat messages, got {type(completion).__name__}")
 
 
-def batch_metrics(items: Sequence[ScoredItem], seconds: float) -> dict[str, float]:
+def batch_metrics(items: Sequence[ItemScore], seconds: float) -> dict[str, float]:
     """What a dashboard should show of one scored batch: a falling label mass means the labeler
     stopped answering on the scale, a rising judge-text rate that the policy is learning to
     talk to the judge; under a constitution, which principle the policy improves or sacrifices."""
     masses = [i.label_mass for i in items]
-    metrics = {"label_mass": sum(masses) / len(masses), "label_mass_min": min(masses),
+    metrics = {**label_metrics([i.distribution for i in items], masses),
                "truncated_rate": sum(i.truncated for i in items) / len(items), "reward_seconds": seconds}
     spans = [i.judge_spans for i in items if i.judge_spans is not None]
     if spans:
@@ -99,27 +118,54 @@ def batch_metrics(items: Sequence[ScoredItem], seconds: float) -> dict[str, floa
 class DrlaifRewardFunc:
     """Async reward callable for trl's ``reward_funcs``; build it with :func:`make_reward_func`."""
 
-    def __init__(self, config: RewardClientConfig, name: str):
+    def __init__(self, config: RewardClientConfig, name: str, on_failure: str = "stop",
+                 max_dropped_fraction: float = 0.1, length_control: bool = False):
+        if on_failure not in ("stop", "drop"):
+            raise ValueError(f"on_failure must be 'stop' or 'drop', got {on_failure!r}")
         self.config = config
         self.__name__ = name  # trl names the reward's metrics after this
+        self.on_failure = on_failure
+        self.max_dropped_fraction = max_dropped_fraction
+        self.length_control = length_control
         self._client: AsyncRewardClient | None = None
         self._lock = threading.Lock()
 
     async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
-                       **kwargs: Any) -> list[float]:
-        """Rewards in [-1, 1] from the server, one per (prompt, completion), in order.
+                       **kwargs: Any) -> list[float | None]:
+        """Rewards in [-1, 1] from the server, one per (prompt, completion), in order (None for a
+        sample dropped without reward, with ``on_failure="drop"``).
 
         When trl passes ``log_metric`` (GRPO/RLOO do), the batch's label mass (mean and
-        minimum), share of truncated items, share of responses addressing the judge and the
-        reward call's seconds go to trl's logs, under this function's name.
+        minimum) and entropy, share of truncated items, share of responses addressing the
+        judge, the length-reward correlation inside groups (completions of the same prompt),
+        the dropped count and the reward call's seconds go to trl's logs, under this
+        function's name.
         """
         started = time.perf_counter()
-        items = await self.client.score_items([prompt_for_server(p) for p in prompts],
-                                              [completion_text(c) for c in completions])
-        rewards = rewards_of(items, self.config.reward_field, self.config.urls)
+        server_prompts = [prompt_for_server(p) for p in prompts]
+        texts = [completion_text(c) for c in completions]
+        if self.on_failure == "drop":
+            scored = await ascore_items_or_drop(self.client, server_prompts, texts)
+            check_dropped(sum(i is None for i in scored), len(scored), self.max_dropped_fraction, "a reward call")
+        else:
+            scored = await self.client.score_items(server_prompts, texts)
+        kept = [i for i, item in enumerate(scored) if item is not None]
+        items = [scored[i] for i in kept]
+        kept_rewards = rewards_of(items, self.config.reward_field)
+        ids = kwargs.get("completion_ids")
+        lengths = [len(ids[i]) if ids is not None else len(texts[i].split()) for i in kept]
+        groups = [groups_by_key([json.dumps(p, sort_keys=True) for p in server_prompts])[i] for i in kept]
+        corr = length_reward_corr(lengths, kept_rewards, groups)
+        if self.length_control and kept:
+            kept_rewards = length_controlled(kept_rewards, lengths, groups)
+        rewards: list[float | None] = [None] * len(scored)
+        for i, r in zip(kept, kept_rewards, strict=True):
+            rewards[i] = r
         log_metric = kwargs.get("log_metric")
         if callable(log_metric) and items:
-            for name, value in batch_metrics(items, time.perf_counter() - started).items():
+            extra = {"dropped": float(len(scored) - len(items)),
+                     **({"length_reward_corr": corr} if corr is not None else {})}
+            for name, value in {**batch_metrics(items, time.perf_counter() - started), **extra}.items():
                 log_metric(f"{self.__name__}/{name}", value)
         return rewards
 
@@ -149,25 +195,31 @@ class DrlaifRewardFunc:
 
     def __getstate__(self) -> dict[str, Any]:
         # Connections and locks do not travel; the copy makes its own client when first called.
-        return {"config": self.config, "__name__": self.__name__}
+        return {"config": self.config, "__name__": self.__name__, "on_failure": self.on_failure,
+                "max_dropped_fraction": self.max_dropped_fraction, "length_control": self.length_control}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["config"], state["__name__"])
+        self.__init__(state["config"], state["__name__"], state.get("on_failure", "stop"),
+                      state.get("max_dropped_fraction", 0.1), state.get("length_control", False))
 
     def __repr__(self) -> str:
         return f"<{self.__name__}: drlaif reward from {', '.join(self.config.urls)}>"
 
 
 def make_reward_func(urls: str | list[str], rubric: str | None = None, *, name: str | None = None,
+                     on_failure: str = "stop", max_dropped_fraction: float = 0.1, length_control: bool = False,
                      **client_kwargs: Any) -> DrlaifRewardFunc:
     """A trl reward function ``async (prompts, completions, **kwargs) -> list[float]`` on drlaif-server.
 
     ``urls``: one server URL or several (load- and health-aware routing, failover; see
     :mod:`trainer.routing`). ``rubric``: the server rubric to
     score with (the server's default if None). ``name``: the name trl logs it under (default
-    ``drlaif_<rubric>`` or ``drlaif``). Other keyword arguments are :class:`RewardClientConfig`
+    ``drlaif_<rubric>`` or ``drlaif``). ``on_failure``, ``max_dropped_fraction`` and ``length_control``
+    are as the trainer's settings of those names (see the module docstring). Other keyword arguments are
+    :class:`RewardClientConfig`
     fields, e.g. ``deadline_s=300, max_concurrency=8``. See the module docstring for a full script.
     """
     config = RewardClientConfig(urls=[urls] if isinstance(urls, str) else list(urls), rubric=rubric,
                                 **client_kwargs)
-    return DrlaifRewardFunc(config, name or (f"drlaif_{rubric}" if rubric else "drlaif"))
+    return DrlaifRewardFunc(config, name or (f"drlaif_{rubric}" if rubric else "drlaif"), on_failure,
+                            max_dropped_fraction, length_control)

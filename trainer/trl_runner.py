@@ -24,7 +24,14 @@ def _metrics_callback(metrics: MetricsLog):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs or "reward" not in logs:
                 return
+            # The reward function's own metrics, logged as "<its name>/<metric>", under drlaif's names;
+            # the correlation is None (undefined) when no group had two lengths and two rewards.
+            signals = {name: next((v for k, v in logs.items() if k.endswith(f"/{key}")), None)
+                       for name, key in (("length_reward_corr", "length_reward_corr"),
+                                         ("label_entropy", "label_entropy"), ("label_mass", "label_mass"),
+                                         ("reward_dropped", "dropped"))}
             metrics.write({
+                **signals,
                 "step": state.global_step,
                 "reward_mean": logs["reward"],
                 "reward_std": logs.get("reward_std", 0.0),
@@ -77,7 +84,10 @@ def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Pro
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
     reward = make_reward_func(config.reward_url, config.rubric, read_timeout_s=config.reward_timeout_s,
-                              deadline_s=config.reward_deadline_s, reward_field=config.reward_field)
+                              deadline_s=config.reward_deadline_s, reward_field=config.reward_field,
+                              reward_mode=config.reward_mode, group_opponents=config.group_opponents,
+                              on_failure=config.on_reward_failure, max_dropped_fraction=config.max_dropped_fraction,
+                              length_control=config.length_control)
     trainer = trainer_cls(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
                           peft_config=peft_config, callbacks=[_metrics_callback(metrics)])
     check_world(trainer.accelerator.num_processes)

@@ -40,6 +40,14 @@ returns ``{"score": reward, "label_mass": ..., "drlaif_score": ...}`` (veRL logs
 besides ``score``). A reward is never invented: when the server gives no valid answer
 within the client's deadline (``DRLAIF_REWARD_DEADLINE_S``), the call raises. Each process logs
 its reward servers' request and failure counts when it exits.
+
+``drlaif-train --on-reward-failure drop`` has no counterpart here: a veRL reward function
+returns a score or raises, and veRL 0.9 has no way for it to leave a sample out of the update
+(its ``rate_limited`` manager turns the exception into a score of 0.0, see above). So this
+function always stops on a failure (``stop``), and the one way to keep a run alive is a longer
+deadline or more replicas. The per-sample result also carries ``label_entropy`` (nats), which
+veRL logs beside the score; the within-group length-reward correlation needs a group, which a
+per-sample function never sees.
 """
 
 from __future__ import annotations
@@ -56,7 +64,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.batching import MicroBatcher
-from trainer.client import AsyncRewardClient, Prompt, RewardClientConfig, ScoredItem, rewards_of
+from server.protocol import ItemScore
+from trainer.client import AsyncRewardClient, Prompt, RewardClientConfig, rewards_of
+from trainer.judge_signals import label_entropy
 from trainer.trl_reward import prompt_for_server
 
 
@@ -110,7 +120,7 @@ class _Coalescer:
         threading.Thread(target=loop.run_forever, name="drlaif-verl-reward", daemon=True).start()
         client = AsyncRewardClient(config)
 
-        async def score(samples: list[tuple[Prompt, str]]) -> list[ScoredItem]:
+        async def score(samples: list[tuple[Prompt, str]]) -> list[ItemScore]:
             return await client.score_items([p for p, _ in samples], [r for _, r in samples])
 
         async def make_batcher() -> MicroBatcher:
@@ -125,9 +135,10 @@ class _Coalescer:
     def submit(self, prompt: Prompt, response: str) -> concurrent.futures.Future[dict[str, float]]:
         async def one() -> dict[str, float]:
             (item,) = await self.batcher.submit([(prompt, response)])
-            (reward,) = rewards_of([item], self.settings.reward_field, self.client.config.urls)
-            extra = {f"drlaif_{name}": value for name, value in (item.principles or {}).items()}
-            return {"score": reward, "label_mass": item.label_mass, "drlaif_score": item.score, **extra}
+            (reward,) = rewards_of([item], self.settings.reward_field)
+            extra = {f"drlaif_{name}": p.reward for name, p in (item.principles or {}).items()}
+            return {"score": reward, "label_mass": item.label_mass, "label_entropy": label_entropy(item.distribution),
+                    "drlaif_score": item.score, **extra}
 
         return asyncio.run_coroutine_threadsafe(one(), self.loop)
 

@@ -18,9 +18,9 @@ from server.app.disconnect import CancelOnDisconnect
 from server.app.errors import install_error_handlers
 from server.app.metrics import Metrics
 from server.app.playground import PlaygroundFiles
-from server.app.protocol import request_models
 from server.app.serving import ScoringService
 from server.config import ServerSettings
+from server.protocol import request_models
 
 log = logging.getLogger(__name__)
 

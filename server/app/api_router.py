@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from server.app import protocol
+from server import protocol
 from server.app.serving import ScoringService
 
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.",
@@ -19,20 +19,21 @@ _ERROR_DOCS = {
     400: ("invalid_json: the body is not valid JSON.", None),
     401: ("The server has an API key and the request has no valid 'Authorization: Bearer <key>'.",
           {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}),
-    413: ("body_too_large (the body is over --max-body-bytes), input_too_long (an item does not fit "
-          "max_input_tokens and the server runs with --no-truncate).", None),
-    422: ("invalid_request (the body or a parameter breaks the schema: a missing or extra field, a wrong "
-          "type, a limit), unknown_rubric, rubric_cannot_compare, invalid_rubric (the request's reasoning "
+    413: (("body_too_large (the body is over --max-body-bytes), input_too_long (an item does not fit "
+          "max_input_tokens and the server runs with --no-truncate)."), None),
+    422: (("invalid_request (the body or a parameter breaks the schema: a missing or extra field, a wrong "
+          "type, a limit), unknown_rubric, rubric_cannot_compare, group_too_small (group_pairwise with a prompt "
+          "that has one response), invalid_rubric (the request's reasoning "
           "settings do not validate, do not fit max_input_tokens, or have a stop string the tokenizer cannot "
           "match; the rubric lab's rubric is not one valid rubric), query_mismatch (/get_reward: a query "
-          "that does not contain its prompt).", None),
+          "that does not contain its prompt)."), None),
     429: ("overloaded: the request's items do not fit beside the items in flight (--max-queue-items).",
           _RETRY_AFTER),
-    503: ("not_ready (the labeler is loading), shutting_down, backend_error (the labeler failed, "
+    503: (("not_ready (the labeler is loading), shutting_down, backend_error (the labeler failed, "
           "stalled or gave an invalid read on the request's batch), backend_stuck (a call past "
-          "--backend-timeout-s holds the model; readiness is 503 until it returns).", _RETRY_AFTER),
-    504: ("deadline_exceeded: not answered within --request-timeout-s; the request's queued work is "
-          "dropped.", None),
+          "--backend-timeout-s holds the model; readiness is 503 until it returns)."), _RETRY_AFTER),
+    504: (("deadline_exceeded: not answered within --request-timeout-s; the request's queued work is "
+          "dropped."), None),
 }
 
 

@@ -4,25 +4,26 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from server import __version__
-from server.app import protocol
+from server import __version__, protocol
 from server.app.metrics import Metrics
 from server.app.openrlhf import END_MARKERS, labeler_items
 from server.backends import Backend, create_backend
 from server.config import ServerSettings
 from server.errors import DeadlineExceeded, InvalidRubric, NotReady, ShuttingDown
+from server.groups import GroupJudgement, judge_in_groups
 from server.pairwise import compare
 from server.rubrics import RubricRegistry
 from server.rubrics.model import Rubric
 from server.rubrics.registry import parse_rubric
 from server.rubrics.render import CompiledRubric, CompiledTemplate, EncodedItem
 from server.scorer import BatchingLimits, ScoredItem, Scorer
-from server.scoring import score_spread
+from server.scoring import ScoreResult, score_spread
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,12 @@ LAB_MAX_LABELS = 101
 LAB_MAX_PRINCIPLES = 64
 
 
-def _prompt(item) -> str | list[dict[str, str]]:
+def _prompt(item: protocol.ScoreItem | protocol.CompareItem) -> str | list[dict[str, str]]:
     """A validated item's prompt, chat messages as plain dicts."""
     return item.prompt if isinstance(item.prompt, str) else [m.model_dump() for m in item.prompt]
 
 
-def _items(request) -> list[tuple[str | list[dict[str, str]], str]]:
+def _items(request: protocol.ScoreRequest | protocol.RubricLabRequest) -> list[tuple[str | list[dict[str, str]], str]]:
     """(prompt, response) pairs from a validated request."""
     return [(_prompt(item), item.response) for item in request.items]
 
@@ -52,15 +53,19 @@ def _rubric_info(r: Rubric) -> protocol.RubricInfo:
                                aggregate=r.aggregate if r.principles else None)
 
 
+def _read(result: ScoreResult) -> dict[str, Any]:
+    """A read's wire fields (protocol.LabelRead), taken by name from the scoring math's result."""
+    return {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+
+
 def _item_scores(scorer: Scorer, rubric: Rubric, scored: Sequence[ScoredItem],
                  return_rationale: bool) -> list[protocol.ItemScore]:
     """/score's results for items scored under ``rubric`` (the request's variant of it)."""
     reasoned = rubric.reasoning is not None and not rubric.principles
     return [
         protocol.ItemScore(
-            reward=s.result.reward, score=s.result.score, distribution=list(s.result.distribution),
-            label_mass=s.result.label_mass, reward_as_written=s.as_written.reward,
-            reward_robust=s.robust.reward, judge_spans=s.judge_spans,
+            **_read(s.result), reward_as_written=s.as_written.reward, reward_robust=s.robust.reward,
+            judge_spans=s.judge_spans,
             judge_text=[protocol.JudgeTextSpan(start=j.start, end=j.end, rule=j.rule) for j in s.judge_text],
             input_tokens=s.input_tokens, truncated=s.truncated, cached=s.cached,
             reasoning_tokens=s.reasoning_tokens,
@@ -72,12 +77,19 @@ def _item_scores(scorer: Scorer, rubric: Rubric, scored: Sequence[ScoredItem],
                 score=r.score, label_mass=r.label_mass, finish_reason=read.rationale.finish_reason)
                 for read, r in s.samples]
             if reasoned and return_rationale else None,
-            principles={name: protocol.PrincipleScore(
-                reward=p.result.reward, score=p.result.score, distribution=list(p.result.distribution),
-                label_mass=p.result.label_mass) for name, p in s.principles.items()}
+            principles={name: protocol.PrincipleScore(**_read(p.result)) for name, p in s.principles.items()}
             if s.principles is not None else None)
         for s in scored
     ]
+
+
+def _group(judgement: GroupJudgement, return_pairs: bool) -> protocol.GroupJudgement:
+    """An item's group-pairwise judgement on the wire."""
+    r = judgement.reward
+    pairs = [protocol.GroupPair(opponent=p.opponent, p_win=p.p_win, consistent=bool(p.compared.preference.consistent))
+             for p in judgement.pairs] if return_pairs else None
+    return protocol.GroupJudgement(group=judgement.group, reward=r.reward, win_rate=r.win_rate,
+                                   opponents=r.opponents, pairs=pairs)
 
 
 def _slots(encoded: EncodedItem) -> list[protocol.RenderedSlot]:
@@ -90,9 +102,9 @@ def _rendered(encoded: EncodedItem) -> protocol.RenderedInput:
     return protocol.RenderedInput(text=encoded.text, input_ids=list(encoded.input_ids), slots=_slots(encoded))
 
 
-def _reasoning(request) -> dict | None:
+def _reasoning(request: protocol.ScoreRequest | protocol.CompareRequest) -> dict[str, Any] | None:
     """A request's reasoning settings, only those it gives (None: the rubric's own)."""
-    settings = getattr(request, "reasoning", None)
+    settings = request.reasoning
     return None if settings is None else settings.model_dump(exclude_none=True)
 
 
@@ -128,7 +140,7 @@ class ScoringService:
                 batching=BatchingLimits(s.max_batch_items, s.max_batch_tokens, s.max_wait_ms / 1000,
                                         s.max_queue_items),
                 cache_items=s.reward_cache_items, rationale_cache_tokens=s.rationale_cache_tokens,
-                on_batch=self.metrics.observe_batch,
+                group_prefix_reuse=s.group_prefix_reuse, on_batch=self.metrics.observe_batch,
                 on_cache=self.metrics.observe_cache,
                 on_bad_read=self.metrics.bad_reads.inc,
             )
@@ -222,35 +234,47 @@ class ScoringService:
         finally:
             self.in_flight -= 1
 
-    def _count(self, rubric: str, scored) -> None:
+    def _count(self, rubric: str, scored: Sequence[ScoredItem]) -> None:
         self.metrics.items.labels(rubric).inc(len(scored))
         self.metrics.judge_text.labels(rubric).inc(sum(s.judge_spans > 0 for s in scored))
         self.metrics.reasoning_tokens.labels(rubric).inc(sum(s.reasoning_tokens for s in scored))
 
-    async def score(self, request) -> protocol.ScoreResponse:
+    async def score(self, request: protocol.ScoreRequest) -> protocol.ScoreResponse:
         return await self._serve(lambda scorer: self._score(scorer, request), len(request.items))
 
-    async def _score(self, scorer: Scorer, request) -> protocol.ScoreResponse:
+    async def _score(self, scorer: Scorer, request: protocol.ScoreRequest) -> protocol.ScoreResponse:
         items = _items(request)
         self.metrics.queue_depth.set(scorer.batcher.depth)
         rubric = scorer.rubric(request.rubric, _reasoning(request))
-        scored = await scorer.score(rubric, items, seed=request.seed, principles=request.principles)
+        in_groups = request.group_pairwise if request.group_pairwise is not None else rubric.group_pairwise
+        direct = scorer.score(rubric, items, seed=request.seed, principles=request.principles)
+        if in_groups:  # direct reads and pairs go through the batcher together
+            scored, groups = await asyncio.gather(direct, judge_in_groups(
+                scorer, rubric, items, opponents=request.group_opponents, seed=request.seed,
+                principles=request.principles))
+        else:
+            scored, groups = await direct, None
         compiled = scorer.compiled(rubric)
         self._count(compiled.rubric.name, scored)
+        results = _item_scores(scorer, rubric, scored, request.return_rationale)
+        if groups is not None:
+            self.metrics.pairs.labels(compiled.rubric.name).inc(sum(len(g.pairs) for g in groups) // 2)
+            results = [r.model_copy(update={"reward": g.reward.reward, "group": _group(g, request.return_pairs)})
+                       for r, g in zip(results, groups, strict=True)]
         return protocol.ScoreResponse(
-            results=_item_scores(scorer, rubric, scored, request.return_rationale),
+            results=results,
             rubric=compiled.rubric.name,
             scale=protocol.ScaleInfo(min=compiled.scale.lo, max=compiled.scale.hi),
             model=scorer.backend.info.model,
         )
 
-    async def rubric_lab(self, request) -> protocol.RubricLabResponse:
+    async def rubric_lab(self, request: protocol.RubricLabRequest) -> protocol.RubricLabResponse:
         """The playground's rubric lab: a rubric from the request's YAML, validated and compiled
         as the registry's are at startup but never registered, and the request's items (if any)
         scored under it."""
         return await self._serve(lambda scorer: self._rubric_lab(scorer, request), max(1, len(request.items)))
 
-    async def _rubric_lab(self, scorer: Scorer, request) -> protocol.RubricLabResponse:
+    async def _rubric_lab(self, scorer: Scorer, request: protocol.RubricLabRequest) -> protocol.RubricLabResponse:
         # Parsing and compiling (tokenising) a rubric of up to --max-field-chars: off the event loop.
         rubric, forms = await asyncio.to_thread(self._lab_rubric, scorer, request.rubric_yaml)
         scored = await scorer.score(rubric, _items(request), seed=request.seed) if request.items else []
@@ -277,10 +301,10 @@ class ScoringService:
                                 f"lab takes at most {LAB_MAX_PRINCIPLES} (a rubrics file may have more)")
         return rubric, scorer.compile_unregistered(rubric)
 
-    async def compare(self, request) -> protocol.CompareResponse:
+    async def compare(self, request: protocol.CompareRequest) -> protocol.CompareResponse:
         return await self._serve(lambda scorer: self._compare(scorer, request), len(request.items))
 
-    async def _compare(self, scorer: Scorer, request) -> protocol.CompareResponse:
+    async def _compare(self, scorer: Scorer, request: protocol.CompareRequest) -> protocol.CompareResponse:
         items = [(_prompt(item), item.response_a, item.response_b) for item in request.items]
         rubric = scorer.rubric(request.rubric, _reasoning(request))
         compared = await compare(scorer, rubric, items, debias=request.debias, seed=request.seed,
@@ -298,10 +322,10 @@ class ScoringService:
         show = compiled.reasoning is not None and request.return_rationale and not rubric.principles
 
         def preference(c) -> dict:
-            return dict(p_a=c.preference.p_a, orders=protocol.OrderValues(ab=c.preference.ab, ba=c.preference.ba),
-                        consistent=c.preference.consistent,
-                        label_mass=protocol.OrderValues(ab=c.order_ab.label_mass,
-                                                        ba=c.order_ba.label_mass if c.order_ba else None))
+            return {"p_a": c.preference.p_a, "orders": protocol.OrderValues(ab=c.preference.ab, ba=c.preference.ba),
+                        "consistent": c.preference.consistent,
+                        "label_mass": protocol.OrderValues(ab=c.order_ab.label_mass,
+                                                        ba=c.order_ba.label_mass if c.order_ba else None)}
         return protocol.CompareResponse(
             results=[
                 protocol.ItemPreference(
@@ -320,12 +344,12 @@ class ScoringService:
             model=scorer.backend.info.model,
         )
 
-    async def get_reward(self, request, rubric: str | None) -> protocol.RewardResponse:
+    async def get_reward(self, request: protocol.RewardRequest, rubric: str | None) -> protocol.RewardResponse:
         """OpenRLHF's remote reward: each query split into (prompt, response) and scored as /score does
         (a chat-templated prompt as its messages)."""
         return await self._serve(lambda scorer: self._get_reward(scorer, request, rubric), len(request.query))
 
-    async def _get_reward(self, scorer: Scorer, request, rubric: str | None) -> protocol.RewardResponse:
+    async def _get_reward(self, scorer: Scorer, request: protocol.RewardRequest, rubric: str | None) -> protocol.RewardResponse:
         markers = (*END_MARKERS, *getattr(scorer.backend.tokenizer, "all_special_tokens", ()))
         items = labeler_items(request.query, request.prompts, markers)
         chosen = scorer.rubric(rubric)
@@ -344,10 +368,10 @@ class ScoringService:
         return protocol.RewardResponse(rewards=rewards, scores=[(r + 1.0) / 2.0 for r in rewards],
                                        extra_logs=extra_logs)
 
-    async def render(self, request) -> protocol.RenderResponse:
+    async def render(self, request: protocol.ScoreRequest) -> protocol.RenderResponse:
         return await self._serve(lambda scorer: self._render(scorer, request))
 
-    async def _render(self, scorer: Scorer, request) -> protocol.RenderResponse:
+    async def _render(self, scorer: Scorer, request: protocol.ScoreRequest) -> protocol.RenderResponse:
         items = _items(request)
         rubric = scorer.rubric(request.rubric, _reasoning(request))
         principles = None

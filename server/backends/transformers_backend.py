@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -40,9 +41,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from server.backends.base import (BackendInfo, Generation, GenerationRequest, check_generation_fits,
-                                  common_prefix_length, eos_token_ids, finish_generation, resolve_dtype,
-                                  stop_end)
+from server.backends.base import (
+    BackendInfo,
+    Generation,
+    GenerationRequest,
+    check_generation_fits,
+    common_prefix_length,
+    eos_token_ids,
+    finish_generation,
+    resolve_dtype,
+    stop_end,
+)
 from server.scoring import TokenReads
 
 log = logging.getLogger(__name__)
@@ -50,8 +59,9 @@ log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Shorter shared prefixes are not worth a separate KV pass.
 MIN_SHARED_PREFIX = 16
-# Distinct prefixes whose KV is kept: one per rubric form in use.
-PREFIX_CACHE_ENTRIES = 8
+# Prefix KV kept, in tokens (each prefix counted whole): the rubric forms in use and a request's
+# prompt groups (8 groups of 500-token prompts: 4,000); about 0.4 GB for the embedded labeler.
+PREFIX_CACHE_TOKENS = 8192
 # How far the prefix path's probabilities may sit from the plain path's on the first
 # check before it is turned off: float rounding, far below anything a reward shows.
 _CHECK_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
@@ -168,10 +178,9 @@ class TransformersBackend:
             return
         common = common_prefix_length(prefixes)
         if common >= MIN_SHARED_PREFIX and all(len(p) > common for p in prefixes):
-            try:
+            # _read_with_prefix meets the same error and falls back, so none is raised here.
+            with contextlib.suppress(Exception):
                 self._kv_of(prefixes[0][:common])
-            except Exception:  # noqa: BLE001 - _read_with_prefix meets the same error and falls back
-                pass
 
     def _kv_of(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, the keys and values of ``prefix`` alone (batch 1), computed once, and on
@@ -196,7 +205,7 @@ class TransformersBackend:
                 raise TypeError(f"its KV cache is {type(cache).__name__} with layers other than full attention")
             kv = [(layer.keys, layer.values) for layer in layers]
             self._prefix_kv[prefix] = kv
-            while len(self._prefix_kv) > PREFIX_CACHE_ENTRIES:
+            while len(self._prefix_kv) > 1 and sum(map(len, self._prefix_kv)) > PREFIX_CACHE_TOKENS:
                 self._prefix_kv.popitem(last=False)
         self._prefix_kv.move_to_end(prefix)
         return kv

@@ -37,8 +37,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.backends.base import (BackendInfo, Generation, GenerationRequest, check_generation_fits,
-                                  eos_token_ids, finish_generation, resolve_dtype, stop_end)
+from server.backends.base import (
+    BackendInfo,
+    Generation,
+    GenerationRequest,
+    check_generation_fits,
+    eos_token_ids,
+    finish_generation,
+    resolve_dtype,
+    stop_end,
+)
 from server.scoring import TokenReads
 
 log = logging.getLogger(__name__)
@@ -279,8 +287,8 @@ def _sampling_params(token_ids: list[int], forced: int | None = None):
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    steps = (dict(max_tokens=1) if forced is None
-             else dict(max_tokens=2, allowed_token_ids=[forced], ignore_eos=True))
+    steps = ({"max_tokens": 1} if forced is None
+             else {"max_tokens": 2, "allowed_token_ids": [forced], "ignore_eos": True})
     return SamplingParams(**steps, temperature=0.0, logprob_token_ids=token_ids, detokenize=False,
                           output_kind=RequestOutputKind.FINAL_ONLY)
 

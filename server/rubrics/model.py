@@ -208,11 +208,22 @@ class Rubric(BaseModel):
         "weighted_mean", description="how principles combine: weighted_mean of expected scores, min (the worst "
         "principle decides), geometric_mean of the label distributions, or sample (one principle per item, "
         "drawn by weight with a seed, as in Constitutional AI)")
+    group_pairwise: bool = Field(
+        False, description="judge /score's items within their prompt groups by default: each response compared "
+        "with the others given for its prompt, its reward its mean win probability (needs a compare section; "
+        "a request's group_pairwise overrides it)")
 
     @field_validator("user_template")
     @classmethod
     def _slots_once(cls, template: str) -> str:
         return check_slots(template, SLOTS)
+
+    @model_validator(mode="after")
+    def _groups_compare(self) -> Rubric:
+        if self.group_pairwise and self.compare is None:
+            raise ValueError(f"rubric {self.name!r}: group_pairwise needs a compare section (the pairwise form "
+                             "its groups are judged with)")
+        return self
 
     @model_validator(mode="after")
     def _principles(self) -> Rubric:

@@ -6,6 +6,21 @@ from server.scoring.labels import LabelTrie, TokenReads, labels_in_context
 from server.scoring.preference import OrderRead, Preference, combine_orders, mean_order, read_order
 from server.scoring.reward import Scale, ScoreResult, expected_score, mean_of_samples, score_spread
 
-__all__ = ["LabelTrie", "OrderRead", "Preference", "Scale", "ScoreResult", "TokenReads", "aggregate_preferences",
-           "aggregate_scores", "combine_orders", "sample_principle",
-           "expected_score", "labels_in_context", "mean_of_samples", "mean_order", "read_order", "score_spread"]
+__all__ = [
+           "LabelTrie",
+           "OrderRead",
+           "Preference",
+           "Scale",
+           "ScoreResult",
+           "TokenReads",
+           "aggregate_preferences",
+           "aggregate_scores",
+           "combine_orders",
+           "expected_score",
+           "labels_in_context",
+           "mean_of_samples",
+           "mean_order",
+           "read_order",
+           "sample_principle",
+           "score_spread",
+]

@@ -30,7 +30,7 @@ from typing import TypeVar
 import numpy as np
 
 from server.scoring.preference import Preference
-from server.scoring.reward import Scale, ScoreResult
+from server.scoring.reward import Scale, ScoreResult, result_of
 
 T = TypeVar("T")
 
@@ -48,13 +48,6 @@ def sample_principle(weights: Sequence[float], seed: int, key: bytes) -> int:
     h = hashlib.blake2b(seed.to_bytes(8, "little", signed=False) + key, digest_size=8).digest()
     u = int.from_bytes(h, "little") / 2**64
     return min(int(np.searchsorted(np.cumsum(normalised(weights)), u, side="right")), len(weights) - 1)
-
-
-def _result(distribution: np.ndarray, label_mass: float, scale: Scale) -> ScoreResult:
-    score = float(np.dot(distribution, np.asarray(scale.values, dtype=np.float64)))
-    score = min(max(score, float(scale.lo)), float(scale.hi))
-    return ScoreResult(reward=min(max(scale.to_reward(score), -1.0), 1.0), score=score,
-                       distribution=tuple(float(p) for p in distribution), label_mass=float(label_mass))
 
 
 def _deciding(parts: Sequence[T], weights: Sequence[float], how: str, pick: int | None, what: str,
@@ -86,7 +79,7 @@ def aggregate_scores(results: Sequence[ScoreResult], weights: Sequence[float], h
     p = np.array([r.distribution for r in results], dtype=np.float64)
     mass = np.array([r.label_mass for r in results], dtype=np.float64)
     if how == "weighted_mean":
-        return _result(w @ p, float(w @ mass), scale)
+        return result_of(w @ p, float(w @ mass), scale)
     if how == "geometric_mean":
         with np.errstate(divide="ignore"):
             logp = w @ np.log(p)
@@ -94,7 +87,7 @@ def aggregate_scores(results: Sequence[ScoreResult], weights: Sequence[float], h
         if not np.isfinite(logp).any():
             raise ValueError("geometric_mean: no label is possible under every principle")
         q = np.exp(logp - logp.max())
-        return _result(q / q.sum(), float(np.exp(log_mass)), scale)
+        return result_of(q / q.sum(), float(np.exp(log_mass)), scale)
     raise ValueError(f"unknown aggregate {how!r}")
 
 

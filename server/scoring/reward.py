@@ -3,6 +3,7 @@
     p_i = P(label i) / sum_j P(label j)          renormalised over the scale's labels
     s   = sum_i value_i * p_i                    expected score, in [lo, hi]
     r   = 2 * (s - lo) / (hi - lo) - 1           reward, in [-1, 1]
+    H   = -sum_i p_i ln p_i                      label entropy, in [0, ln(labels)]: the judge's doubt
 
 With k reasoned samples (rationales) of one item, each read this way to p^(1..k):
 
@@ -44,10 +45,26 @@ class Scale:
 
 @dataclass(frozen=True)
 class ScoreResult:
+    """A read as a score. Its field names are the wire's (``server.protocol.LabelRead``): the
+    server sends each field as it is."""
+
     reward: float
     score: float
     distribution: tuple[float, ...]
     label_mass: float
+    label_entropy: float
+
+
+def result_of(distribution: np.ndarray, label_mass: float, scale: Scale) -> ScoreResult:
+    """The score, reward and entropy of a renormalised label distribution over ``scale``."""
+    score = float(np.dot(distribution, np.asarray(scale.values, dtype=np.float64)))
+    # Clamp rounding noise so the documented ranges hold exactly.
+    score = min(max(score, float(scale.lo)), float(scale.hi))
+    nonzero = distribution[distribution > 0]
+    entropy = float(-np.dot(nonzero, np.log(nonzero)))
+    return ScoreResult(reward=min(max(scale.to_reward(score), -1.0), 1.0), score=score,
+                       distribution=tuple(float(p) for p in distribution), label_mass=float(label_mass),
+                       label_entropy=max(entropy, 0.0))
 
 
 def expected_score(label_logprobs: Sequence[float], scale: Scale) -> ScoreResult:
@@ -67,17 +84,7 @@ def expected_score(label_logprobs: Sequence[float], scale: Scale) -> ScoreResult
     top = logp.max()
     weights = np.exp(logp - top)
     total = weights.sum()
-    distribution = weights / total
-    score = float(np.dot(distribution, np.asarray(scale.values, dtype=np.float64)))
-    # Clamp rounding noise so the documented ranges hold exactly.
-    score = min(max(score, float(scale.lo)), float(scale.hi))
-    label_mass = float(min(np.exp(top) * total, 1.0))
-    return ScoreResult(
-        reward=min(max(scale.to_reward(score), -1.0), 1.0),
-        score=score,
-        distribution=tuple(float(p) for p in distribution),
-        label_mass=label_mass,
-    )
+    return result_of(weights / total, min(np.exp(top) * total, 1.0), scale)
 
 
 def mean_of_samples(samples: Sequence[ScoreResult], scale: Scale) -> ScoreResult:
@@ -91,14 +98,7 @@ def mean_of_samples(samples: Sequence[ScoreResult], scale: Scale) -> ScoreResult
     distribution = np.mean([s.distribution for s in samples], axis=0)
     if distribution.shape != (len(scale.values),):
         raise ValueError(f"expected distributions over {len(scale.values)} labels, got {distribution.shape}")
-    score = float(np.dot(distribution, np.asarray(scale.values, dtype=np.float64)))
-    score = min(max(score, float(scale.lo)), float(scale.hi))
-    return ScoreResult(
-        reward=min(max(scale.to_reward(score), -1.0), 1.0),
-        score=score,
-        distribution=tuple(float(p) for p in distribution),
-        label_mass=float(np.mean([s.label_mass for s in samples])),
-    )
+    return result_of(distribution, float(np.mean([s.label_mass for s in samples])), scale)
 
 
 def score_spread(samples: Sequence[ScoreResult]) -> float:
