@@ -4,17 +4,17 @@
 from __future__ import annotations
 
 import concurrent.futures
-import math
 
 import numpy as np
 import pytest
 import torch
+from items import item_score
 
-from trainer.client import RewardServerError
+from trainer.client import RewardClientConfig, RewardServerError
 from trainer.judge_signals import (
     consecutive_groups,
     groups_by_key,
-    label_entropy,
+    label_metrics,
     length_controlled,
     length_reward_corr,
 )
@@ -110,9 +110,10 @@ def test_monitor_specs():
         MonitorSpec.parse("judge:8001")
 
 
-def test_label_entropy():
-    assert label_entropy([1.0] + [0.0] * 9) == 0.0
-    assert label_entropy([0.1] * 10) == pytest.approx(math.log(10))
+def test_label_metrics_are_the_batchs_entropy_and_mass():
+    items = [item_score(0.0, label_entropy=0.0, label_mass=0.5), item_score(0.0, label_entropy=2.0, label_mass=1.0)]
+    assert label_metrics(items) == pytest.approx({"label_entropy": 1.0, "label_mass": 0.75, "label_mass_min": 0.5})
+    assert label_metrics([]) == {}
 
 
 def test_length_reward_corr_is_within_groups():
@@ -176,6 +177,14 @@ class ItemRefusing:
         else:
             future.set_result([f"item:{r}" for r in responses])
         return future
+
+
+def test_with_group_pairwise_rewards_a_failed_batch_is_rescored_group_by_group():
+    source = ItemRefusing()
+    source.config = RewardClientConfig(urls=["http://127.0.0.1:1"], reward_mode="group-pairwise")
+    prompts, responses = ["p", "q", "p", "q"], ["a", "x", "b", "c"]
+    assert score_items_or_drop(source, prompts, responses) == ["item:a", None, "item:b", None]
+    assert source.calls == [responses, ["a", "b"], ["x", "c"]]  # a group is judged whole or not at all
 
 
 def test_score_items_or_drop_rescores_each_sample_and_drops_only_the_failures():

@@ -1,8 +1,8 @@
 """Per-step signals of the judge's state and of one classic bias, for every trainer's metrics rows.
 
-- ``label_entropy`` and ``label_mass``: how unsure the labeler is (entropy of its renormalised
-  label distribution, in nats; ln 10 = 2.303 is an even spread over ten labels) and how much of
-  its probability went to the scale at all. A judge growing unsure on the policy's answers is
+- ``label_entropy`` and ``label_mass``: how unsure the labeler is (the server's entropy of its
+  renormalised label distribution, in nats; ln 10 = 2.303 is an even spread over ten labels)
+  and how much of its probability went to the scale at all. A judge growing unsure on the policy's answers is
   the first sign that the policy has left the ground the judge knows.
 - ``length_reward_corr``: the correlation between response length and reward *inside groups*
   (responses to the same prompt), so that the prompt's difficulty, which moves both, drops
@@ -18,20 +18,16 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-
-def label_entropy(distribution: Sequence[float]) -> float:
-    """Entropy in nats of one renormalised label distribution (0 log 0 = 0)."""
-    p = np.asarray(distribution, dtype=np.float64)
-    p = p[p > 0]
-    return float(-(p * np.log(p)).sum())
+from server.protocol import LabelRead
 
 
-def label_metrics(distributions: Sequence[Sequence[float]], label_masses: Sequence[float]) -> dict[str, float]:
+def label_metrics(items: Sequence[LabelRead]) -> dict[str, float]:
     """Mean label entropy, mean and minimum label mass of a scored batch (empty for no items)."""
-    if not distributions:
+    if not items:
         return {}
-    return {"label_entropy": float(np.mean([label_entropy(d) for d in distributions])),
-            "label_mass": float(np.mean(label_masses)), "label_mass_min": float(min(label_masses))}
+    masses = [i.label_mass for i in items]
+    return {"label_entropy": float(np.mean([i.label_entropy for i in items])),
+            "label_mass": float(np.mean(masses)), "label_mass_min": float(min(masses))}
 
 
 def consecutive_groups(n: int, group_size: int) -> list[int]:

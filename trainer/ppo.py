@@ -141,14 +141,13 @@ def judge_text_metrics(items: list[ItemScore], threshold: float) -> dict[str, fl
     ``judge_text_rate``: share of responses with text addressed to the judge. ``reward_disagreement``:
     share whose reward as written and robust reward differ by more than ``threshold``;
     ``reward_robust_gap``: the mean of (as written - robust), positive when such text lifts the read.
-    Empty when the server does not send the fields.
+    Empty for an empty batch.
     """
-    pairs = [(i.reward_as_written, i.reward_robust) for i in items
-             if i.reward_as_written is not None and i.reward_robust is not None]
-    if not items or len(pairs) != len(items):
+    if not items:
         return {}
+    pairs = [(i.reward_as_written, i.reward_robust) for i in items]
     return {
-        "judge_text_rate": sum((i.judge_spans or 0) > 0 for i in items) / len(items),
+        "judge_text_rate": sum(i.judge_spans > 0 for i in items) / len(items),
         "reward_disagreement": sum(abs(a - r) > threshold for a, r in pairs) / len(pairs),
         "reward_robust_gap": float(np.mean([a - r for a, r in pairs])),
     }
@@ -392,7 +391,7 @@ class PPOTrainer:
             "reward_dropped": dropped,
             "reward_samples": len(all_kept),
             "length_reward_corr": length_reward_corr(all_lengths.tolist(), all_rewards.tolist(), all_groups),
-            **label_metrics([i.distribution for i in kept_items], [i.label_mass for i in kept_items]),
+            **label_metrics(kept_items),
             "kl": kl_per_sequence,
             "kl_coef": self.kl.value,
             "entropy": self._mean(masked_mean(reads["entropy"], rollout.mask, dim=-1)),

@@ -3,7 +3,9 @@
 ``stop`` (the default) lets :class:`trainer.client.RewardServerError` end the step. ``drop``
 scores the batch in one call as usual; if that call fails, it scores each sample on its own
 (so one sample the server cannot score, or a request that keeps failing, costs only its own
-samples) and returns None for each sample whose reward could still not be had. A dropped
+samples), or with group-pairwise rewards each prompt group on its own (a response is judged
+against its group, so a group is the smallest unit), and returns None for each sample whose
+reward could still not be had. A dropped
 sample never gets a number: it is left out of the update. More than ``max_fraction`` of a
 batch dropped (or all of it) raises :class:`TooManyDropped`.
 
@@ -44,6 +46,23 @@ def check_dropped(dropped: int, total: int, max_fraction: float, what: str = "a 
                              f"{max_fraction:g}")
 
 
+def _units(prompts: Sequence[Prompt], by_group: bool) -> list[list[int]]:
+    """The sample indices scored together after a batch call failed: each sample alone, or
+    with ``by_group`` the samples of each prompt."""
+    if not by_group:
+        return [[i] for i in range(len(prompts))]
+    groups: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(repr(prompt), []).append(i)
+    return list(groups.values())
+
+
+def _by_group(source: object) -> bool:
+    """Whether ``source`` (a reward client) judges responses against their prompt group."""
+    config = getattr(source, "config", None)
+    return getattr(config, "reward_mode", "direct") == "group-pairwise"
+
+
 def _log_fallback(exc: RewardServerError, n: int) -> None:
     log.warning("scoring %d samples in one call failed (%s); scoring each on its own and dropping those "
                 "that still fail", n, str(exc).splitlines()[0])
@@ -60,15 +79,18 @@ def score_items_or_drop(source: SubmitsScores, prompts: list[Prompt], responses:
         return list((pending or source.submit_score_items(prompts, responses, rubric)).result())
     except RewardServerError as exc:
         _log_fallback(exc, len(prompts))
-    futures = [source.submit_score_items([p], [r], rubric) for p, r in zip(prompts, responses, strict=True)]
-    out: list[T | None] = []
-    for future in futures:
+    units = _units(prompts, _by_group(source))
+    futures = [source.submit_score_items([prompts[i] for i in unit], [responses[i] for i in unit], rubric)
+               for unit in units]
+    out: list[T | None] = [None] * len(prompts)
+    for unit, future in zip(units, futures, strict=True):
         try:
-            (item,) = future.result()
+            items = future.result()
         except RewardServerError as exc:
-            log.warning("dropping a sample without reward: %s", str(exc).splitlines()[0])
-            item = None
-        out.append(item)
+            log.warning("dropping %d sample(s) without reward: %s", len(unit), str(exc).splitlines()[0])
+            continue
+        for i, item in zip(unit, items, strict=True):
+            out[i] = item
     return out
 
 
@@ -79,15 +101,16 @@ async def ascore_items_or_drop(client: AsyncRewardClient, prompts: Sequence[Prom
         return list(await client.score_items(prompts, responses, rubric))
     except RewardServerError as exc:
         _log_fallback(exc, len(prompts))
-    results = await asyncio.gather(*(client.score_items([p], [r], rubric)
-                                     for p, r in zip(prompts, responses, strict=True)), return_exceptions=True)
-    out: list[Any | None] = []
-    for result in results:
+    units = _units(prompts, _by_group(client))
+    results = await asyncio.gather(*(client.score_items([prompts[i] for i in unit], [responses[i] for i in unit],
+                                                        rubric) for unit in units), return_exceptions=True)
+    out: list[Any | None] = [None] * len(prompts)
+    for unit, result in zip(units, results, strict=True):
         if isinstance(result, RewardServerError):
-            log.warning("dropping a sample without reward: %s", str(result).splitlines()[0])
-            out.append(None)
+            log.warning("dropping %d sample(s) without reward: %s", len(unit), str(result).splitlines()[0])
         elif isinstance(result, BaseException):
             raise result
         else:
-            out.append(result[0])
+            for i, item in zip(unit, result, strict=True):
+                out[i] = item
     return out

@@ -105,8 +105,7 @@ def batch_metrics(items: Sequence[ItemScore], seconds: float) -> dict[str, float
     """What a dashboard should show of one scored batch: a falling label mass means the labeler
     stopped answering on the scale, a rising judge-text rate that the policy is learning to
     talk to the judge; under a constitution, which principle the policy improves or sacrifices."""
-    masses = [i.label_mass for i in items]
-    metrics = {**label_metrics([i.distribution for i in items], masses),
+    metrics = {**label_metrics(items),
                "truncated_rate": sum(i.truncated for i in items) / len(items), "reward_seconds": seconds}
     spans = [i.judge_spans for i in items if i.judge_spans is not None]
     if spans:

@@ -66,7 +66,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from server.batching import MicroBatcher
 from server.protocol import ItemScore
 from trainer.client import AsyncRewardClient, Prompt, RewardClientConfig, rewards_of
-from trainer.judge_signals import label_entropy
 from trainer.trl_reward import prompt_for_server
 
 
@@ -137,7 +136,7 @@ class _Coalescer:
             (item,) = await self.batcher.submit([(prompt, response)])
             (reward,) = rewards_of([item], self.settings.reward_field)
             extra = {f"drlaif_{name}": p.reward for name, p in (item.principles or {}).items()}
-            return {"score": reward, "label_mass": item.label_mass, "label_entropy": label_entropy(item.distribution),
+            return {"score": reward, "label_mass": item.label_mass, "label_entropy": item.label_entropy,
                     "drlaif_score": item.score, **extra}
 
         return asyncio.run_coroutine_threadsafe(one(), self.loop)
