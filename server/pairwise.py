@@ -17,7 +17,7 @@ from server.protocol import Prompt
 from server.rubrics.model import Rubric
 from server.rubrics.prompts import prompt_text
 from server.rubrics.render import CompiledComparison, EncodedItem
-from server.scorer import ItemRead, SampleRead, Scorer
+from server.scorer import ItemRead, SampleRead, Scorer, prompt_groups, share_prefixes
 from server.scoring import (
     OrderRead,
     Preference,
@@ -65,6 +65,10 @@ def _order(read: ItemRead) -> tuple[OrderRead, OrderSamples]:
 async def _compare_form(scorer: Scorer, compiled: CompiledComparison, items: Sequence[tuple[Prompt, str, str]],
                         debias: bool, seed: int | None, fixed_tokens: int | None = None) -> list[ComparedItem]:
     encoded = await asyncio.to_thread(encode_pairs, scorer, compiled, items, debias, fixed_tokens)
+    if scorer.group_prefix_reuse:  # the pairs of one prompt (a group's, in group judging) share it
+        step = 2 if debias else 1
+        encoded = share_prefixes(encoded, [[step * i + o for i in group for o in range(step)]
+                                           for group in prompt_groups([(p, a) for p, a, _ in items])])
     reads = await scorer.read(compiled, encoded, seed)
     step = 2 if debias else 1
     out = []

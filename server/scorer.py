@@ -476,25 +476,27 @@ def prompt_groups(items: Sequence[tuple[Prompt, str]]) -> list[list[int]]:
     return list(groups.values())
 
 
-def share_group_prefixes(guarded: Sequence[GuardedItem], groups: Sequence[Sequence[int]]) -> list[GuardedItem]:
-    """Mark what the inputs of each group (items with one prompt) have in common, the rubric's
-    text and the prompt up to the response, as their shared prefix: a backend that reuses
-    prefixes (transformers) then computes it once per group instead of once per item."""
-    out = list(guarded)
+def share_prefixes(encoded: Sequence[EncodedItem], groups: Sequence[Sequence[int]]) -> list[EncodedItem]:
+    """Mark what each group's inputs have in common (inputs of items with one prompt: the
+    rubric's text and the prompt, up to the first response) as their shared prefix: a backend
+    that reuses prefixes (transformers) then computes it once per group, not once per input."""
+    out = list(encoded)
     for group in groups:
         if len(group) < 2:
             continue
-        inputs = [e for i in group for e in (guarded[i].as_written, guarded[i].robust) if e is not None]
-        shared = common_prefix_length([e.input_ids for e in inputs])
-
-        def widened(e: EncodedItem, shared: int = shared) -> EncodedItem:
-            return dataclasses.replace(e, shared_prefix=max(e.shared_prefix, shared))
-
+        shared = common_prefix_length([encoded[i].input_ids for i in group])
         for i in group:
-            g = guarded[i]
-            out[i] = dataclasses.replace(g, as_written=widened(g.as_written),
-                                         robust=widened(g.robust) if g.robust is not None else None)
+            out[i] = dataclasses.replace(encoded[i], shared_prefix=max(encoded[i].shared_prefix, shared))
     return out
+
+
+def share_group_prefixes(guarded: Sequence[GuardedItem], groups: Sequence[Sequence[int]]) -> list[GuardedItem]:
+    """:func:`share_prefixes` over both reads of guarded items (``groups`` of item indices)."""
+    inputs = [g.as_written for g in guarded] + [g.robust for g in guarded if g.robust is not None]
+    slot = {i: len(guarded) + k for k, i in enumerate(i for i, g in enumerate(guarded) if g.robust is not None)}
+    shared = share_prefixes(inputs, [[*group, *(slot[i] for i in group if i in slot)] for group in groups])
+    return [dataclasses.replace(g, as_written=shared[i], robust=shared[slot[i]] if i in slot else None)
+            for i, g in enumerate(guarded)]
 
 
 def _guarded_item(form: CompiledRubric, guarded: GuardedItem, plain_read: ItemRead,
