@@ -53,6 +53,8 @@ bench: $(VLLM_STAMP)
 	$(BIN)/python bench/principles.py --vllm-arg=--enforce-eager
 	$(BIN)/python bench/reasoning.py
 	$(BIN)/python bench/fleet.py
+	$(BIN)/python bench/groups.py
+	$(BIN)/python bench/overoptimisation.py --control
 
 # The documentation site (docs/, mkdocs.yml), served with live reload on port 8001
 # (8000 is the reward server's).

@@ -2,8 +2,8 @@
 what group-pairwise judging costs against direct scoring.
 
 A GRPO step scores several responses to each prompt. Here: 8 prompts x 8 responses, HH-RLHF
-dialogues of 200-400 tokens (the harmless-base test split in /work/shared/data/hh-rlhf when
-present, else deterministic dialogues written here) and short final replies (5-30 tokens),
+dialogues of 200-400 tokens (HH-RLHF's harmless-base test split given with --hh-file, a
+.jsonl.gz of chosen/rejected rows; without it, deterministic dialogues written here) and short final replies (5-30 tokens),
 under a compact rubric so that the prompt, not the rubric, is most of each labeler input (the
 rubric's own prefix is reused with or without groups). Starts real drlaif-server processes on
 the embedded labeler, reward cache off, and measures in interleaved rounds (median):
@@ -12,7 +12,11 @@ the embedded labeler, reward cache off, and measures in interleaved rounds (medi
   (2) vllm: each group's first item read first vs all at once (DRLAIF_GROUP_PREFIX_REUSE=false);
       skipped with --only transformers;
   (3) group-pairwise vs direct /score: seconds and backend reads per item, for k = all
-      opponents and k = 2 (on --pairwise-prompts of the prompts, the same 8 responses each).
+      opponents and k = 2 (on --pairwise-prompts of the prompts, the same 8 responses each);
+  (4) alignment with human labels (needs --hh-file): on --alignment-pairs HH-RLHF harmless
+      pairs, each pair a group of two, how often the chosen response gets the higher reward,
+      group-pairwise against direct, with 95% Wilson intervals (rubric harmless). On the
+      embedded labeler both are near chance; the point is that the number is measured.
 Every round sends fresh prompts (a round tag in front of each), so that neither the
 transformers prefix KV nor vLLM's prefix cache carries a group over from an earlier round.
 
@@ -40,7 +44,6 @@ from server.backends.base import common_prefix_length
 from server.backends.embedded import default_cache_dir
 from server.process import ServerProcess
 
-HH_FILE = Path("/work/shared/data/hh-rlhf/harmless-base-test.jsonl.gz")
 PROMPT_TOKENS = (200, 400)
 RESPONSE_TOKENS = (5, 30)
 
@@ -84,13 +87,13 @@ def split_dialogue(text: str) -> tuple[str, str] | None:
     return text[:cut], text[cut:].strip()
 
 
-def hh_groups(tokens: Callable[[str], int], prompts: int, responses: int) -> list[Group] | None:
+def hh_groups(hh_file: Path | None, tokens: Callable[[str], int], prompts: int, responses: int) -> list[Group] | None:
     """``prompts`` HH harmless dialogues of 200-400 tokens, each with its chosen and rejected
     final replies and, to make ``responses``, short final replies drawn (seeded) from other
-    dialogues; None when the file is absent or has too few."""
-    if not HH_FILE.exists():
+    dialogues; None without a file, or when it has too few."""
+    if hh_file is None:
         return None
-    with gzip.open(HH_FILE, "rt") as f:
+    with gzip.open(hh_file, "rt") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     pool, picked = [], []
     for row in rows:
@@ -109,6 +112,46 @@ def hh_groups(tokens: Callable[[str], int], prompts: int, responses: int) -> lis
     for i, (prompt, own) in enumerate(picked):
         others = [r for r in random.Random(i).sample(pool, 2 * responses) if r not in own]
         out.append((prompt, (own + others)[:responses]))
+    return out
+
+
+def hh_pairs(hh_file: Path | None, n: int) -> list[tuple[str, str, str]]:
+    """The first ``n`` HH harmless test pairs as (prompt, chosen reply, rejected reply), replies
+    different; empty when the file is absent."""
+    if not n or hh_file is None:
+        return []
+    out = []
+    with gzip.open(hh_file, "rt") as f:
+        for line in f:
+            row = json.loads(line)
+            chosen, rejected = split_dialogue(row["chosen"]), split_dialogue(row["rejected"])
+            if chosen and rejected and chosen[0] == rejected[0] and chosen[1] != rejected[1]:
+                out.append((chosen[0], chosen[1], rejected[1]))
+            if len(out) == n:
+                break
+    return out
+
+
+def alignment(client: httpx.Client, pairs: list[tuple[str, str, str]]) -> list[str]:
+    """Part 4: the share of pairs whose chosen reply out-rewards the rejected one (a tie counts
+    one half), direct and group-pairwise, with 95% Wilson intervals; the lines to summarise."""
+    from evals.stats import proportion
+
+    items = [{"prompt": p, "response": r} for p, c, x in pairs for r in (c, x)]
+    out = []
+    print(f"\n(4) alignment on {len(pairs)} HH-RLHF harmless test pairs (rubric harmless): chosen out-rewards "
+          "rejected", flush=True)
+    for name, extra in (("direct", {}), ("group-pairwise", {"group_pairwise": True})):
+        rewards = []
+        for k in range(0, len(items), 64):  # whole pairs per request
+            body = {"items": items[k:k + 64], "rubric": "harmless", **extra}
+            answer = client.post("/score", json=body)
+            answer.raise_for_status()
+            rewards += [r["reward"] for r in answer.json()["results"]]
+        wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(rewards[::2], rewards[1::2], strict=True)]
+        p = proportion(wins)
+        out.append(f"alignment {name}: {p} on {p.n} pairs")
+        print("    " + out[-1], flush=True)
     return out
 
 
@@ -219,6 +262,10 @@ def main() -> None:
     parser.add_argument("--pairwise-prompts", type=int, default=2,
                         help="prompts (of --responses each) in part 3: a full round robin of 8 is 56 reads an item")
     parser.add_argument("--pairwise-repeats", type=int, default=2)
+    parser.add_argument("--hh-file", type=Path, default=None,
+                        help="HH-RLHF harmless-base test split (.jsonl.gz): the prompts of parts 1-3, the pairs of 4")
+    parser.add_argument("--alignment-pairs", type=int, default=100,
+                        help="HH pairs in part 4 (0 skips it)")
     parser.add_argument("--only", choices=["transformers", "vllm"], default=None)
     parser.add_argument("--block-size", type=int, default=32,
                         help="the vllm servers' --block-size (vLLM caches prefixes in whole blocks; its CPU default "
@@ -234,8 +281,8 @@ def main() -> None:
     def tokens(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False).input_ids)
 
-    groups = hh_groups(tokens, args.prompts, args.responses)
-    source = f"HH-RLHF harmless-base test ({HH_FILE})"
+    groups = hh_groups(args.hh_file, tokens, args.prompts, args.responses)
+    source = f"HH-RLHF harmless-base test ({args.hh_file})"
     if groups is None:
         groups, source = own_groups(tokens, args.prompts, args.responses), "dialogues written by bench/groups.py"
     n = args.prompts * args.responses
@@ -293,6 +340,10 @@ def main() -> None:
                     lines.append(f"{arm.name} / direct: seconds per item = {arm.median_s / base.median_s:.2f}, "
                                  f"reads per item = {statistics.median(arm.reads) / statistics.median(base.reads):.2f}")
                     print(lines[-1], flush=True)
+
+                pairs = hh_pairs(args.hh_file, args.alignment_pairs)
+                if pairs:
+                    lines += alignment(on_c, pairs)
 
         if args.only != "transformers":
             vllm = [*common, "--backend", "vllm", *(args.vllm_arg or ["--enforce-eager"]),

@@ -168,7 +168,9 @@ def test_label_writes_the_labelers_preference(server, labelled):
 
 
 @pytest.mark.usefixtures("fresh_accelerate_state")
-def test_label_file_trains_trls_dpo_for_one_step(labelled, embedded_model_dir, tmp_path):
+def test_label_file_trains_trls_dpo_for_one_step(labelled, tiny_policy_dir, tmp_path):
+    # The tiny random policy (the embedded tokenizer): what is tested is that the file is one
+    # trl's DPOTrainer reads and trains on, not what DPO does to a real model.
     from datasets import load_dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -176,7 +178,7 @@ def test_label_file_trains_trls_dpo_for_one_step(labelled, embedded_model_dir, t
     args = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, per_device_train_batch_size=2,
                      max_length=96, learning_rate=1e-6, logging_steps=1, save_strategy="no", report_to=[],
                      use_cpu=True, seed=0, disable_tqdm=True)
-    trainer = DPOTrainer(model=str(embedded_model_dir), args=args, train_dataset=dataset)
+    trainer = DPOTrainer(model=str(tiny_policy_dir), args=args, train_dataset=dataset)
     result = trainer.train()
     assert trainer.state.global_step == 1
     assert math.isfinite(result.training_loss)

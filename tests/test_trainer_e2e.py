@@ -328,13 +328,15 @@ def test_resume_restores_step_and_optimizer_state(length_server, tmp_path):
         second.close()
 
 
-def test_ppo_on_the_real_labeler_logs_the_servers_rewards(server, tmp_path):
+def test_ppo_on_the_real_labeler_logs_the_servers_rewards(server, tiny_policy_dir, tmp_path):
     out = tmp_path / "run"
     # After FAST, so these win (argparse keeps the last value).
     # Optimises the robust read (--reward-field), so the logged rewards must be that field.
-    # Under a constitution, so that each principle's reward mean is logged too.
-    result = train(server.url, out, "--steps", "2", "--batch-size", "4", "--max-new-tokens", "8",
-                   "--eval-prompts", "4", "--rubric", "assistant", "--reward-field", "reward_robust")
+    # Under a constitution, so that each principle's reward mean is logged too. The tiny random
+    # policy: what is tested is which reward the trainer logs, not what the policy learns.
+    result = train(server.url, out, "--model", str(tiny_policy_dir), "--steps", "2", "--batch-size", "4",
+                   "--max-new-tokens", "8", "--eval-prompts", "4", "--rubric", "assistant",
+                   "--reward-field", "reward_robust")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2]

@@ -185,3 +185,30 @@ def test_rate_limited_reward_manager_gives_score_rewards(server, embedded_model_
     assert not any({"error", "timeout"} & set(o["reward_extra_info"]) for o in outputs), outputs
     rm_scores = RateLimitedRewardManager.assemble_rm_scores(batch, [o["reward_score"] for o in outputs])
     assert_rm_scores_are(batch, rm_scores, score_rewards(server.url, HELD_OUT))
+
+
+def test_batch_reward_manager_judges_grpo_groups_pairwise(server, tokenizer, monkeypatch):
+    """veRL's batch reward manager passes a whole rollout batch to compute_score_batch: with
+    DRLAIF_REWARD_MODE=group-pairwise each prompt's responses are judged against each other,
+    and the rewards are /score's group-pairwise rewards for the same items."""
+    from verl.workers.reward_manager.batch import BatchRewardManager
+
+    from trainer import verl_reward
+
+    monkeypatch.setenv("DRLAIF_REWARD_URL", server.url)
+    monkeypatch.setenv("DRLAIF_REWARD_MODE", "group-pairwise")
+    prompts = [HELD_OUT[0]["prompt"], HELD_OUT[2]["prompt"]]
+    items = [{"prompt": p, "response": r} for p in prompts
+             for r in ("Paris.", "I am not sure.", "Autumn leaves fall.")]
+    manager = BatchRewardManager(tokenizer, num_examine=0, compute_score=verl_reward.compute_score_batch)
+    batch = rollout_batch(tokenizer, items)
+    before = score_requests(server.url)
+    out = manager(batch, return_dict=True)
+    assert score_requests(server.url) - before == 1  # the whole batch, both groups, in one request
+    answer = httpx.post(f"{server.url}/score", json={"items": items, "group_pairwise": True}, timeout=600)
+    answer.raise_for_status()
+    results = answer.json()["results"]
+    assert [r["group"]["opponents"] for r in results] == [2] * 6
+    assert_rm_scores_are(batch, out["reward_tensor"], [r["reward"] for r in results])
+    with pytest.raises(RuntimeError, match="batch reward manager"):  # one sample at a time cannot be a group
+        verl_reward.compute_score_sync("drlaif/held_out", "Paris.", None, {"question": prompts[0]})

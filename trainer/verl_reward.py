@@ -11,9 +11,10 @@ Point a veRL (0.9) config at it::
     reward:
       custom_reward_function:
         path: pkg://trainer.verl_reward   # or the file, /path/to/drlaif/trainer/verl_reward.py
-        name: compute_score               # compute_score_sync for a sync reward manager
+        name: compute_score               # compute_score_sync for a sync reward manager,
+                                          # compute_score_batch for the batch manager
       reward_manager:
-        name: naive                       # or rate_limited, to bound concurrency
+        name: naive                       # or rate_limited, to bound concurrency; or batch
 
 (on the command line, ``reward.custom_reward_function.path=pkg://trainer.verl_reward`` and so
 on). veRL 0.9's ``main_ppo`` reads only these ``reward.*`` keys: the older top-level
@@ -30,7 +31,11 @@ Set, in the environment of the workers (fixed names):
 - ``DRLAIF_RUBRIC``: the rubric to score with (default: the server's);
 - ``DRLAIF_API_KEY``: the server's API key, if it has one;
 - ``DRLAIF_PROMPT_KEY``: the ``extra_info`` key that holds the prompt (default ``question``);
-  a string or chat messages ``[{"role": ..., "content": ...}]``.
+  a string or chat messages ``[{"role": ..., "content": ...}]``;
+- ``DRLAIF_REWARD_MODE``: ``direct`` (default) or ``group-pairwise``, each response compared with
+  the others given for its prompt (``DRLAIF_GROUP_OPPONENTS`` bounds how many). A group must be
+  seen whole, so group-pairwise needs veRL's ``batch`` reward manager, which passes the whole
+  rollout batch to ``compute_score_batch`` in one call; ``compute_score`` refuses it.
 
 Calls in one process are coalesced: each lands on a micro-batcher (the server's own, on a
 background event loop shared by every thread and loop of the process) that waits up to
@@ -79,6 +84,10 @@ class VerlRewardSettings(BaseSettings):
     prompt_key: str = Field("question", description="extra_info key that holds the prompt.")
     reward_field: str = Field("reward", description="Which reward to return: reward, reward_robust or "
                               "reward_as_written.")
+    reward_mode: str = Field("direct", description="direct, or group-pairwise (the responses to one prompt "
+                             "compared with each other; compute_score_batch only).")
+    group_opponents: int | None = Field(None, ge=1, description="group-pairwise: opponents per response (unset: "
+                                        "all of its group).")
     reward_deadline_s: float = Field(600.0, gt=0, description="Seconds a call may take, retries included.")
     coalesce_ms: float = Field(20.0, ge=0, description="How long an idle batcher waits for more samples.")
     coalesce_items: int = Field(256, ge=1, description="Most samples in one scoring call.")
@@ -114,7 +123,8 @@ class _Coalescer:
     @classmethod
     def start(cls, settings: VerlRewardSettings) -> _Coalescer:
         config = RewardClientConfig(urls=settings.urls(), rubric=settings.rubric,
-                                    deadline_s=settings.reward_deadline_s, reward_field=settings.reward_field)
+                                    deadline_s=settings.reward_deadline_s, reward_field=settings.reward_field,
+                                    reward_mode=settings.reward_mode, group_opponents=settings.group_opponents)
         loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, name="drlaif-verl-reward", daemon=True).start()
         client = AsyncRewardClient(config)
@@ -131,13 +141,22 @@ class _Coalescer:
         batcher = asyncio.run_coroutine_threadsafe(make_batcher(), loop).result()
         return cls(settings, os.getpid(), loop, client, batcher)
 
+    def result(self, item: ItemScore) -> dict[str, float]:
+        """What veRL gets for one sample: its reward as ``score``, and values it logs."""
+        (reward,) = rewards_of([item], self.settings.reward_field)
+        extra = {f"drlaif_{name}": p.reward for name, p in (item.principles or {}).items()}
+        return {"score": reward, "label_mass": item.label_mass, "label_entropy": item.label_entropy,
+                "drlaif_score": item.score, **extra}
+
     def submit(self, prompt: Prompt, response: str) -> concurrent.futures.Future[dict[str, float]]:
+        if self.settings.reward_mode != "direct":
+            raise RuntimeError("DRLAIF_REWARD_MODE=group-pairwise judges a prompt's responses together, and "
+                               "compute_score sees one sample at a time: use veRL's batch reward manager with "
+                               "compute_score_batch (reward.reward_manager.name=batch)")
+
         async def one() -> dict[str, float]:
             (item,) = await self.batcher.submit([(prompt, response)])
-            (reward,) = rewards_of([item], self.settings.reward_field)
-            extra = {f"drlaif_{name}": p.reward for name, p in (item.principles or {}).items()}
-            return {"score": reward, "label_mass": item.label_mass, "label_entropy": item.label_entropy,
-                    "drlaif_score": item.score, **extra}
+            return self.result(item)
 
         return asyncio.run_coroutine_threadsafe(one(), self.loop)
 
@@ -207,6 +226,26 @@ async def compute_score(data_source: Any, solution_str: str, ground_truth: Any =
     within the deadline, and KeyError when the prompt is missing from ``extra_info``.
     """
     return await asyncio.wrap_future(_submit(solution_str, extra_info))
+
+
+def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str],
+                        ground_truths: Sequence[Any] | None = None,
+                        extra_infos: Sequence[Mapping[str, Any] | None] | None = None,
+                        **kwargs: Any) -> list[dict[str, float]]:
+    """veRL's batch reward manager's function: the drlaif rewards of a whole rollout batch in one
+    client call, so that each prompt's responses (a GRPO group) are judged together; with
+    ``DRLAIF_REWARD_MODE=group-pairwise``, against each other. Raises as :func:`compute_score`."""
+    coalescer = _current()
+    infos = list(extra_infos) if extra_infos is not None else [None] * len(solution_strs)
+    if len(infos) != len(solution_strs):
+        raise ValueError(f"{len(solution_strs)} solution_strs but {len(infos)} extra_infos")
+    for text in solution_strs:
+        if not isinstance(text, str):
+            raise TypeError(f"solution_strs must be the decoded response texts, got {type(text).__name__}")
+    prompts = [_prompt_of(info, coalescer.settings.prompt_key) for info in infos]
+    scored = asyncio.run_coroutine_threadsafe(coalescer.client.score_items(prompts, list(solution_strs)),
+                                              coalescer.loop).result()
+    return [coalescer.result(item) for item in scored]
 
 
 def compute_score_sync(data_source: Any, solution_str: str, ground_truth: Any = None,
