@@ -8,7 +8,7 @@ which the alarm fired (or that it did not), the proxy and monitor curves against
 where the plot is. ``--control`` also runs the same training with the embedded labeler as both
 proxy and monitor, where no alarm must fire.
 
-Run (20 PPO steps, about 10 minutes on 2 CPU cores):
+Run (20 PPO steps at learning rate 3e-4, about 10 minutes on 2 CPU cores):
 
     python bench/overoptimisation.py [--steps 20] [--eval-every 5] [--rule shortest] [--control]
 """
@@ -35,7 +35,7 @@ def run(proxy: str, monitor: str, out: Path, args: argparse.Namespace) -> dict:
            "--output-dir", str(out), "--steps", str(args.steps), "--eval-every", str(args.eval_every),
            "--eval-prompts", str(args.eval_prompts), "--eval-samples", str(args.eval_samples),
            "--alarm-window", str(args.alarm_window), "--seed", str(args.seed), "--save-every", "0",
-           "--rubric", "general"]
+           "--learning-rate", str(args.learning_rate), "--rubric", "general"]
     print(f"[bench] {' '.join(cmd[2:])}", flush=True)
     started = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--alarm-window", type=int, default=2)
     parser.add_argument("--rule", default="shortest", choices=["shortest", "keyword"])
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--learning-rate", type=float, default=3e-4,
+                        help="the trainer's; above its default (1e-4), so that 20 steps go far enough into the "
+                        "exploit for the embedded labeler, which rates most answers alike, to see it")
     parser.add_argument("--control", action="store_true",
                         help="also train against the embedded labeler as proxy and monitor")
     parser.add_argument("--output-dir", type=Path, default=None)
