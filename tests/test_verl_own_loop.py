@@ -148,7 +148,7 @@ def test_naive_reward_loop_on_ray_gives_score_rewards(server, embedded_model_dir
 
     rewards = score_rewards(server.url, HELD_OUT)
     assert_rm_scores_are(batch, scored.batch["rm_scores"], rewards)
-    assert scored.meta_info["reward_extra_keys"] == ["score", "label_mass", "drlaif_score"]
+    assert scored.meta_info["reward_extra_keys"] == ["score", "label_mass", "label_entropy", "drlaif_score"]
     assert list(scored.non_tensor_batch["score"]) == pytest.approx(rewards, abs=1e-6)
     assert all(0 < m <= 1 for m in scored.non_tensor_batch["label_mass"])
 
