@@ -63,19 +63,19 @@ RULES: dict[str, Callable[[str], float]] = {"second_person": second_person, "bre
                                              "shortest": shortest, "keyword": keyword}
 
 
-def score_result(reward: float) -> dict:
+def score_result(reward: float) -> ItemScore:
     """A complete /score result for this reward: one read, all its mass on the nearest label."""
     score = 5.5 + 4.5 * reward
     distribution = [0.0] * 10
     distribution[min(9, max(0, round(score) - 1))] = 1.0
     return ItemScore(reward=reward, score=score, distribution=distribution, label_mass=1.0, label_entropy=0.0,
                      reward_as_written=reward, reward_robust=reward, judge_spans=0, input_tokens=1,
-                     truncated=False, cached=False).model_dump(mode="json")
+                     truncated=False, cached=False)
 
 
 def score_response(rewards: list[float], rubric: str | None, model: str) -> dict:
     """A complete /score answer, checked against the wire model."""
-    return ScoreResponse(results=[ItemScore(**score_result(r)) for r in rewards], rubric=rubric or "general",
+    return ScoreResponse(results=[score_result(r) for r in rewards], rubric=rubric or "general",
                          scale=ScaleInfo(min=1, max=10), model=model).model_dump(mode="json")
 
 

@@ -52,32 +52,35 @@ def pairs_per_group(sizes: Sequence[int], opponents: int | None) -> int:
     return sum(len(pair_schedule(n, opponents)) for n in sizes)
 
 
-def check_groups(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[Prompt, str]],
-                 principles: Sequence[str] | None = None) -> None:
-    """Raise before any read what :func:`judge_in_groups` would: RubricCannotCompare when the
-    rubric has no pairwise form, GroupTooSmall when a prompt has one response only."""
-    if scorer.chosen_principles(rubric, principles):
-        scorer.compiled_principles(rubric, pairwise=True)
-    else:
-        scorer.compiled_comparison(rubric)
-    lonely = [g[0] for g in prompt_groups(items) if len(g) < 2]
+@dataclass(frozen=True)
+class GroupPlan:
+    """What :func:`judge_in_groups` needs of a request, checked before any read starts."""
+
+    groups: list[list[int]]  # item indices by prompt, each group at least two
+    slot_tags: tuple[str, ...] | None  # the pairwise form's slot tags when the guard cuts judge text
+
+
+def plan_groups(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[Prompt, str]],
+                principles: Sequence[str] | None = None) -> GroupPlan:
+    """The request's prompt groups; RubricCannotCompare when the rubric has no pairwise form,
+    GroupTooSmall when a prompt has one response only."""
+    compiled = (next(iter(scorer.compiled_principles(rubric, pairwise=True).values()))
+                if scorer.chosen_principles(rubric, principles) else scorer.compiled_comparison(rubric))
+    groups = prompt_groups(items)
+    lonely = [g[0] for g in groups if len(g) < 2]
     if lonely:
         raise GroupTooSmall(f"group-pairwise judging compares the responses to one prompt with each other, and "
                             f"item {lonely[0]} is the only response to its prompt ({len(lonely)} such item(s)); "
                             "send at least 2 responses per prompt in one request, or score directly")
+    return GroupPlan(groups, compiled.slot_tags if rubric.guard.judge_text else None)
 
 
-async def judge_in_groups(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[Prompt, str]], *,
-                          opponents: int | None = None, seed: int | None = None,
+async def judge_in_groups(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[Prompt, str]], plan: GroupPlan,
+                          *, opponents: int | None = None, seed: int | None = None,
                           principles: Sequence[str] | None = None) -> list[GroupJudgement]:
-    """Each item's group-relative reward (see ``server.scoring.group``), in item order; raises
-    as :func:`check_groups`."""
-    check_groups(scorer, rubric, items, principles)
-    chosen = scorer.chosen_principles(rubric, principles)
-    compiled = (next(iter(scorer.compiled_principles(rubric, pairwise=True).values())) if chosen
-                else scorer.compiled_comparison(rubric))
-    groups = prompt_groups(items)
-    tags = compiled.slot_tags if rubric.guard.judge_text else None
+    """Each item's group-relative reward (see ``server.scoring.group``), in item order, for the
+    groups of ``plan`` (:func:`plan_groups` of the same request)."""
+    groups, tags = plan.groups, plan.slot_tags
     texts = [r if tags is None else without_spans(r, find_judge_text(r, tags)) for _, r in items]
     scheduled = [(g, group[a], group[b]) for g, group in enumerate(groups)
                  for a, b in pair_schedule(len(group), opponents)]

@@ -65,12 +65,11 @@ def _order(read: ItemRead) -> tuple[OrderRead, OrderSamples]:
 async def _compare_form(scorer: Scorer, compiled: CompiledComparison, items: Sequence[tuple[Prompt, str, str]],
                         debias: bool, seed: int | None, fixed_tokens: int | None = None) -> list[ComparedItem]:
     encoded = await asyncio.to_thread(encode_pairs, scorer, compiled, items, debias, fixed_tokens)
+    step = 2 if debias else 1  # encoded inputs per item
     if scorer.group_prefix_reuse:  # the pairs of one prompt (a group's, in group judging) share it
-        step = 2 if debias else 1
         encoded = share_prefixes(encoded, [[step * i + o for i in group for o in range(step)]
                                            for group in prompt_groups([(p, a) for p, a, _ in items])])
     reads = await scorer.read(compiled, encoded, seed)
-    step = 2 if debias else 1
     out = []
     for i in range(0, len(encoded), step):
         ab, samples_ab = _order(reads[i])

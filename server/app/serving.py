@@ -16,7 +16,7 @@ from server.app.openrlhf import END_MARKERS, labeler_items
 from server.backends import Backend, create_backend
 from server.config import ServerSettings
 from server.errors import DeadlineExceeded, InvalidRubric, NotReady, ShuttingDown
-from server.groups import GroupJudgement, check_groups, judge_in_groups
+from server.groups import GroupJudgement, judge_in_groups, plan_groups
 from server.pairwise import compare
 from server.rubrics import RubricRegistry
 from server.rubrics.model import Rubric
@@ -247,12 +247,12 @@ class ScoringService:
         self.metrics.queue_depth.set(scorer.batcher.depth)
         rubric = scorer.rubric(request.rubric, _reasoning(request))
         in_groups = request.group_pairwise if request.group_pairwise is not None else rubric.group_pairwise
-        if in_groups:  # a request that cannot be judged in groups is refused before any read starts
-            check_groups(scorer, rubric, items, request.principles)
+        # A request that cannot be judged in groups is refused before any read starts.
+        plan = plan_groups(scorer, rubric, items, request.principles) if in_groups else None
         direct = scorer.score(rubric, items, seed=request.seed, principles=request.principles)
-        if in_groups:  # direct reads and pairs go through the batcher together
+        if plan is not None:  # direct reads and pairs go through the batcher together
             scored, groups = await asyncio.gather(direct, judge_in_groups(
-                scorer, rubric, items, opponents=request.group_opponents, seed=request.seed,
+                scorer, rubric, items, plan, opponents=request.group_opponents, seed=request.seed,
                 principles=request.principles))
         else:
             scored, groups = await direct, None
