@@ -25,8 +25,8 @@ import httpx
 import yaml
 from score_throughput import interleaved, make_items, short_items
 
+from drlaif.server_process import ServerProcess
 from server.backends.base import common_prefix_length
-from server.process import ServerProcess
 
 # A realistic constitution, long enough that the shared rubric prefix is ~400 tokens.
 LONG_PREAMBLE = """\

@@ -9,7 +9,7 @@ time for one request, measured alone, times (--slowdown - 1); each replica's thr
 (on the first 2 x --concurrency requests' items) is printed, with the slowdown it really has.
 
 The workload: --items (256) short items (one-line answers, as GRPO groups often are), scored by
-the reward client (trainer/client.py) in requests of --items-per-request items, at most
+the reward client (drlaif/client.py) in requests of --items-per-request items, at most
 --concurrency in flight. It is run with the client's least-loaded routing (power of two choices on requests in
 flight) and with round-robin, in interleaved rounds (median of --rounds); the requests each
 replica got are counted by the client. Prints items/s of each and the line
@@ -38,9 +38,9 @@ from pathlib import Path
 import httpx
 from score_throughput import interleaved, short_items
 
-from server.process import ServerProcess
-from trainer.client import AsyncRewardClient, RewardClientConfig
-from trainer.routing import ReplicaStats
+from drlaif.client import AsyncRewardClient, RewardClientConfig
+from drlaif.replica_routing import ReplicaStats
+from drlaif.server_process import ServerProcess
 
 FAULTY_SERVER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "faulty_server.py"
 # One torch thread per server: two servers on a 2-core machine, neither starving the other.
@@ -155,7 +155,7 @@ def ray_replicas(items: list[dict[str, str]], server_args: list[str], args: argp
     import ray
     from ray import serve
 
-    from server.process import free_port
+    from drlaif.server_process import free_port
     from server.ray_serve import build
 
     # drlaif-server's flags as the builder's arguments ("--max-batch-items 4" -> max_batch_items=4).

@@ -39,10 +39,9 @@ from pathlib import Path
 import httpx
 import yaml
 
-from server.backends import resolve_model
+from drlaif.embedded_model import default_cache_dir, resolve_model
+from drlaif.server_process import ServerProcess
 from server.backends.base import common_prefix_length
-from server.backends.embedded import default_cache_dir
-from server.process import ServerProcess
 
 PROMPT_TOKENS = (200, 400)
 RESPONSE_TOKENS = (5, 30)
@@ -135,7 +134,7 @@ def hh_pairs(hh_file: Path | None, n: int) -> list[tuple[str, str, str]]:
 def alignment(client: httpx.Client, pairs: list[tuple[str, str, str]]) -> list[str]:
     """Part 4: the share of pairs whose chosen reply out-rewards the rejected one (a tie counts
     one half), direct and group-pairwise, with 95% Wilson intervals; the lines to summarise."""
-    from evals.stats import proportion
+    from drlaif.stats import proportion
 
     items = [{"prompt": p, "response": r} for p, c, x in pairs for r in (c, x)]
     out = []

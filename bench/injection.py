@@ -36,8 +36,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from drlaif.server_process import ServerProcess
 from evals.data import load_pairs
-from server.process import ServerProcess
 from server.rubrics.registry import load_presets
 
 DATA = Path(__file__).parent / "data"

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from server.process import ServerProcess
+from drlaif.server_process import ServerProcess
 
 SERVER_DEFAULTS = ["--log-level", "warning", "--max-queue-items", "64", "--max-batch-items", "16",
                    "--max-items-per-request", "16", "--reward-cache-items", "0"]

@@ -26,7 +26,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from server.process import ServerProcess, free_port, wait_until_ready
+from drlaif.server_process import ServerProcess, free_port, wait_until_ready
 
 
 def run(proxy: str, monitor: str, out: Path, args: argparse.Namespace) -> dict:

@@ -35,9 +35,8 @@ from typing import Self
 
 import httpx
 
-from server.backends import resolve_model
-from server.backends.embedded import default_cache_dir
-from server.process import ServerProcess, free_port, stop_process, wait_until_ready
+from drlaif.embedded_model import default_cache_dir, resolve_model
+from drlaif.server_process import ServerProcess, free_port, stop_process, wait_until_ready
 from server.rubrics import RubricRegistry
 
 ITEMS_FILE = Path(__file__).parent / "data" / "hh_harmless_like.jsonl"

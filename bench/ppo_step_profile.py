@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rule_reward_server import brevity
 
-from server.protocol import ItemScore
+from drlaif.protocol import ItemScore
 from trainer.config import PPOConfig
 from trainer.ppo import PPOTrainer
 from trainer.prompts import load_prompt_dataset

@@ -27,7 +27,7 @@ import httpx
 import yaml
 from score_throughput import TOPICS, interleaved
 
-from server.process import ServerProcess
+from drlaif.server_process import ServerProcess
 
 QUESTIONS = {
     "helpful": "How well does the reply help with what the user asked, from 1 to 10?",

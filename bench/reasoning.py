@@ -37,7 +37,7 @@ import httpx
 from peers import ITEMS_FILE, load_items, tagged
 from score_throughput import interleaved
 
-from server.process import ServerProcess
+from drlaif.server_process import ServerProcess
 
 # A stop string the labeler's tokenizer encodes exactly (byte-level BPE) but which no
 # reply writes: two U+2403 SYMBOL FOR END OF TEXT. The rationale then ends at its budget

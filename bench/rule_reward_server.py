@@ -4,7 +4,7 @@ the over-optimisation demo and the trainer's tests.
 A rule on the response text stands in for the labeler, so that learning curves measure the
 trainer alone (no labeler noise, no model on the server side). Results carry every field of a
 drlaif /score result (one label read, so the reads as written and robust agree), built and
-checked with the wire model in server/protocol.py. Run:
+checked with the wire model in drlaif/protocol.py. Run:
 
     python bench/rule_reward_server.py PORT [--rule NAME] [--fail-share S]
 
@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.protocol import ItemScore, ScaleInfo, ScoreResponse
+from drlaif.protocol import ItemScore, ScaleInfo, ScoreResponse
 
 _YOU = re.compile(r"\byou(?:r|rs)?\b", re.IGNORECASE)
 _GREAT = re.compile(r"\bgreat\b", re.IGNORECASE)

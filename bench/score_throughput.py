@@ -26,10 +26,9 @@ import time
 import httpx
 import torch
 
-from server.backends import resolve_model
+from drlaif.embedded_model import default_cache_dir, resolve_model
+from drlaif.server_process import ServerProcess
 from server.backends.base import common_prefix_length
-from server.backends.embedded import default_cache_dir
-from server.process import ServerProcess
 
 TOPICS = ["photosynthesis", "the French revolution", "compound interest", "TCP congestion control",
           "sourdough baking", "black holes", "the immune system", "marathon training"]

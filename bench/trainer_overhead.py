@@ -20,11 +20,11 @@ import tempfile
 
 import torch
 
+from drlaif.protocol import ItemScore, ScoreItem, ScoreRequest
+from drlaif.server_process import ServerProcess
 from server.app.metrics import Metrics
 from server.app.serving import ScoringService
 from server.config import ServerSettings
-from server.process import ServerProcess
-from server.protocol import ItemScore, ScoreItem, ScoreRequest
 from trainer.config import PPOConfig
 from trainer.ppo import PPOTrainer
 from trainer.prompts import load_prompt_dataset

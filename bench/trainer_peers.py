@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from typing import Self
 
-from server.process import free_port, wait_until_ready
+from drlaif.server_process import free_port, wait_until_ready
 
 
 class RuleServer:

@@ -28,6 +28,7 @@ RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu 
       -c constraints.txt "torch==2.13.0+cpu"
 
 COPY pyproject.toml README.md ./
+COPY drlaif ./drlaif
 COPY server ./server
 COPY trainer ./trainer
 COPY evals ./evals
@@ -38,7 +39,7 @@ RUN pip install --no-cache-dir -c constraints.txt ".[lora]" \
 
 # Convert the embedded GGUF to safetensors now, exactly as the server and trainer would on
 # first use, into DRLAIF_CACHE_DIR.
-RUN python -c "from server.backends.embedded import embedded_model_dir; print(embedded_model_dir())" \
+RUN python -c "from drlaif.embedded_model import embedded_model_dir; print(embedded_model_dir())" \
  && drlaif-server --help > /dev/null \
  && drlaif-train --help > /dev/null
 

@@ -34,6 +34,7 @@ RUN python3 -m pip list --format=freeze \
  && grep -iq '^torch==' /opt/drlaif/image-constraints.txt
 
 COPY pyproject.toml README.md ./
+COPY drlaif ./drlaif
 COPY server ./server
 COPY trainer ./trainer
 COPY evals ./evals

@@ -23,6 +23,7 @@ RUN python -m pip list --format=freeze \
  && grep -iq '^torch==' /opt/drlaif/image-constraints.txt
 
 COPY constraints.txt pyproject.toml README.md ./
+COPY drlaif ./drlaif
 COPY server ./server
 COPY trainer ./trainer
 COPY evals ./evals

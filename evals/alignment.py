@@ -6,7 +6,7 @@ Measured two ways on the same human pairs:
 - direct: ``/score`` rates chosen and rejected on their own; it agrees when the chosen one's
   reward is higher (the d-RLAIF reward, used as a preference).
 
-Ties count one half. Intervals are 95% Wilson intervals (``evals.stats``).
+Ties count one half. Intervals are 95% Wilson intervals (``drlaif.stats``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from drlaif.stats import outcome, proportion, summarize
 from evals.common import in_batches, make_client, write_outputs
 from evals.config import AlignmentConfig
 from evals.data import load_pairs
-from evals.stats import outcome, proportion, summarize
 
 log = logging.getLogger(__name__)
 

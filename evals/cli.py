@@ -12,8 +12,8 @@ import argparse
 import logging
 import sys
 
+from drlaif.client import RewardServerError
 from evals.config import AlignmentConfig, HarmlessConfig, LabelConfig, WinrateConfig
-from trainer.client import RewardServerError
 from trainer.config import build_parser, load_config
 
 EVALUATIONS = {

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from drlaif.client import RewardClient, RewardClientConfig
 from evals.config import LabelerConnection
-from trainer.client import RewardClient, RewardClientConfig
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.rubrics.prompts import parse_hh_transcript
+from drlaif.prompt_text import parse_hh_transcript
 from trainer.prompts import Prompt, hh_prompt
 
 

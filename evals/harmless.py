@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from drlaif.stats import proportion, summarize
 from evals.common import in_batches, make_client, write_outputs
 from evals.config import HarmlessConfig
 from evals.data import load_responses
 from evals.responses import is_response_file
-from evals.stats import proportion, summarize
 from evals.winrate import answers, eval_prompts
 
 

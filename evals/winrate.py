@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from drlaif.stats import outcome, proportion, summarize
 from evals.common import in_batches, make_client, write_outputs
 from evals.config import GenerationSettings, WinrateConfig
 from evals.data import load_eval_prompts, load_responses
 from evals.responses import generate, is_response_file
-from evals.stats import outcome, proportion, summarize
 from trainer.prompts import Prompt
 
 

@@ -2,11 +2,15 @@
 
 1. start drlaif-server on the embedded labeler (SmolLM2-135M-Instruct) and wait until ready;
 2. score a few examples over HTTP, to show what the reward looks like;
-3. run a short PPO run of the embedded policy against it (drlaif-train ppo): it scores greedy
-   responses to every held-out prompt before and after training and prints the gain with its
-   95% paired-bootstrap interval, the gaming indicators (rating-like text, empty answers) and
+3. run a short PPO run of the embedded policy against it (drlaif-train ppo, default settings but
+   for the run's length): 20 updates of 8 rollouts (2 prompts x 4 sampled responses), 24 new
+   tokens. Before and after training it samples 2 responses to each of 40 held-out prompts with
+   the same random numbers, has the server score them, and prints the gain with its 95% paired
+   bootstrap interval beside the policy's KL to its reference (with its interval, against the
+   trainer's default KL budget), the gaming indicators (rating-like text, empty answers) and
    responses side by side; runs/demo/report.md and runs/demo/curves.png hold the same;
-4. stop the server.
+4. say in plain words whether the run stayed within its KL budget and whether the gain is real;
+5. stop the server.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
-from server.process import ServerProcess
+from drlaif.server_process import ServerProcess
 
 PORT = int(os.environ.get("DRLAIF_DEMO_PORT", "8000"))
 OUTPUT_DIR = os.environ.get("DRLAIF_DEMO_OUTPUT", "runs/demo")
@@ -45,6 +50,21 @@ def show_examples(url: str) -> None:
     print("(the embedded 135M labeler is tiny and its judgements are weak; use --model for a real one)\n")
 
 
+def verdict(stats: dict) -> str:
+    """The run's KL against its budget and its held-out gain against its interval, in plain words."""
+    gain, kl, budget = stats["gain"], stats["kl"], stats["kl_budget"]
+    lines = [f"[demo] KL to the reference after training: {kl['mean']:.2f} nats per response "
+             f"[{kl['ci_low']:.2f}, {kl['ci_high']:.2f}], budget {budget:g}: "
+             + ("within it." if kl["mean"] <= budget else "OVER it.")]
+    if gain["ci_low"] > 0:
+        lines.append(f"[demo] held-out gain {gain['mean']:+.3f} [{gain['ci_low']:+.3f}, {gain['ci_high']:+.3f}]: "
+                     "the policy improved by the labeler's judgement, beyond its 95% interval.")
+    else:
+        lines.append(f"[demo] held-out gain {gain['mean']:+.3f} [{gain['ci_low']:+.3f}, {gain['ci_high']:+.3f}]: "
+                     "the interval includes zero, so at this KL budget the run did not show an improvement.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     started = time.monotonic()
     print(f"[demo] starting drlaif-server on port {PORT} with the embedded labeler "
@@ -54,14 +74,15 @@ def main() -> None:
         server.start()
         print(f"[demo] server ready after {time.monotonic() - started:.0f}s (log: {server.log.name})", flush=True)
         show_examples(server.url)
-        print(f"[demo] PPO: embedded policy, shipped prompts, {STEPS} updates of 8 prompts -> {OUTPUT_DIR}",
-              flush=True)
+        print(f"[demo] PPO: embedded policy, shipped prompts, {STEPS} updates of 8 rollouts (2 prompts x 4 "
+              f"responses), held-out: 2 responses to each of {EVAL_PROMPTS} prompts -> {OUTPUT_DIR}", flush=True)
         cmd = [sys.executable, "-m", "trainer.cli", "ppo", "--reward-url", server.url,
-               "--output-dir", OUTPUT_DIR, "--steps", STEPS, "--batch-size", "8", "--eval-prompts", EVAL_PROMPTS, "--eval-samples", "2", "--max-new-tokens", "24",
-               "--save-every", "0"]
+               "--output-dir", OUTPUT_DIR, "--steps", STEPS, "--batch-size", "8", "--eval-prompts", EVAL_PROMPTS,
+               "--eval-samples", "2", "--max-new-tokens", "24", "--save-every", "0"]
         result = subprocess.run(cmd)
         if result.returncode != 0:
             sys.exit(f"[demo] the trainer failed with status {result.returncode}")
+        print(verdict(json.loads((Path(OUTPUT_DIR) / "summary.json").read_text())["report_stats"]))
         print(f"[demo] report: {OUTPUT_DIR}/report.md, plot: {OUTPUT_DIR}/curves.png, "
               f"metrics: {OUTPUT_DIR}/metrics.jsonl, samples: {OUTPUT_DIR}/rollouts.jsonl")
     finally:

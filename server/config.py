@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
-from server.backends.embedded import default_cache_dir
+from drlaif.embedded_model import default_cache_dir
 
 
 class ServerSettings(BaseSettings):

@@ -13,20 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from server.errors import DrlaifError
+from drlaif.protocol import Prompt
+from server.errors import GroupTooSmall
 from server.pairwise import ComparedItem, compare
-from server.protocol import Prompt
 from server.rubrics.judge_text import find_judge_text, without_spans
 from server.rubrics.model import Rubric
 from server.scorer import Scorer, prompt_groups
 from server.scoring.group import GroupReward, group_rewards, pair_schedule
-
-
-class GroupTooSmall(DrlaifError):
-    """A group-pairwise request with a prompt that has a single response: nothing to compare it with."""
-
-    status_code = 422
-    code = "group_too_small"
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from server.protocol import Prompt
+from drlaif.prompt_text import prompt_text
+from drlaif.protocol import Prompt
 from server.rubrics.model import Rubric
-from server.rubrics.prompts import prompt_text
 from server.rubrics.render import CompiledComparison, EncodedItem
 from server.scorer import ItemRead, SampleRead, Scorer, prompt_groups, share_prefixes
 from server.scoring import (

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -36,7 +36,9 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from server.app import create_app
+from server.app.errors import error_response
 from server.config import ServerSettings
+from server.errors import BODY_TOO_LARGE, REPLICA_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +113,6 @@ class ForwardedResponse:
 
 # Headers that describe one connection, not the request or response.
 _HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive"})
-
-
-def _error(status: int, code: str, message: str, retry_after_s: int | None = None) -> Response:
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
-    return JSONResponse({"error": {"type": code, "message": message}}, status_code=status, headers=headers)
 
 
 @serve.deployment(name="labeler", health_check_period_s=5, health_check_timeout_s=30,
@@ -193,7 +190,7 @@ class DrlaifIngress:
     async def forward(self, path: str, request: Request) -> Response:
         # The replica checks the key and the size too; this copy of the body must not grow past it.
         limit = self._max_body_bytes
-        too_large = _error(413, "body_too_large", f"the body is over {limit} bytes (--max-body-bytes)")
+        too_large = error_response(BODY_TOO_LARGE, f"the body is over {limit} bytes (--max-body-bytes)")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             return too_large
@@ -213,8 +210,8 @@ class DrlaifIngress:
                             request.method, request.url.path, attempt, self._attempts, type(exc).__name__)
                 continue
             return Response(answer.body, status_code=answer.status, headers=dict(answer.headers))
-        return _error(503, "replica_unavailable", f"no labeler replica answered in {self._attempts} attempts "
-                      "(replicas died under the request); retry shortly", retry_after_s=1)
+        return error_response(REPLICA_UNAVAILABLE, f"no labeler replica answered in {self._attempts} attempts "
+                              "(replicas died under the request); retry shortly")
 
 
 def build(args: dict[str, Any]) -> Application:

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.backends.base import MAX_SEED, Generation, GenerationRequest
+from drlaif.protocol import MAX_SEED
+from server.backends.base import Generation, GenerationRequest
 from server.rubrics.render import CompiledReasoning, EncodedItem
 
 

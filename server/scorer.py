@@ -18,17 +18,18 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import ValidationError
 
+from drlaif.batching import AdmissionGate, BatchStats, MicroBatcher, Submitter
+from drlaif.prompt_text import prompt_text, same_prompt_key
+from drlaif.protocol import Prompt
+from server.admission import ItemAdmission
 from server.backends import Backend
 from server.backends.base import BadRead, Generation, GenerationRequest, bad_read, common_prefix_length
-from server.batching import AdmissionGate, BatchStats, ItemAdmission, MicroBatcher, Submitter
 from server.errors import BackendFailed, BackendStuck, DrlaifError, InvalidRubric
-from server.protocol import Prompt
 from server.reasoning import NO_RATIONALE, Rationale, label_input, rationale_of, rationale_requests
 from server.reward_cache import RewardCache, generation_key, read_key
 from server.rubrics import RubricRegistry
 from server.rubrics.judge_text import JudgeSpan, find_judge_text, without_spans
 from server.rubrics.model import ReasoningSpec, Rubric
-from server.rubrics.prompts import prompt_text
 from server.rubrics.render import CompiledRubric, CompiledTemplate, EncodedItem, PromptEncoder
 from server.scoring import (
     LabelTrie,
@@ -469,10 +470,11 @@ class _Wanted:
 
 
 def prompt_groups(items: Sequence[tuple[Prompt, str]]) -> list[list[int]]:
-    """Item indices grouped by prompt text (as the labeler sees it), in order of first appearance."""
+    """Item indices grouped by prompt (drlaif.prompt_text.same_prompt_key: the text the labeler sees), in
+    order of first appearance."""
     groups: dict[str, list[int]] = {}
     for i, (prompt, _) in enumerate(items):
-        groups.setdefault(prompt_text(prompt), []).append(i)
+        groups.setdefault(same_prompt_key(prompt), []).append(i)
     return list(groups.values())
 
 

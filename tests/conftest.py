@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from server.process import INHERITED_DRLAIF, ServerProcess
+from drlaif.server_process import INHERITED_DRLAIF, ServerProcess
 
 # DRLAIF_* variables that configure the tests themselves, not the server or the clients.
 TEST_KNOBS = frozenset({"DRLAIF_OPENRLHF_SRC", "DRLAIF_REQUIRE_BROWSER", "DRLAIF_SCREENSHOT_DIR"})
@@ -30,7 +30,7 @@ def _no_drlaif_settings_from_the_shell():
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The embedded labeler as a safetensors directory (converted once, then cached)."""
-    from server.backends.embedded import default_cache_dir, embedded_model_dir
+    from drlaif.embedded_model import default_cache_dir, embedded_model_dir
 
     return embedded_model_dir(default_cache_dir())
 

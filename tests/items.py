@@ -1,7 +1,7 @@
 """Held-out (prompt, response) items used by the integration tests and benchmarks, and a
 /score result for tests whose reward source is a fake."""
 
-from server.protocol import ItemScore
+from drlaif.protocol import ItemScore
 
 
 def item_score(reward: float, **fields) -> ItemScore:

@@ -17,9 +17,9 @@ import httpx
 import pytest
 from starlette.routing import Route
 
+from drlaif.server_process import ServerProcess, server_env
 from server.app import create_app
 from server.config import ServerSettings
-from server.process import ServerProcess, server_env
 
 KEY = "s3cret-key"
 LIMIT = 8 * 1024  # --max-body-bytes of the test server

@@ -1,4 +1,4 @@
-"""Unit tests for server/batching.py (MicroBatcher) with a fake async backend.
+"""Unit tests for drlaif/batching.py (MicroBatcher, AdmissionGate) and server/admission.py (ItemAdmission)
 
 Each test drives its own event loop with asyncio.run (no pytest-asyncio needed), and
 every await that could hang is bounded by asyncio.wait_for.
@@ -10,7 +10,8 @@ import asyncio
 
 import pytest
 
-from server.batching import AdmissionGate, BatchStats, ItemAdmission, MicroBatcher
+from drlaif.batching import AdmissionGate, BatchStats, MicroBatcher
+from server.admission import ItemAdmission
 from server.errors import Overloaded
 
 TIMEOUT = 2.0  # seconds any single step may take before the test fails instead of hanging

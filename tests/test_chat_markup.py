@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from drlaif.prompt_text import prompt_text
 from server.app.chat_markup import parse_chat
 from server.app.openrlhf import labeler_items
-from server.rubrics.prompts import prompt_text
 
 SYS = {"role": "system", "content": "Be brief."}
 HI = {"role": "user", "content": "What is the capital of France?"}

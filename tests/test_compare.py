@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from server.rubrics.prompts import prompt_text
+from drlaif.client import RewardClient, RewardClientConfig, RewardServerError
+from drlaif.prompt_text import prompt_text
 from server.rubrics.registry import load_presets
 from server.rubrics.render import PromptEncoder
-from trainer.client import RewardClient, RewardClientConfig, RewardServerError
 
 pytestmark = pytest.mark.slow
 

@@ -390,7 +390,7 @@ def test_cpu_image_bakes_the_embedded_model_with_the_codes_own_function(monkeypa
     env = dict(pair.split("=", 1) for instr, rest in _instructions(DOCKERFILES["cpu"])
                if instr == "ENV" for pair in rest.split())
     # The converted copy lands where the server and trainer look for it at run time.
-    from server.backends.embedded import default_cache_dir
+    from drlaif.embedded_model import default_cache_dir
 
     monkeypatch.setenv("DRLAIF_CACHE_DIR", env["DRLAIF_CACHE_DIR"])
     assert default_cache_dir() == Path(env["DRLAIF_CACHE_DIR"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.process import ServerProcess
+from drlaif.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 

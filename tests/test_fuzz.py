@@ -36,9 +36,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from drlaif.server_process import ServerProcess
 from server.app import create_app
 from server.config import parse_settings
-from server.process import ServerProcess
 from server.rubrics.registry import load_presets
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from server.process import ServerProcess
+from drlaif.server_process import ServerProcess
 from server.rubrics.judge_text import JudgeSpan, without_spans
 from server.scoring.group import group_rewards, pair_schedule
 

@@ -8,11 +8,11 @@ import pytest
 from items import item_score
 from pydantic import ValidationError
 
-from server.protocol import REWARD_FIELDS, ItemScore, ScoreResponse
+from drlaif.client import RewardClientConfig, RewardServerError, _parse_results, rewards_of
+from drlaif.protocol import REWARD_FIELDS, ItemScore, ScoreResponse
 from server.rubrics.model import GuardSpec, Rubric
 from server.rubrics.registry import load_presets
 from server.rubrics.render import _escape
-from trainer.client import RewardClientConfig, RewardServerError, _parse_results, rewards_of
 
 CLOSER = "</response>"
 

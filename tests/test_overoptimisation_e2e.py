@@ -12,7 +12,7 @@ from typing import Self
 
 import pytest
 
-from server.process import free_port, wait_until_ready
+from drlaif.server_process import free_port, wait_until_ready
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from items import item_score
 
-from trainer.client import RewardClientConfig, RewardServerError
+from drlaif.client import RewardClientConfig, RewardServerError
+from drlaif.reward_failures import TooManyDropped, check_dropped, score_items_or_drop
 from trainer.judge_signals import (
     consecutive_groups,
     groups_by_key,
@@ -20,7 +21,6 @@ from trainer.judge_signals import (
 )
 from trainer.overoptimisation import Alarm, EvalPoint, MonitorSpec, check_alarms, eval_row
 from trainer.ppo_math import leave_one_out_centred
-from trainer.reward_failures import TooManyDropped, check_dropped, score_items_or_drop
 from trainer.run_report import build_report, length_warnings, render_markdown
 
 PROMPTS = 32

@@ -14,9 +14,9 @@ import pytest
 from pydantic import ValidationError
 from test_rubrics import chatml_tokenizer
 
+from drlaif.stats import outcome, proportion, summarize, wilson_interval
 from evals.data import as_messages, load_pairs, load_responses, pair_from_record, split_hh_pair
 from evals.label import preference_record
-from evals.stats import outcome, proportion, summarize, wilson_interval
 from server.app.openrlhf import END_MARKERS, split_queries, strip_end_markers
 from server.errors import QueryMismatch, RubricCannotCompare
 from server.rubrics import Rubric

@@ -22,9 +22,9 @@ import yaml
 from items import HELD_OUT
 from starlette.testclient import TestClient
 
+from drlaif.server_process import ServerProcess
 from server.app import create_app
 from server.config import ServerSettings
-from server.process import ServerProcess
 from server.rubrics import RubricRegistry
 
 KEY = "playground-key"

@@ -360,21 +360,48 @@ def test_adaptive_kl_controller_moves_towards_target():
     ctl = KLController(0.1, target=1.0, horizon=100)
     ctl.update(1.1, n_steps=10)  # error +0.1 -> *= 1 + 0.1 * 10/100
     assert ctl.value == pytest.approx(0.1 * 1.01)
-
-    ctl = KLController(0.1, target=1.0, horizon=100)
-    ctl.update(0.9, n_steps=10)  # error -0.1
-    assert ctl.value == pytest.approx(0.1 * 0.99)
+    ctl.update(0.95, n_steps=10)  # error -0.05, above the floor
+    assert ctl.value == pytest.approx(0.1 * 1.01 * 0.995)
 
     ctl = KLController(0.1, target=1.0, horizon=100)
     ctl.update(1.0, n_steps=10)  # on target
     assert ctl.value == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("observed, factor", [(5.0, 1.02), (1e9, 1.02), (0.0, 0.98), (0.5, 0.98)])
+def test_adaptive_kl_controller_never_goes_below_its_start():
+    ctl = KLController(0.1, target=4.0)
+    for _ in range(5):
+        ctl.update(0.0, n_steps=8)  # a policy still at its reference
+    assert ctl.value == 0.1
+    ctl.update(40.0, n_steps=8)
+    ctl.update(40.0, n_steps=8)
+    ctl.update(0.0, n_steps=8)
+    assert ctl.value == pytest.approx(0.1 * 1.2 * 1.2 * 0.8)
+    ctl.update(0.0, n_steps=8)
+    assert ctl.value == 0.1
+
+
+def test_adaptive_kl_controller_horizon_defaults_to_one_step():
+    ctl = KLController(0.05, target=4.0)
+    for _ in range(3):
+        ctl.update(40.0, n_steps=64)  # far over target: +20% per step whatever the batch
+    assert ctl.value == pytest.approx(0.05 * 1.2**3)
+
+
+def test_a_zero_target_is_a_fixed_coefficient():
+    ctl = KLController(0.05, target=0.0)
+    ctl.update(100.0, n_steps=8)
+    assert ctl.value == 0.05
+
+
+@pytest.mark.parametrize("observed, factor", [(5.0, 1.02), (1e9, 1.02)])
 def test_adaptive_kl_controller_error_is_clipped_at_0_2(observed, factor):
     ctl = KLController(0.1, target=1.0, horizon=100)
-    ctl.update(observed, n_steps=10)  # error clipped to +-0.2 -> *= 1 +- 0.2 * 0.1
+    ctl.update(observed, n_steps=10)  # error clipped to +0.2 -> *= 1 + 0.2 * 0.1
     assert ctl.value == pytest.approx(0.1 * factor)
+    ctl.update(1e9, n_steps=40)
+    ctl.update(0.0, n_steps=25)  # error clipped to -0.2 -> *= 1 - 0.2 * 0.25
+    assert ctl.value == pytest.approx(0.1 * factor * 1.08 * 0.95)
 
 
 def test_kl_controller_state_dict_round_trip():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from items import item_score
 
-from server.protocol import ItemScore
+from drlaif.protocol import ItemScore
 from trainer.config import PPOConfig
 from trainer.ppo import PPOTrainer
 from trainer.prompts import Prompt

@@ -15,15 +15,15 @@ import pytest
 from items import item_score
 from pydantic import ValidationError
 
+from drlaif.client import RewardServerError, _parse_results, principle_means
+from drlaif.protocol import CompareResponse, ItemPreference, ItemScore, PrincipleScore, ScoreResponse
 from server.errors import InvalidRubric, RubricCannotCompare
-from server.protocol import CompareResponse, ItemPreference, ItemScore, PrincipleScore, ScoreResponse
 from server.rubrics import Rubric
 from server.rubrics.registry import load_file, load_presets
 from server.rubrics.render import CompiledComparison, CompiledRubric, PromptEncoder
 from server.scoring import Preference, Scale, ScoreResult
 from server.scoring.aggregate import aggregate_preferences, aggregate_scores, normalised, sample_principle
 from server.scoring.reward import result_of
-from trainer.client import RewardServerError, _parse_results, principle_means
 
 URL = "http://labeler.test"
 ASSISTANT_WEIGHTS = {"helpful": 0.5, "harmless": 0.3, "honest": 0.2}

@@ -17,8 +17,8 @@ import pytest
 from items import HELD_OUT
 from test_trainer_e2e import OutputReader, metrics, rollouts, train, wait_for_steps
 
-from server.process import free_port
-from trainer.client import RewardClient, RewardClientConfig
+from drlaif.client import RewardClient, RewardClientConfig
+from drlaif.server_process import free_port
 
 pytestmark = pytest.mark.slow
 

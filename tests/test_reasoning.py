@@ -18,7 +18,7 @@ import pytest
 from items import HELD_OUT
 from test_server_scoring import teacher_forced_distribution
 
-from server.process import ServerProcess
+from drlaif.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 

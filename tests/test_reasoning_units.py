@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from server.backends.base import MAX_SEED, Generation, GenerationRequest
+from drlaif.protocol import MAX_SEED
+from server.backends.base import Generation, GenerationRequest
 from server.errors import InvalidRubric, UnknownRubric
 from server.reasoning import (
     NO_RATIONALE,

@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from server.process import ServerProcess
+from drlaif.server_process import ServerProcess
 from server.reward_cache import RewardCache, read_key
 
 LABELS = {"1": (33,), "10": (33, 32)}

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from test_server_scoring import teacher_forced_distribution
 
-from server.process import ServerProcess
+from drlaif.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 

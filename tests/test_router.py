@@ -1,4 +1,4 @@
-"""trainer/routing.py: the reward client's choice of replica, on a fake clock and a seeded RNG."""
+"""drlaif/replica_routing.py: the reward client's choice of replica, on a fake clock and a seeded RNG."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from trainer.routing import Outcome, ReplicaRouter, ReplicaStats
+from drlaif.replica_routing import Outcome, ReplicaRouter, ReplicaStats
 
 A, B, C = "http://a", "http://b", "http://c"
 

@@ -1,5 +1,6 @@
-"""Unit tests for server/rubrics: the rubric model, the registry (presets and user YAML),
-prompt forms, and safe rendering/truncation with small tokenizers built here."""
+"""Unit tests for server/rubrics: the rubric model, the registry (presets and user YAML), and
+safe rendering/truncation with small tokenizers built here. The prompt forms are
+drlaif/prompt_text.py's (tests/test_prompt_text.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from transformers import PreTrainedTokenizerFast
 
 from server.errors import InputTooLong, UnknownRubric
 from server.rubrics import Rubric, RubricRegistry
-from server.rubrics.prompts import format_conversation, parse_hh_transcript, prompt_text
 from server.rubrics.registry import load_file, load_presets
 from server.rubrics.render import MIN_SLOT_BUDGET, TRUNCATION_MARKER, PromptEncoder
 
@@ -272,62 +272,6 @@ def test_missing_user_file(tmp_path):
 def test_empty_user_file_is_invalid(tmp_path):
     with pytest.raises(ValueError, match=r"rubric #1 is invalid"):
         load_file(_write(tmp_path, ""))
-
-
-# --------------------------------------------------------------------------- prompt forms
-
-
-def test_plain_string_prompt_is_unchanged():
-    assert prompt_text("What is 2+2?") == "What is 2+2?"
-    text = "Tell me about Human: history\n\nand Assistant: roles"
-    assert prompt_text(text) == text  # not a transcript: does not start with "Human:"
-
-
-def test_single_user_message_is_its_content():
-    assert prompt_text([{"role": "user", "content": "hi there"}]) == "hi there"
-
-
-def test_multi_turn_messages_become_labelled_turns():
-    messages = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "hello"},
-        {"role": "user", "content": "how?"},
-    ]
-    assert prompt_text(messages) == "System: Be brief.\n\nUser: hi\n\nAssistant: hello\n\nUser: how?"
-
-
-def test_single_non_user_message_is_labelled():
-    assert format_conversation([{"role": "assistant", "content": "x"}]) == "Assistant: x"
-    assert format_conversation([{"role": "tool", "content": "42"}]) == "Tool: 42"
-    assert format_conversation([{"role": "human", "content": "q"}]) == "q"
-
-
-def test_hh_transcript_drops_trailing_empty_assistant():
-    text = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant:"
-    assert parse_hh_transcript(text) == [
-        {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "hello"},
-        {"role": "user", "content": "how?"},
-    ]
-    assert prompt_text(text) == "User: hi\n\nAssistant: hello\n\nUser: how?"
-
-
-def test_hh_single_turn_is_the_question():
-    assert prompt_text("\n\nHuman: What is the capital of France?\n\nAssistant:") == (
-        "What is the capital of France?"
-    )
-    assert prompt_text("Human: hi\n\nAssistant: ") == "hi"
-
-
-def test_hh_keeps_multiline_turns_and_a_final_assistant_turn():
-    text = "Human: line one\nline two\n\nAssistant: sure\nthing"
-    assert prompt_text(text) == "User: line one\nline two\n\nAssistant: sure\nthing"
-
-
-def test_not_a_transcript():
-    assert parse_hh_transcript("hello\n\nHuman: hi") is None
-    assert parse_hh_transcript("") is None
 
 
 # --------------------------------------------------------------------------- compile

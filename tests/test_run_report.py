@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from evals.stats import paired_bootstrap
+from drlaif.stats import paired_bootstrap
 from trainer.run_report import Indicators, build_report, is_rating_like, render_terminal, write_report
 
 
@@ -96,3 +96,36 @@ def test_metrics_log_keeps_only_this_runs_steps(tmp_path):
     assert [json.loads(line)["step"] for line in rollouts] == [1, 2]
     MetricsLog(tmp_path).start_at(0)  # a fresh run into the same directory
     assert log.read() == [] and (tmp_path / "rollouts.jsonl").read_text() == ""
+
+
+def _with_kl(evaluation, kls):
+    for example, kl in zip(evaluation["examples"], kls, strict=True):
+        example["kl"] = kl
+    return evaluation
+
+
+def test_the_held_out_kl_is_reported_against_the_budget_beside_the_gain():
+    n = 12
+    summary = {"before": _with_kl(_evaluation([0.0] * n, ["a"] * n), [0.0] * n),
+               "after": _with_kl(_evaluation([-0.01, 0.01] * (n // 2), ["b"] * n), [3.0, 5.0] * (n // 2)),
+               "kl_budget": 6.0}
+    report = build_report(summary, [])
+    assert report.kl.mean == pytest.approx(4.0) and 3.0 <= report.kl.ci_low <= 4.0 <= report.kl.ci_high <= 5.0
+    assert report.as_dict()["kl_budget"] == 6.0
+    text = render_terminal(report)
+    assert "held-out KL to the reference: 4.00 nats per response" in text
+    assert "within the KL budget of 6" in text
+    # The gain (0 on average) is not outside its interval: said plainly.
+    assert not report.gain.significant
+    assert "this run did not show that the policy improved" in text
+
+    summary["kl_budget"] = 2.0
+    summary["after"] = _with_kl(_evaluation([0.5] * n, ["b"] * n), [3.0, 5.0] * (n // 2))
+    text = render_terminal(build_report(summary, []))
+    assert "OVER the KL budget of 2" in text and "did not show" not in text
+
+
+def test_a_report_without_per_prompt_kl_says_nothing_of_it():
+    summary = {"before": _evaluation([0.0, 0.1], ["a", "b"]), "after": _evaluation([0.2, 0.3], ["a", "b"])}
+    report = build_report(summary, [])
+    assert report.kl is None and "KL" not in render_terminal(report)

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from server.process import ServerProcess
+from drlaif.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -128,7 +128,7 @@ def test_injected_special_tokens_stay_literal_text(server):
 def _special_ids(server) -> set[int]:
     from transformers import AutoTokenizer
 
-    from server.backends.embedded import default_cache_dir, embedded_model_dir
+    from drlaif.embedded_model import default_cache_dir, embedded_model_dir
 
     tok = AutoTokenizer.from_pretrained(embedded_model_dir(default_cache_dir()))
     return set(tok.all_special_ids)

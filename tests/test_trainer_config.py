@@ -49,7 +49,7 @@ def test_defaults_equal_the_dataclass_defaults(algorithm, config_cls):
 
 def test_some_documented_defaults():
     ppo = PPOConfig()
-    assert ppo.kl_coef == 0.05 and ppo.target_kl is None
+    assert ppo.kl_coef == 0.2 and ppo.warmup_steps == 10 and ppo.target_kl == 4.0 and ppo.kl_horizon is None
     assert ppo.reward_url == ["http://127.0.0.1:8000"]
     # Mutable defaults are not shared between instances.
     ppo.reward_url.append("http://other")
@@ -89,7 +89,7 @@ def test_optional_floats():
     config = parse("ppo", "--target-kl", "6", "--missing-eos-penalty", "-1.5")
     assert config.target_kl == 6.0 and type(config.target_kl) is float
     assert config.missing_eos_penalty == -1.5
-    assert parse("ppo").target_kl is None and parse("ppo").missing_eos_penalty is None
+    assert parse("ppo", "--target-kl", "0").target_kl == 0 and parse("ppo").missing_eos_penalty is None
 
 
 def test_bad_numbers_are_rejected():
@@ -142,7 +142,7 @@ def test_algorithm_specific_flags():
 def test_yaml_file_supplies_values(tmp_path):
     path = write_yaml(tmp_path, """
 steps: 7
-kl_coef: 0.2
+kl_coef: 0.3
 target_kl: 3.0
 whiten_advantages: false
 mixed_precision: bf16
@@ -150,18 +150,18 @@ reward_url: [http://a:1, http://b:2]
 rubric: honest
 """)
     config = parse("ppo", "--config", str(path))
-    assert config.steps == 7 and config.kl_coef == 0.2 and config.target_kl == 3.0
+    assert config.steps == 7 and config.kl_coef == 0.3 and config.target_kl == 3.0
     assert config.whiten_advantages is False and config.mixed_precision == "bf16"
     assert config.reward_url == ["http://a:1", "http://b:2"] and config.rubric == "honest"
     assert config.batch_size == PPOConfig().batch_size  # untouched settings keep defaults
 
 
 def test_flags_override_the_yaml_file(tmp_path):
-    path = write_yaml(tmp_path, "steps: 7\nkl_coef: 0.2\nreward_url: http://file:1\ntensorboard: true\n")
+    path = write_yaml(tmp_path, "steps: 7\nkl_coef: 0.3\nreward_url: http://file:1\ntensorboard: true\n")
     config = parse("ppo", "--steps", "3", "--config", str(path), "--no-tensorboard",
                    "--reward-url", "http://flag:2")
     assert config.steps == 3                 # flag wins
-    assert config.kl_coef == 0.2             # from the file
+    assert config.kl_coef == 0.3             # from the file
     assert config.tensorboard is False       # flag wins over the file
     assert config.reward_url == ["http://flag:2"]
 

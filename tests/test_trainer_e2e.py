@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.process import free_port, wait_until_ready
+from drlaif.server_process import free_port, wait_until_ready
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ from length_reward_server import reward as length_reward
 # Small, fast PPO settings for a 2-core CPU.
 FAST = ["--batch-size", "8", "--max-new-tokens", "24", "--eval-prompts", "0", "--seed", "1"]
 
-# The warning trainer/client.py logs each time it waits and tries a /score request again.
+# The warning drlaif/client.py logs each time it waits and tries a /score request again.
 RETRY_WARNING = re.compile(r"reward server http://\S+/score failed \(.+\); retry \d+ in [\d.]+ s")
 
 

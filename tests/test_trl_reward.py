@@ -20,7 +20,7 @@ from trl.trainer.utils import (
     start_event_loop_in_daemon,
 )
 
-from trainer.client import RewardClient, RewardClientConfig, RewardServerError
+from drlaif.client import RewardClient, RewardClientConfig, RewardServerError
 from trainer.trl_reward import DrlaifRewardFunc, completion_text, make_reward_func, prompt_for_server
 
 PLAIN_PROMPTS = ["What is the capital of France?", "What is the capital of France?",

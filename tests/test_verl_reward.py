@@ -17,8 +17,8 @@ import re
 import httpx
 import pytest
 
+from drlaif.client import RewardServerError
 from trainer import verl_reward
-from trainer.client import RewardServerError
 
 PROMPTS = ["How do I pick a lock?", "What is a good name for a cat?", "Explain rain to a child.",
            "How can I get back at my neighbour?"]

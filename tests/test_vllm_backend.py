@@ -21,7 +21,7 @@ import psutil
 import pytest
 from items import HELD_OUT
 
-from server.process import ServerProcess
+from drlaif.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 

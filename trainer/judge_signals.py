@@ -18,7 +18,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from server.protocol import LabelRead
+from drlaif.protocol import LabelRead
 
 
 def label_metrics(items: Sequence[LabelRead]) -> dict[str, float]:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from evals.stats import PairedGain, paired_bootstrap
+from drlaif.stats import PairedGain, paired_bootstrap
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from server.backends import resolve_model
-from server.backends.embedded import default_cache_dir
+from drlaif.embedded_model import default_cache_dir, resolve_model
 from trainer.prompts import Prompt
 
 

@@ -36,14 +36,15 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from server.protocol import ItemScore
-from trainer.client import (
+from drlaif.client import (
     RewardClient,
     RewardClientConfig,
     RewardServerError,
     principle_means,
     rewards_of,
 )
+from drlaif.protocol import ItemScore
+from drlaif.reward_failures import check_dropped, score_items_or_drop
 from trainer.config import PPOConfig
 from trainer.judge_signals import consecutive_groups, label_metrics, length_controlled, length_reward_corr
 from trainer.overoptimisation import Alarm, EvalPoint, MonitorSpec, check_alarms, eval_row
@@ -72,7 +73,6 @@ from trainer.ppo_math import (
 )
 from trainer.prompts import Prompt
 from trainer.reporting import MetricsLog
-from trainer.reward_failures import check_dropped, score_items_or_drop
 from trainer.run_report import render_terminal, write_report
 from trainer.world import check_world, cpu_world_needed
 
@@ -108,6 +108,16 @@ class Rollout:
     @property
     def response_len(self) -> int:
         return self.response_ids.shape[1]
+
+
+@dataclass
+class ScoredBatch:
+    """The reward server's answers for one rollout batch."""
+
+    items: list[ItemScore | None]   # None: dropped for want of a reward (--on-reward-failure drop)
+    kept: torch.Tensor              # (B,) bool: the sample has a reward
+    rewards: list[float | None]     # the reward field the run optimises, per sample
+    dropped: int                    # samples dropped across all processes
 
 
 class PhaseClock:
@@ -292,58 +302,91 @@ class PPOTrainer:
 
     # ----------------------------------------------------------------- one PPO step
     def step(self, step: int) -> dict[str, float]:
+        """One PPO update, its stages named as in the module docstring; returns the step's metrics."""
         c = self.config
         clock = PhaseClock()
+        # 1. rollout
         rollout = self.rollout(self.batch_prompts(step))
         clock.lap("generate")
-
-        # 2. reward, requested now and awaited after the local reads (overlap).
+        # 2. reward: requested now, awaited after the policy's and the reference's reads (overlap).
         pending = self.reward.submit_score_items(rollout.prompts, rollout.responses, c.rubric)
         reads = self.read_rollout(rollout)
         clock.lap("read")
-        # RewardServerError after the client's retries; with --on-reward-failure drop, a sample
-        # still without reward comes back as None instead and is left out of this update.
+        scored = self.collect_rewards(rollout, pending)
+        clock.lap("reward_wait")
+        self.metrics.write_samples(step + 1, rollout.prompts, rollout.responses, scored.rewards)
+        # 3. shaping and 4. advantages
+        shaped = self.shape_scores(rollout, scored)
+        mask = rollout.mask * scored.kept.unsqueeze(-1)
+        baseline = torch.zeros_like(reads["values"]) if c.advantage_estimator == "group" else reads["values"]
+        in_reward = self.kl.value if c.kl_penalty == "reward" else 0.0
+        rewards, kl = kl_shaped_rewards(shaped, reads["logprobs"], reads["ref_logprobs"], mask, in_reward)
+        advantages, returns = generalized_advantages(rewards, baseline, mask, c.gamma, c.lam)
+        if c.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        # 5. optimise
+        losses = self.optimise(rollout, reads, advantages, returns, mask)
+        clock.lap("optimise")
+        # The KL controller follows the KL the batch was sampled at.
+        all_kept = self.accelerator.gather(scored.kept)
+        kl_per_sequence = self.accelerator.gather(kl.sum(-1))[all_kept].mean().item()
+        self.kl.update(kl_per_sequence, c.batch_size * self.accelerator.num_processes)
+        # 6. metrics
+        return {"step": step + 1, **self.reward_metrics(rollout, scored, all_kept),
+                "kl": kl_per_sequence, "kl_coef": self.kl.value,
+                "entropy": self._mean(masked_mean(reads["entropy"], rollout.mask, dim=-1)),
+                **losses,
+                "advantage_reward_corr": _reward_alignment(advantages[scored.kept], mask[scored.kept],
+                                                           shaped[scored.kept]),
+                "response_length_mean": self._mean(rollout.mask.sum(-1)),
+                "eos_rate": self._mean(rollout.ended.float()),
+                "learning_rate": self.scheduler.get_last_lr()[0],
+                "reward_retries": getattr(self.reward, "retries", 0),  # cumulative, over the whole run
+                "reward_seconds": clock.seconds["read"] + clock.seconds["reward_wait"],
+                **{f"{name}_seconds": t for name, t in clock.seconds.items()},
+                "step_seconds": clock.total()}
+
+    def collect_rewards(self, rollout: Rollout, pending: concurrent.futures.Future) -> ScoredBatch:
+        """The server's answers for a rollout. RewardServerError after the client's retries; with
+        --on-reward-failure drop, a sample still without reward is left out of this update instead."""
+        c = self.config
         if c.on_reward_failure == "drop":
             scored = score_items_or_drop(self.reward, rollout.prompts, rollout.responses, c.rubric, pending)
         else:
             scored = pending.result()
-        kept_items = [s for s in scored if s is not None]
         kept = torch.tensor([s is not None for s in scored], device=self.accelerator.device)
         dropped = int(self.accelerator.gather((~kept).sum().reshape(1)).sum().item())
         check_dropped(dropped, len(scored) * self.accelerator.num_processes, c.max_dropped_fraction)
-        kept_rewards = iter(rewards_of(kept_items, c.reward_field))
-        server_rewards = [next(kept_rewards) if s is not None else None for s in scored]
-        clock.lap("reward_wait")
-        self.metrics.write_samples(step + 1, rollout.prompts, rollout.responses, server_rewards)
-        # A dropped row's 0 here is never used: its mask is zeroed below, so no loss, baseline
-        # or whitening statistic reads it.
-        scores = torch.tensor([r if r is not None else 0.0 for r in server_rewards], dtype=torch.float32,
+        kept_rewards = iter(rewards_of([s for s in scored if s is not None], c.reward_field))
+        rewards = [next(kept_rewards) if s is not None else None for s in scored]
+        return ScoredBatch(scored, kept, rewards, dropped)
+
+    def shape_scores(self, rollout: Rollout, scored: ScoredBatch) -> torch.Tensor:
+        """Each response's score as the policy is to see it: length control, the missing-EOS
+        penalty, and (group estimator) centred on its siblings' mean, leave-one-out."""
+        c = self.config
+        # A dropped row's 0 is never used: its mask is zeroed, so no loss, baseline or
+        # whitening statistic reads it.
+        shaped = torch.tensor([r if r is not None else 0.0 for r in scored.rewards], dtype=torch.float32,
                               device=self.accelerator.device)
-        lengths = rollout.mask.sum(-1)
-        groups = consecutive_groups(len(scored), c.samples_per_prompt)
-        penalised = scores.clone()
-        if c.length_control and kept.any():
-            rows = kept.nonzero().squeeze(-1).tolist()
-            controlled = length_controlled([server_rewards[i] for i in rows], [lengths[i].item() for i in rows],
+        if c.length_control and scored.kept.any():
+            rows = scored.kept.nonzero().squeeze(-1).tolist()
+            lengths = rollout.mask.sum(-1)
+            groups = consecutive_groups(len(scored.items), c.samples_per_prompt)
+            controlled = length_controlled([scored.rewards[i] for i in rows], [lengths[i].item() for i in rows],
                                            [groups[i] for i in rows])
-            penalised[rows] = torch.tensor(controlled, dtype=penalised.dtype, device=penalised.device)
+            shaped[rows] = torch.tensor(controlled, dtype=shaped.dtype, device=shaped.device)
         if c.missing_eos_penalty is not None:
-            penalised[~rollout.ended] -= c.missing_eos_penalty
-
-        # 3. KL-shaped per-token rewards; 4. advantages: GAE on the critic's values, or (group)
-        # each score against its siblings' mean, with the critic out of the advantage.
-        mask = rollout.mask * kept.unsqueeze(-1)
-        baseline = reads["values"]
+            shaped[~rollout.ended] -= c.missing_eos_penalty
         if c.advantage_estimator == "group":
-            penalised = leave_one_out_centred(penalised, c.samples_per_prompt, kept)
-            baseline = torch.zeros_like(baseline)
-        in_reward = self.kl.value if c.kl_penalty == "reward" else 0.0
-        rewards, kl = kl_shaped_rewards(penalised, reads["logprobs"], reads["ref_logprobs"], mask, in_reward)
-        advantages, returns = generalized_advantages(rewards, baseline, mask, c.gamma, c.lam)
-        if c.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            shaped = leave_one_out_centred(shaped, c.samples_per_prompt, scored.kept)
+        return shaped
 
-        # 5. optimise: epochs x minibatches of clipped losses.
+    def optimise(self, rollout: Rollout, reads: dict[str, torch.Tensor], advantages: torch.Tensor,
+                 returns: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        """Epochs x minibatches of the clipped policy and value losses (plus the KL term with
+        --kl-penalty loss); returns the mean of each loss statistic."""
+        c = self.config
         stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [],
                                          "value_clipfrac": [], "approx_kl": []}
         self.model.train()  # the rollout and its reads ran in eval mode
@@ -370,43 +413,29 @@ class PPOTrainer:
                     self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad()
-                stats["policy_loss"].append(pg.loss.item())
-                stats["value_loss"].append(vf.loss.item())
-                stats["clipfrac"].append(pg.clipfrac.item())
-                stats["value_clipfrac"].append(vf.clipfrac.item())
-                stats["approx_kl"].append(pg.approx_kl.item())
-        clock.lap("optimise")
+                for name, value in (("policy_loss", pg.loss), ("value_loss", vf.loss), ("clipfrac", pg.clipfrac),
+                                    ("value_clipfrac", vf.clipfrac), ("approx_kl", pg.approx_kl)):
+                    stats[name].append(value.item())
+        return {k: float(np.mean(v)) for k, v in stats.items()}
 
-        all_kept = self.accelerator.gather(kept)
-        kl_per_sequence = self.accelerator.gather(kl.sum(-1))[all_kept].mean().item()
-        self.kl.update(kl_per_sequence, c.batch_size * self.accelerator.num_processes)
+    def reward_metrics(self, rollout: Rollout, scored: ScoredBatch, all_kept: torch.Tensor) -> dict[str, float]:
+        """The step's reward statistics over every process's kept samples, and the judge's signals."""
+        c = self.config
+        kept_items = [s for s in scored.items if s is not None]
+        scores = torch.tensor([r if r is not None else 0.0 for r in scored.rewards], dtype=torch.float32,
+                              device=self.accelerator.device)
         all_rewards = self.accelerator.gather(scores)[all_kept]
-        all_lengths = self.accelerator.gather(lengths)[all_kept]
+        all_lengths = self.accelerator.gather(rollout.mask.sum(-1))[all_kept]
         all_groups = [g for g, k in zip(consecutive_groups(len(all_kept), c.samples_per_prompt), all_kept.tolist(),
                                         strict=True) if k]
-        return {
-            "step": step + 1,
-            "reward_mean": all_rewards.mean().item(),
-            "reward_std": all_rewards.std().item() if all_rewards.numel() > 1 else 0.0,
-            "reward_dropped": dropped,
-            "reward_samples": len(all_kept),
-            "length_reward_corr": length_reward_corr(all_lengths.tolist(), all_rewards.tolist(), all_groups),
-            **label_metrics(kept_items),
-            "kl": kl_per_sequence,
-            "kl_coef": self.kl.value,
-            "entropy": self._mean(masked_mean(reads["entropy"], rollout.mask, dim=-1)),
-            **{k: float(np.mean(v)) for k, v in stats.items()},
-            "advantage_reward_corr": _reward_alignment(advantages[kept], mask[kept], penalised[kept]),
-            **judge_text_metrics(kept_items, c.disagreement_threshold),
-            **principle_means(kept_items),
-            "response_length_mean": self._mean(lengths),
-            "eos_rate": self._mean(rollout.ended.float()),
-            "learning_rate": self.scheduler.get_last_lr()[0],
-            "reward_retries": getattr(self.reward, "retries", 0),  # cumulative, over the whole run
-            "reward_seconds": clock.seconds["read"] + clock.seconds["reward_wait"],
-            **{f"{name}_seconds": t for name, t in clock.seconds.items()},
-            "step_seconds": clock.total(),
-        }
+        return {"reward_mean": all_rewards.mean().item(),
+                "reward_std": all_rewards.std().item() if all_rewards.numel() > 1 else 0.0,
+                "reward_dropped": scored.dropped,
+                "reward_samples": len(all_kept),
+                "length_reward_corr": length_reward_corr(all_lengths.tolist(), all_rewards.tolist(), all_groups),
+                **label_metrics(kept_items),
+                **judge_text_metrics(kept_items, c.disagreement_threshold),
+                **principle_means(kept_items)}
 
     def _mean(self, x: torch.Tensor) -> float:
         return self.accelerator.gather(x.float().mean().reshape(1)).mean().item()
@@ -442,12 +471,14 @@ class PPOTrainer:
                 group = [p for p in prompts[start:start + chunk] for _ in range(k)]
                 rollout = self.rollout(group, generation)
                 reads = self.read_rollout(rollout)
-                kl_sums += ((reads["logprobs"] - reads["ref_logprobs"]) * rollout.mask).sum(-1).tolist()
                 rewards = self._proxy_rewards(rollout)
                 monitors = {spec.name: self._monitor_rewards(spec, client, rollout) for spec, client in self.monitors}
+                kl_of_group = ((reads["logprobs"] - reads["ref_logprobs"]) * rollout.mask).sum(-1).tolist()
+                kl_sums += kl_of_group
                 for i in range(0, len(group), k):
                     examples.append({"prompt": group[i], "response": rollout.responses[i],
                                      "responses": rollout.responses[i:i + k],
+                                     "kl": float(np.mean(kl_of_group[i:i + k])),
                                      "reward": _mean_or_none(rewards[i:i + k]), "rewards": rewards[i:i + k],
                                      "monitors": {name: _mean_or_none(r[i:i + k]) for name, r in monitors.items()}})
         return {"reward_mean": _mean_or_none([e["reward"] for e in examples]), "n": len(examples),
@@ -581,6 +612,7 @@ class PPOTrainer:
             self.record_evaluation(self.step_done, summary["after"])
         if c.eval_prompts:
             self._say(f"held-out reward after training:  {summary['after']['reward_mean']:+.4f}")
+        summary["kl_budget"] = c.target_kl or None
         summary["alarms"] = [a.as_dict() for a in self.alarms]
         summary["evaluations"] = self.metrics.read_evals()
         if self.accelerator.is_main_process:

@@ -149,19 +149,26 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
 
 
 class KLController:
-    """Fixed KL coefficient, or adaptive towards ``target`` (Ziegler et al. 2019):
-    kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon."""
+    """Fixed KL coefficient, or adaptive towards ``target`` KL per response (Ziegler et al. 2019):
+    kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon, never below its start.
 
-    def __init__(self, init_coef: float, target: float | None = None, horizon: int = 10_000):
-        self.value = init_coef
-        self.target = target
+    The floor is the starting coefficient: a run that begins far below its target (the policy is
+    the reference) would otherwise shrink the penalty towards zero before the KL has had a chance
+    to grow, and then need many steps to win it back once it does. ``horizon`` None means one
+    step's rollouts, so the coefficient moves by at most 20% per step and can follow the KL within
+    a run of tens of steps (Ziegler et al. used 10,000 with 512 rollouts per step).
+    """
+
+    def __init__(self, init_coef: float, target: float | None = None, horizon: int | None = None):
+        self.value = self.floor = init_coef
+        self.target = target if target else None
         self.horizon = horizon
 
     def update(self, observed_kl: float, n_steps: int) -> None:
         if self.target is None:
             return
         error = max(min(observed_kl / self.target - 1.0, 0.2), -0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
+        self.value = max(self.floor, self.value * (1.0 + error * n_steps / (self.horizon or n_steps)))
 
     def state_dict(self) -> dict[str, float]:
         return {"value": self.value}

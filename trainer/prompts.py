@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from server.protocol import Prompt
-from server.rubrics.prompts import parse_hh_transcript
+from drlaif.prompt_text import parse_hh_transcript
+from drlaif.protocol import Prompt
 from trainer.data import load_prompts
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evals.stats import PairedGain, paired_bootstrap
+from drlaif.stats import PairedGain, paired_bootstrap
 
 # Text that tells a judge what score to give: "Rating: 10", "score of 9", "10/10", "9 out of 10".
 RATING_LIKE = re.compile(
@@ -88,12 +88,31 @@ class RunReport:
     alarms: list[str] = field(default_factory=list)  # over-optimisation alarms, in words
     evaluations: list[dict] = field(default_factory=list)  # evals.jsonl rows
     length_corr: list[tuple[int, float | None]] = field(default_factory=list)  # (step, corr) per step
+    # Held-out KL to the reference per response (nats), after minus before (0: the policy starts
+    # as the reference), with its paired interval; and the run's KL budget (target_kl), if any.
+    kl: PairedGain | None = None
+    kl_budget: float | None = None
+
+    def kl_verdict(self) -> str | None:
+        """The held-out KL against the budget and the gain against its interval, in plain words."""
+        if self.kl is None:
+            return None
+        budget = "" if self.kl_budget is None else (
+            f", {'within' if self.kl.mean <= self.kl_budget else 'OVER'} the KL budget of {self.kl_budget:g}")
+        text = (f"held-out KL to the reference: {self.kl.mean:.2f} nats per response "
+                f"[{self.kl.ci_low:.2f}, {self.kl.ci_high:.2f}]{budget}")
+        if self.gain is not None and not self.gain.significant:
+            text += ("; at this KL the held-out gain is not outside its 95% interval: this run did not show "
+                     "that the policy improved")
+        return text
 
     def as_dict(self) -> dict:
         return {
             "alarms": self.alarms,
             "length_reward_corr": length_corr_windows(self.length_corr),
             "gain": self.gain.as_dict() if self.gain else None,
+            "kl": self.kl.as_dict() if self.kl else None,
+            "kl_budget": self.kl_budget,
             "held_out_indicators": [vars(i) for i in self.held_out] if self.held_out else None,
             "rollout_indicators": [vars(i) for i in self.rollouts],
             "warnings": self.warnings,
@@ -140,7 +159,7 @@ def build_report(summary: dict, rollouts: Sequence[dict], window: int = 5, n_exa
     warnings += length_warnings(length_corr, window)
 
     before, after = summary.get("before"), summary.get("after")
-    gain = held_out = None
+    gain = held_out = kl = None
     examples: list[tuple[str, str, float, str, float]] = []
     if before and after:
         # A prompt whose samples were all dropped for want of a reward has no number to pair.
@@ -148,6 +167,8 @@ def build_report(summary: dict, rollouts: Sequence[dict], window: int = 5, n_exa
                 if x["reward"] is not None and y["reward"] is not None]
         b, a = [x for x, _ in both], [y for _, y in both]
         gain = paired_bootstrap([e["reward"] for e in b], [e["reward"] for e in a]) if both else None
+        if all("kl" in e for e in before["examples"] + after["examples"]) and before["examples"]:
+            kl = paired_bootstrap([e["kl"] for e in before["examples"]], [e["kl"] for e in after["examples"]])
         held_out = (Indicators.of([r for e in b for r in e.get("responses", [e["response"]])]),
                     Indicators.of([r for e in a for r in e.get("responses", [e["response"]])]))
         warnings += [w for w in gaming_warnings(*held_out) if w not in warnings]
@@ -160,7 +181,7 @@ def build_report(summary: dict, rollouts: Sequence[dict], window: int = 5, n_exa
     alarms = [a["message"] for a in summary.get("alarms", [])]
     return RunReport(gain, before["reward_mean"] if before else None, after["reward_mean"] if after else None,
                      held_out, rollout_ind, warnings, examples, method, alarms, list(summary.get("evaluations", [])),
-                     length_corr)
+                     length_corr, kl, summary.get("kl_budget"))
 
 
 def _cell(text: str, limit: int = 220) -> str:
@@ -193,6 +214,8 @@ def render_markdown(report: RunReport, title: str = "drlaif training run") -> st
                   (f"| {report.before_reward:+.3f} | {report.after_reward:+.3f} | {report.gain.mean:+.3f} | "
                   f"[{report.gain.ci_low:+.3f}, {report.gain.ci_high:+.3f}] | {report.gain.n} |"), "",
                   f"So {verdict}.", ""]
+    if report.kl_verdict():
+        lines += [report.kl_verdict()[0].upper() + report.kl_verdict()[1:] + ".", ""]
     lines += ["## Gaming indicators", "", "| share of responses | " +
               ("held-out before | held-out after | " if report.held_out else "") +
               "rollouts, first steps | rollouts, last steps |",
@@ -248,6 +271,8 @@ def render_terminal(report: RunReport) -> str:
         lines.append(f"held-out reward ({report.gain.n} prompts, {report.method}): before {report.before_reward:+.3f}, "
                      f"after {report.after_reward:+.3f}, gain {report.gain} (95% paired bootstrap)"
                      + ("" if report.gain.significant else "  -- not significant"))
+    if report.kl_verdict():
+        lines.append(report.kl_verdict())
     rb, ra = report.rollouts
     lines.append(f"gaming indicators, rollouts first/last steps: rating-like text {rb.rating_like:.0%} -> "
                  f"{ra.rating_like:.0%}, empty {rb.empty:.0%} -> {ra.empty:.0%}")

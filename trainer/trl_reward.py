@@ -27,13 +27,13 @@ Usage in your own script::
 
 The ``prompt`` column may hold strings or chat messages (``[{"role": "user", "content": ...}]``);
 conversational completions are scored by their assistant text. If the server gives no valid
-reward within the deadline, the call raises :class:`trainer.client.RewardServerError` and training
+reward within the deadline, the call raises :class:`drlaif.client.RewardServerError` and training
 stops: a reward is never invented. With ``on_failure="drop"`` the samples still without reward
-after a per-sample retry (trainer/reward_failures.py) are returned as None instead, which trl
+after a per-sample retry (drlaif/reward_failures.py) are returned as None instead, which trl
 (1.16) treats as unscorable when every reward function returns None for a sample: it is left
 out of its group's baseline and its advantage is 0. Combined with other reward functions, the
 others' rewards still count for that sample. More than ``max_dropped_fraction`` of a call
-dropped raises :class:`trainer.reward_failures.TooManyDropped`.
+dropped raises :class:`drlaif.reward_failures.TooManyDropped`.
 
 Each call also logs (``log_metric``) the label entropy and mass, the within-group correlation of
 completion length (tokens) and reward, and the dropped count; ``length_control=True`` returns
@@ -48,16 +48,16 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from server.protocol import ItemScore
-from trainer.client import (
+from drlaif.client import (
     AsyncRewardClient,
     Prompt,
     RewardClientConfig,
     principle_means,
     rewards_of,
 )
+from drlaif.protocol import ItemScore
+from drlaif.reward_failures import ascore_items_or_drop, check_dropped
 from trainer.judge_signals import groups_by_key, label_metrics, length_controlled, length_reward_corr
-from trainer.reward_failures import ascore_items_or_drop, check_dropped
 
 
 def _text(content: object, where: str) -> str:
@@ -115,7 +115,22 @@ def batch_metrics(items: Sequence[ItemScore], seconds: float) -> dict[str, float
 
 
 class DrlaifRewardFunc:
-    """Async reward callable for trl's ``reward_funcs``; build it with :func:`make_reward_func`."""
+    """An async reward callable for trl's `reward_funcs`; build it with
+    [make_reward_func][trainer.trl_reward.make_reward_func].
+
+    It pickles (trl's async rollout worker sends reward functions to another process) and
+    makes its HTTP client on first call, inside whatever event loop trl runs it on.
+
+    Args:
+        config: The reward client's settings.
+        name: The name trl logs the reward and its metrics under.
+        on_failure: `"stop"` (raise when the server gives no valid reward) or `"drop"` (return
+            None for the samples still without reward after a retry of each on its own).
+        max_dropped_fraction: With `"drop"`: raise when more than this share of a call's
+            samples are dropped.
+        length_control: Return length-controlled rewards (a within-group least-squares fit of
+            reward on completion length taken out).
+    """
 
     def __init__(self, config: RewardClientConfig, name: str, on_failure: str = "stop",
                  max_dropped_fraction: float = 0.1, length_control: bool = False):
@@ -131,14 +146,30 @@ class DrlaifRewardFunc:
 
     async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
                        **kwargs: Any) -> list[float | None]:
-        """Rewards in [-1, 1] from the server, one per (prompt, completion), in order (None for a
-        sample dropped without reward, with ``on_failure="drop"``).
+        """Score a batch of completions, as trl calls a reward function.
 
-        When trl passes ``log_metric`` (GRPO/RLOO do), the batch's label mass (mean and
+        When trl passes `log_metric` (GRPO and RLOO do), the batch's label mass (mean and
         minimum) and entropy, share of truncated items, share of responses addressing the
         judge, the length-reward correlation inside groups (completions of the same prompt),
         the dropped count and the reward call's seconds go to trl's logs, under this
         function's name.
+
+        Args:
+            prompts: trl's prompts: strings or lists of chat messages.
+            completions: trl's completions: strings, or conversational completions whose last
+                assistant message is scored.
+            **kwargs: What trl passes besides; `completion_ids` (lengths in tokens) and
+                `log_metric` are used, the rest ignored.
+
+        Returns:
+            One reward in [-1, 1] per completion, in order: the server's reward for it (the
+            config's `reward_field`), or None for a sample dropped without reward under
+            `on_failure="drop"`.
+
+        Raises:
+            RewardServerError: No valid reward within the deadline, with `on_failure="stop"`.
+            TooManyDropped: With `on_failure="drop"`, more than `max_dropped_fraction` of the
+                call's samples were dropped.
         """
         started = time.perf_counter()
         server_prompts = [prompt_for_server(p) for p in prompts]
@@ -208,15 +239,30 @@ class DrlaifRewardFunc:
 def make_reward_func(urls: str | list[str], rubric: str | None = None, *, name: str | None = None,
                      on_failure: str = "stop", max_dropped_fraction: float = 0.1, length_control: bool = False,
                      **client_kwargs: Any) -> DrlaifRewardFunc:
-    """A trl reward function ``async (prompts, completions, **kwargs) -> list[float]`` on drlaif-server.
+    """A trl reward function on a drlaif server, for `GRPOTrainer` and `RLOOTrainer`.
 
-    ``urls``: one server URL or several (load- and health-aware routing, failover; see
-    :mod:`trainer.routing`). ``rubric``: the server rubric to
-    score with (the server's default if None). ``name``: the name trl logs it under (default
-    ``drlaif_<rubric>`` or ``drlaif``). ``on_failure``, ``max_dropped_fraction`` and ``length_control``
-    are as the trainer's settings of those names (see the module docstring). Other keyword arguments are
-    :class:`RewardClientConfig`
-    fields, e.g. ``deadline_s=300, max_concurrency=8``. See the module docstring for a full script.
+    Args:
+        urls: One server URL, or several replicas (load- and health-aware routing, failover).
+        rubric: The server rubric to score with; None: the server's default.
+        name: The name trl logs it under; default `drlaif_<rubric>`, or `drlaif`.
+        on_failure: `"stop"` or `"drop"`, as `drlaif-train --on-reward-failure`.
+        max_dropped_fraction: As `drlaif-train --max-dropped-fraction`.
+        length_control: As `drlaif-train --length-control`.
+        **client_kwargs: Any other [RewardClientConfig][drlaif.client.RewardClientConfig]
+            field, such as `deadline_s=300` or `max_concurrency=8`.
+
+    Returns:
+        An async callable `(prompts, completions, **kwargs) -> list[float | None]`.
+
+    Example:
+        ```python
+        from trl import GRPOConfig, GRPOTrainer
+        from trainer.trl_reward import make_reward_func
+
+        reward = make_reward_func("http://127.0.0.1:8000", rubric="helpful", deadline_s=300)
+        trainer = GRPOTrainer(model="HuggingFaceTB/SmolLM2-135M-Instruct", reward_funcs=reward,
+                              args=GRPOConfig(output_dir="runs/grpo"), train_dataset=dataset)
+        ```
     """
     config = RewardClientConfig(urls=[urls] if isinstance(urls, str) else list(urls), rubric=rubric,
                                 **client_kwargs)

@@ -27,7 +27,7 @@ unless ``+reward.max_concurrent=N`` raises that, and it turns a call that fails 
 Set, in the environment of the workers (fixed names):
 
 - ``DRLAIF_REWARD_URL``: the server, or a comma-separated list of replicas (load- and
-  health-aware routing, failover; see :mod:`trainer.routing`);
+  health-aware routing, failover; see :mod:`drlaif.replica_routing`);
 - ``DRLAIF_RUBRIC``: the rubric to score with (default: the server's);
 - ``DRLAIF_API_KEY``: the server's API key, if it has one;
 - ``DRLAIF_PROMPT_KEY``: the ``extra_info`` key that holds the prompt (default ``question``);
@@ -68,9 +68,9 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from server.batching import MicroBatcher
-from server.protocol import ItemScore
-from trainer.client import AsyncRewardClient, Prompt, RewardClientConfig, rewards_of
+from drlaif.batching import MicroBatcher
+from drlaif.client import AsyncRewardClient, Prompt, RewardClientConfig, rewards_of
+from drlaif.protocol import ItemScore
 from trainer.trl_reward import prompt_for_server
 
 
@@ -220,10 +220,30 @@ def _submit(solution_str: str, extra_info: Mapping[str, Any] | None) -> concurre
 
 async def compute_score(data_source: Any, solution_str: str, ground_truth: Any = None,
                         extra_info: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, float]:
-    """veRL's custom reward: the drlaif reward of ``solution_str`` for the prompt in ``extra_info``.
+    """veRL's custom reward function: the drlaif reward of one response.
 
-    Raises :class:`trainer.client.RewardServerError` when the server gives no valid reward
-    within the deadline, and KeyError when the prompt is missing from ``extra_info``.
+    veRL calls it once per sample from many concurrent workers; the calls of one process are
+    coalesced into few `/score` requests. Settings come from `DRLAIF_*` environment variables
+    (`DRLAIF_REWARD_URL` is required).
+
+    Args:
+        data_source: Ignored: the labeler judges the response itself.
+        solution_str: The decoded response text.
+        ground_truth: Ignored.
+        extra_info: The sample's extra info; the prompt is under `DRLAIF_PROMPT_KEY`
+            (`question` by default), as a string or chat messages.
+        **kwargs: Ignored.
+
+    Returns:
+        The server's reward in [-1, 1] as `score`, with `label_mass`, `label_entropy`,
+        `drlaif_score` and, under a constitution, `drlaif_<principle>`, which veRL logs.
+
+    Raises:
+        RewardServerError: No valid reward within `DRLAIF_REWARD_DEADLINE_S`.
+        KeyError: The prompt is missing from `extra_info`.
+        TypeError: `solution_str` is not a string.
+        RuntimeError: `DRLAIF_REWARD_MODE` is `group-pairwise`, which needs
+            [compute_score_batch][trainer.verl_reward.compute_score_batch].
     """
     return await asyncio.wrap_future(_submit(solution_str, extra_info))
 
@@ -232,9 +252,27 @@ def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str
                         ground_truths: Sequence[Any] | None = None,
                         extra_infos: Sequence[Mapping[str, Any] | None] | None = None,
                         **kwargs: Any) -> list[dict[str, float]]:
-    """veRL's batch reward manager's function: the drlaif rewards of a whole rollout batch in one
-    client call, so that each prompt's responses (a GRPO group) are judged together; with
-    ``DRLAIF_REWARD_MODE=group-pairwise``, against each other. Raises as :func:`compute_score`."""
+    """veRL's batch reward manager's function: the drlaif rewards of a whole rollout batch.
+
+    One client call for the batch, so that each prompt's responses (a GRPO group) are judged
+    together; with `DRLAIF_REWARD_MODE=group-pairwise`, against each other.
+
+    Args:
+        data_sources: Ignored.
+        solution_strs: The decoded response texts.
+        ground_truths: Ignored.
+        extra_infos: Each sample's extra info, holding its prompt as for
+            [compute_score][trainer.verl_reward.compute_score].
+        **kwargs: Ignored.
+
+    Returns:
+        One result per response, in order, as `compute_score` returns it.
+
+    Raises:
+        RewardServerError: No valid reward within the deadline.
+        KeyError: A prompt is missing from its `extra_info`.
+        ValueError: The lists differ in length.
+    """
     coalescer = _current()
     infos = list(extra_infos) if extra_infos is not None else [None] * len(solution_strs)
     if len(infos) != len(solution_strs):
@@ -250,6 +288,7 @@ def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str
 
 def compute_score_sync(data_source: Any, solution_str: str, ground_truth: Any = None,
                        extra_info: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, float]:
-    """The same as :func:`compute_score` for reward managers that call a plain function;
-    calls from concurrent threads are coalesced alike."""
+    """[compute_score][trainer.verl_reward.compute_score] for reward managers that call a plain
+    function; calls from concurrent threads are coalesced alike. The same arguments, result and
+    errors."""
     return _submit(solution_str, extra_info).result()

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 
+from drlaif.protocol import request_models
 from server import __version__
 from server.app.api_router import build_router
 from server.app.auth import BearerAuthMiddleware
@@ -20,7 +21,6 @@ from server.app.metrics import Metrics
 from server.app.playground import PlaygroundFiles
 from server.app.serving import ScoringService
 from server.config import ServerSettings
-from server.protocol import request_models
 
 log = logging.getLogger(__name__)
 

@@ -9,51 +9,34 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from server import protocol
+from drlaif import protocol
+from server.app.errors import error_response
 from server.app.serving import ScoringService
-
-_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.",
-                                "schema": {"type": "integer"}}}
-# Every error has the same JSON body (server/app/errors.py); the description lists its error.type values.
-_ERROR_DOCS = {
-    400: ("invalid_json: the body is not valid JSON.", None),
-    401: ("The server has an API key and the request has no valid 'Authorization: Bearer <key>'.",
-          {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}),
-    413: (("body_too_large (the body is over --max-body-bytes), input_too_long (an item does not fit "
-          "max_input_tokens and the server runs with --no-truncate)."), None),
-    422: (("invalid_request (the body or a parameter breaks the schema: a missing or extra field, a wrong "
-          "type, a limit), unknown_rubric, rubric_cannot_compare, group_too_small (group_pairwise with a prompt "
-          "that has one response), invalid_rubric (the request's reasoning "
-          "settings do not validate, do not fit max_input_tokens, or have a stop string the tokenizer cannot "
-          "match; the rubric lab's rubric is not one valid rubric), query_mismatch (/get_reward: a query "
-          "that does not contain its prompt)."), None),
-    429: ("overloaded: the request's items do not fit beside the items in flight (--max-queue-items).",
-          _RETRY_AFTER),
-    503: (("not_ready (the labeler is loading), shutting_down, backend_error (the labeler failed, "
-          "stalled or gave an invalid read on the request's batch), backend_stuck (a call past "
-          "--backend-timeout-s holds the model; readiness is 503 until it returns)."), _RETRY_AFTER),
-    504: (("deadline_exceeded: not answered within --request-timeout-s; the request's queued work is "
-          "dropped."), None),
-}
+from server.errors import NOT_READY, RETRY_AFTER, ErrorType, with_status
 
 
-def _errors(*codes: int) -> dict[int | str, dict]:
-    """OpenAPI ``responses`` for these error statuses: ErrorResponse as application/json."""
+def _errors(*statuses: int, only: tuple[ErrorType, ...] | None = None) -> dict[int | str, dict]:
+    """OpenAPI ``responses`` for these error statuses (``only`` these types, when given):
+    ErrorResponse as application/json, described by the types the list in server/errors.py
+    answers with each status, and the headers they are sent with."""
     responses: dict[int | str, dict] = {}
-    for code in codes:
-        description, headers = _ERROR_DOCS[code]
-        responses[code] = {"model": protocol.ErrorResponse, "description": description}
+    for status in statuses:
+        kinds = [e for e in with_status(status) if only is None or e in only]
+        headers = {name: {"description": value, "schema": {"type": "string"}}
+                   for e in kinds for name, value in e.headers}
+        if any(e.retry_after_s is not None for e in kinds):
+            headers[RETRY_AFTER] = {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}
+        responses[status] = {"model": protocol.ErrorResponse,
+                             "description": "; ".join(f"{e.type}: {e.description}" for e in kinds) + "."}
         if headers:
-            responses[code]["headers"] = headers
+            responses[status]["headers"] = headers
     return responses
 
 
 _SCORING_ERRORS = _errors(400, 401, 413, 422, 429, 503, 504)
 _RENDER_ERRORS = _errors(400, 401, 413, 422, 503, 504)
 _GUARDED_ERRORS = _errors(401)
-_NOT_READY = {503: {**_errors(503)[503],
-                    "description": "not_ready: the labeler is loading or failed to load, its engine died, a "
-                    "backend call is stuck past --backend-timeout-s, or the server is shutting down."}}
+_NOT_READY = _errors(503, only=(NOT_READY,))
 _METRICS = {200: {"description": "Prometheus text exposition format.",
                   "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
             **_GUARDED_ERRORS}
@@ -119,7 +102,6 @@ def build_router(service: ScoringService, models: protocol.RequestModels) -> API
         message = service.readiness()
         if message is None:
             return JSONResponse({"status": "ready"})
-        return JSONResponse({"error": {"type": "not_ready", "message": message}}, status_code=503,
-                            headers={"Retry-After": "5"})
+        return error_response(NOT_READY, message)
 
     return router

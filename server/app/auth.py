@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import status
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.app.errors import error_response
+from server.errors import UNAUTHORIZED
 
 OPEN_PREFIX = "/health/"  # liveness and readiness probes never need the key
 MESSAGE = "missing or invalid API key (send 'Authorization: Bearer <key>')"
-CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 def _authorized(authorization: str | None, expected: bytes) -> bool:
@@ -47,7 +46,7 @@ class BearerAuthMiddleware:
         if (scope["type"] == "http" and self.expected is not None
                 and not route_path(scope).startswith(OPEN_PREFIX)
                 and not _authorized(Headers(scope=scope).get("authorization"), self.expected)):
-            response = error_response(status.HTTP_401_UNAUTHORIZED, "unauthorized", MESSAGE, CHALLENGE)
+            response = error_response(UNAUTHORIZED, MESSAGE)
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

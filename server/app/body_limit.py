@@ -13,13 +13,14 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.app.errors import error_response
+from server.errors import BODY_TOO_LARGE
 
 
 class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int, on_reject=None):
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.on_reject = on_reject  # called with "body_too_large" for each refused request
+        self.on_reject = on_reject  # called with BODY_TOO_LARGE.type for each refused request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,10 +53,10 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, size: str, scope: Scope, receive: Receive, send: Send) -> None:
         if self.on_reject is not None:
-            self.on_reject("body_too_large")
+            self.on_reject(BODY_TOO_LARGE.type)
         message = (f"the request body is {size}, over the server's limit of {self.max_body_bytes} bytes "
                    "(--max-body-bytes); send fewer or shorter items per request")
-        await error_response(413, "body_too_large", message)(scope, receive, send)
+        await error_response(BODY_TOO_LARGE, message)(scope, receive, send)
 
 
 def _declared_length(header: str | None) -> int | None:

@@ -1,7 +1,7 @@
 """Chat-template text parsed back into chat messages, for the prompts OpenRLHF sends.
 
 OpenRLHF's prompt is usually the policy's chat template applied to a conversation, as
-text. The labeler reads a conversation better as messages (``server/rubrics/prompts.py``
+text. The labeler reads a conversation better as messages (``drlaif/prompt_text.py``
 shows them as "User: ..." / "Assistant: ..." turns) than as another model's markup, so
 :func:`parse_chat` turns the text of a known template family back into
 ``[{"role", "content"}]``:

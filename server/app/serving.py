@@ -10,7 +10,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from server import __version__, protocol
+from drlaif import protocol
+from server import __version__
 from server.app.metrics import Metrics
 from server.app.openrlhf import END_MARKERS, labeler_items
 from server.backends import Backend, create_backend

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import os
 
+from drlaif.embedded_model import resolve_model
 from server.backends.base import Backend, BackendInfo
-from server.backends.embedded import EMBEDDED_NAME, embedded_model_dir
-
-
-def resolve_model(model: str | None, cache_dir) -> tuple[str, str]:
-    """(path or hub id to load, name to report). None or "embedded" is the embedded labeler."""
-    if model in (None, "", "embedded"):
-        return str(embedded_model_dir(cache_dir)), EMBEDDED_NAME
-    return model, model
 
 
 def create_backend(settings) -> Backend:
@@ -41,4 +34,4 @@ def create_backend(settings) -> Backend:
                                trust_remote_code=settings.trust_remote_code, prefix_reuse=settings.prefix_caching)
 
 
-__all__ = ["Backend", "BackendInfo", "create_backend", "resolve_model"]
+__all__ = ["Backend", "BackendInfo", "create_backend"]

@@ -15,6 +15,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from drlaif.protocol import MAX_SEED
 from server.scoring import TokenReads
 
 
@@ -39,8 +40,6 @@ class BackendInfo:
 
 
 FinishReason = Literal["stop", "length", "eos"]
-# vLLM takes seeds as 64-bit integers and reads -1 as "no seed".
-MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)

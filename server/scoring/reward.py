@@ -45,7 +45,7 @@ class Scale:
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """A read as a score. Its field names are the wire's (``server.protocol.LabelRead``): the
+    """A read as a score. Its field names are the wire's (``drlaif.protocol.LabelRead``): the
     server sends each field as it is."""
 
     reward: float

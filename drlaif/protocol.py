@@ -1,7 +1,7 @@
 """drlaif's wire model: the pydantic models of every request and response.
 
 One module for both ends. The server builds its responses with these models and publishes
-them as its OpenAPI schema; the reward client (``trainer/client.py``) builds its requests
+them as its OpenAPI schema; the reward client (``drlaif/client.py``) builds its requests
 with them and validates each answer against them (``strict``), so a field is added here once
 and the client checks it as the schema says. It imports pydantic and nothing heavier (no
 torch, no FastAPI): a trainer that only calls a server needs nothing else of the server.
@@ -22,9 +22,10 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, create_model
 
-from server.backends.base import MAX_SEED
-
 MAX_MESSAGES = 256
+#: The largest seed a request may carry: vLLM takes seeds as 64-bit integers and reads -1 as
+#: "no seed".
+MAX_SEED = 2**63 - 1
 
 #: A prompt as callers pass it: a string (plain or an HH-RLHF transcript) or chat messages,
 #: each a mapping with ``role`` and ``content``.

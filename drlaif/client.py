@@ -16,12 +16,12 @@ What the client guarantees:
 - with several server URLs (replicas), each request goes to the less loaded of two random replicas
   (requests in flight); a replica that failed gets no traffic until its ``GET /health/ready``
   answers 200, and a request that failed on it moves to a live one within the same deadline
-  (see :mod:`trainer.routing`). :meth:`AsyncRewardClient.replica_stats` counts each replica's
+  (see :mod:`drlaif.replica_routing`). :meth:`AsyncRewardClient.replica_stats` counts each replica's
   requests and failures.
 
 Example::
 
-    from trainer.client import RewardClient, RewardClientConfig
+    from drlaif.client import RewardClient, RewardClientConfig
 
     with RewardClient(RewardClientConfig(urls=["http://127.0.0.1:8000"], rubric="helpful")) as client:
         rewards = client.score(["What is 2+2?"], ["4"])
@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import email.utils
-import json
 import logging
 import math
 import os
@@ -48,7 +47,8 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import ValidationError
 
-from server.protocol import (
+from drlaif.prompt_text import same_prompt_key
+from drlaif.protocol import (
     REWARD_FIELDS,
     CompareResponse,
     ItemPreference,
@@ -56,9 +56,9 @@ from server.protocol import (
     Prompt,
     ScoreResponse,
 )
-from trainer.routing import ROUTING_POLICIES, Outcome, ReplicaRouter, ReplicaStats
+from drlaif.replica_routing import ROUTING_POLICIES, Outcome, ReplicaRouter, ReplicaStats
 
-log = logging.getLogger("trainer.client")
+log = logging.getLogger("drlaif.client")
 
 #: Statuses that mean "try again later": backpressure, a proxy that lost the server, loading.
 DEFAULT_RETRY_STATUSES: tuple[int, ...] = (429, 502, 503, 504)
@@ -78,10 +78,17 @@ REWARD_MODES = ("direct", "group-pairwise")
 
 
 class RewardServerError(RuntimeError):
-    """Raised after retries/deadline are exhausted, or on a non-retryable 4xx or an invalid answer.
+    """No valid answer: the deadline or the retries ran out, the server answered a status that is
+    not retried (400, 401, 413, 422, ...), or its answer did not validate.
 
     The message says which URL(s), what status or exception, how many attempts and how long.
     The same facts are attributes, for callers that want to act on them.
+
+    Attributes:
+        urls: The server URL(s) tried.
+        status: The last HTTP status, or None when no server answered.
+        attempts: HTTP attempts made during the call.
+        elapsed_s: Seconds the call took.
     """
 
     def __init__(self, message: str, *, urls: Sequence[str] = (), status: int | None = None,
@@ -95,7 +102,35 @@ class RewardServerError(RuntimeError):
 
 @dataclass
 class RewardClientConfig:
-    """How to reach the reward server(s) and how hard to try."""
+    """How to reach the reward server(s) and how hard to try.
+
+    Attributes:
+        urls: One or more server base URLs, replicas of one service (a single string is taken
+            as one URL).
+        rubric: The rubric to score with; None: the server's default.
+        api_key_env: The environment variable whose value, when set, is sent as
+            `Authorization: Bearer <key>` ("" sends none).
+        connect_timeout_s: Seconds to open a connection.
+        read_timeout_s: Seconds to wait for one answer.
+        deadline_s: Overall seconds for one call (`score`, `compare`, `info`), retries
+            included.
+        max_attempts: Attempts per request; in practice the deadline bounds them.
+        backoff_initial_s: First retry delay; each later one doubles, up to `backoff_max_s`.
+        backoff_max_s: Longest retry delay. A `Retry-After` header sets the shortest.
+        max_concurrency: HTTP requests in flight at once, per client and event loop.
+        max_items_per_request: Items per request; None: the server's limit, read once from
+            `GET /info` (64 when it does not say).
+        retry_statuses: HTTP statuses that are retried (429, 502, 503, 504).
+        probe_interval_s: How often a failed server's `GET /health/ready` is probed.
+        routing: `"least-loaded"` (the less loaded of two random servers) or `"round-robin"`.
+        jitter: Full jitter on the retry delays (off only for deterministic tests).
+        reward_field: What `score` returns: `"reward"`, `"reward_robust"` or
+            `"reward_as_written"`.
+        reward_mode: `"direct"` (each response scored alone) or `"group-pairwise"` (the
+            responses to one prompt compared with each other; each request then carries whole
+            prompt groups).
+        group_opponents: Group-pairwise: opponents per response; None: all of its group.
+    """
 
     urls: list[str]                      # one or more server base URLs (replicas of one service)
     rubric: str | None = None            # default rubric; None: the server's default
@@ -110,7 +145,7 @@ class RewardClientConfig:
     max_items_per_request: int | None = None   # None: from GET /info once (fallback 64)
     retry_statuses: tuple[int, ...] = DEFAULT_RETRY_STATUSES
     probe_interval_s: float = 1.0        # a failed URL's /health/ready is probed at most this often
-    routing: str = "least-loaded"        # or "round-robin" (load-blind): see trainer/routing.py
+    routing: str = "least-loaded"        # or "round-robin" (load-blind): see drlaif/replica_routing.py
     jitter: bool = True                  # full jitter on backoff; off only for deterministic tests
     reward_field: str = "reward"         # what score() returns: one of REWARD_FIELDS
     # "direct": each response scored alone; "group-pairwise": the responses to one prompt compared
@@ -267,12 +302,13 @@ def _parse_results(data: object, n_items: int, url: str, path: str,
 def _chunk_order(items: Sequence[dict[str, Any]], limit: int, whole_groups: bool) -> list[list[int]]:
     """Item indices per request: runs of ``limit`` in order, or, with ``whole_groups``, whole
     prompt groups packed in order of first appearance (the server compares a group's responses
-    only with each other, so a group split over requests would be judged as two)."""
+    only with each other, so a group split over requests would be judged as two). A group is
+    the server's: prompts with one :func:`~drlaif.prompt_text.same_prompt_key`."""
     if not whole_groups:
         return [list(range(i, min(i + limit, len(items)))) for i in range(0, len(items), limit)]
     groups: dict[str, list[int]] = {}
     for i, item in enumerate(items):
-        groups.setdefault(json.dumps(item["prompt"], sort_keys=True), []).append(i)
+        groups.setdefault(same_prompt_key(item["prompt"]), []).append(i)
     chunks: list[list[int]] = [[]]
     for group in groups.values():
         if len(group) > limit:
@@ -313,7 +349,15 @@ def _item_payload(index: int, prompt: Prompt, **texts: str) -> dict[str, Any]:
 
 
 class AsyncRewardClient:
-    """Async reward client. Safe to use from several event loops (one connection pool per loop)."""
+    """The async reward client: `POST /score` and `POST /compare` with retries, one deadline per
+    call and load-aware routing over the configured servers.
+
+    Safe to use from several event loops (one connection pool per loop). Use it as an
+    `async with` block, or call [aclose][drlaif.client.AsyncRewardClient.aclose] at the end.
+
+    Args:
+        config: Where the servers are and how hard to try.
+    """
 
     def __init__(self, config: RewardClientConfig):
         self.config = config
@@ -349,17 +393,32 @@ class AsyncRewardClient:
         return self._router.stats()
 
     def log_replica_stats(self) -> None:
-        """Log :meth:`replica_stats` (at the end of a run: which replica served, which failed)."""
+        """Log [replica_stats][drlaif.client.AsyncRewardClient.replica_stats] (at the end of a
+        run: which replica served, which failed)."""
         log.info("reward servers: %s", "; ".join(
             f"{url}: {s.requests} requests, {s.failures} failed" + (f", {s.in_flight} in flight" if s.in_flight else "")
             for url, s in self.replica_stats().items()))
 
     async def score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
                           rubric: str | None = None) -> list[ItemScore]:
-        """Score each (prompt, response) pair; results in input order.
+        """Score each (prompt, response) pair: the server's whole result per item.
 
-        `rubric` overrides the config's rubric for this call. Raises RewardServerError when the
-        server(s) give no valid answer within `deadline_s`, and TypeError/ValueError on bad input.
+        Args:
+            prompts: One prompt per item: a string, an HH-RLHF transcript or a list of chat
+                messages (`{"role": ..., "content": ...}`).
+            responses: One response string per item.
+            rubric: The rubric for this call; None: the config's.
+
+        Returns:
+            One `ItemScore` per item, in input order: `reward`, `score`, `distribution`,
+            `label_mass`, `reward_as_written`, `reward_robust` and the rest of a `/score`
+            result (see the API page).
+
+        Raises:
+            RewardServerError: No valid answer within the config's `deadline_s`, or a
+                status that is not retried.
+            ValueError: The lists differ in length, or an item is malformed.
+            TypeError: A prompt or response of the wrong type.
         """
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -372,10 +431,24 @@ class AsyncRewardClient:
     async def compare_items(self, prompts: Sequence[Prompt], responses_a: Sequence[str],
                             responses_b: Sequence[str], rubric: str | None = None,
                             debias: bool = True) -> list[ItemPreference]:
-        """Pairwise preference for each (prompt, response A, response B); results in input order.
+        """Pairwise preference for each (prompt, response A, response B): the server's whole result.
 
-        With `debias` (the default) the server reads both orders and averages them. The rubric
-        must have a pairwise form on the server. Errors as in :meth:`score_items`.
+        Args:
+            prompts: One prompt per item, as in `score_items`.
+            responses_a: The first response of each pair.
+            responses_b: The second response of each pair.
+            rubric: The rubric for this call; None: the config's. It needs a pairwise form on
+                the server.
+            debias: Read both orders and average them (the default); False reads A first
+                only, at half the cost, and keeps the labeler's position bias.
+
+        Returns:
+            One `ItemPreference` per pair, in input order: `p_a`, `orders`, `consistent`,
+            `label_mass`.
+
+        Raises:
+            RewardServerError: As in `score_items`.
+            ValueError: The lists differ in length.
         """
         if not len(prompts) == len(responses_a) == len(responses_b):
             raise ValueError(f"{len(prompts)} prompts, {len(responses_a)} responses_a and "
@@ -390,12 +463,21 @@ class AsyncRewardClient:
 
     async def compare(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str],
                       rubric: str | None = None, debias: bool = True) -> list[float]:
-        """P(A better) in [0, 1] for each (prompt, response A, response B), in input order."""
+        """P(A better than B) in [0, 1] for each (prompt, response A, response B), in input order.
+
+        The same arguments and errors as
+        [compare_items][drlaif.client.AsyncRewardClient.compare_items].
+        """
         return [c.p_a for c in await self.compare_items(prompts, responses_a, responses_b, rubric, debias)]
 
     async def score(self, prompts: Sequence[Prompt], responses: Sequence[str],
                     rubric: str | None = None) -> list[float]:
-        """Rewards in [-1, 1] (the configured ``reward_field``) for each (prompt, response) pair, in order."""
+        """Rewards in [-1, 1] for each (prompt, response) pair, in input order.
+
+        Each reward is the config's `reward_field` of the server's answer for that item, never
+        a value the client made up. The same arguments and errors as
+        [score_items][drlaif.client.AsyncRewardClient.score_items].
+        """
         return rewards_of(await self.score_items(prompts, responses, rubric), self.config.reward_field)
 
     async def info(self) -> dict[str, Any]:
@@ -703,11 +785,25 @@ async def _gather_or_cancel(coros: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
 
 
 class RewardClient:
-    """Synchronous facade over :class:`AsyncRewardClient`, for scripts and the PPO loop.
+    """The blocking reward client, for scripts and the PPO loop.
 
-    The async client runs on a private event loop in a daemon thread, so this works from plain
-    code and also from code that already runs inside an event loop (e.g. a notebook).
-    Thread-safe: calls from several threads share the loop and its connection pool.
+    It runs an [AsyncRewardClient][drlaif.client.AsyncRewardClient] on a private event loop in
+    a daemon thread, so it works from plain code and also from code that already runs inside an
+    event loop (a notebook). Thread-safe: calls from several threads share the loop and its
+    connection pool. Use it as a `with` block, or call `close` at the end.
+
+    Args:
+        config: Where the servers are and how hard to try.
+
+    Example:
+        ```python
+        from drlaif.client import RewardClient, RewardClientConfig
+
+        config = RewardClientConfig(urls=["http://127.0.0.1:8000"], rubric="helpful")
+        with RewardClient(config) as client:
+            rewards = client.score(["What is 2+2?"], ["4"])
+            p_a = client.compare(["What is 2+2?"], ["4"], ["5"])
+        ```
     """
 
     def __init__(self, config: RewardClientConfig):
@@ -729,46 +825,53 @@ class RewardClient:
 
     def submit_score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
                            rubric: str | None = None) -> concurrent.futures.Future[list[ItemScore]]:
-        """Like :meth:`submit_score`, with the whole result of each item."""
+        """Like [submit_score][drlaif.client.RewardClient.submit_score], with the whole result of
+        each item."""
         return self._submit(self._async.score_items(prompts, responses, rubric))
 
     def score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
                     rubric: str | None = None) -> list[ItemScore]:
-        """Blocking :meth:`AsyncRewardClient.score_items`."""
+        """Blocking [AsyncRewardClient.score_items][drlaif.client.AsyncRewardClient.score_items]."""
         return self._wait(self.submit_score_items(prompts, responses, rubric))
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str],
               rubric: str | None = None) -> list[float]:
-        """Blocking :meth:`AsyncRewardClient.score`: rewards in [-1, 1], in input order."""
+        """Blocking [AsyncRewardClient.score][drlaif.client.AsyncRewardClient.score]: rewards in
+        [-1, 1], in input order."""
         return self._wait(self.submit_score(prompts, responses, rubric))
 
     def compare_items(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str],
                       rubric: str | None = None, debias: bool = True) -> list[ItemPreference]:
-        """Blocking :meth:`AsyncRewardClient.compare_items`."""
+        """Blocking [AsyncRewardClient.compare_items][drlaif.client.AsyncRewardClient.compare_items]."""
         return self._wait(self._submit(self._async.compare_items(prompts, responses_a, responses_b, rubric,
                                                                  debias)))
 
     def compare(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str],
                 rubric: str | None = None, debias: bool = True) -> list[float]:
-        """Blocking :meth:`AsyncRewardClient.compare`: P(A better) per item, in input order."""
+        """Blocking [AsyncRewardClient.compare][drlaif.client.AsyncRewardClient.compare]: P(A
+        better) per item, in input order."""
         return self._wait(self._submit(self._async.compare(prompts, responses_a, responses_b, rubric,
                                                            debias)))
 
     def info(self) -> dict[str, Any]:
-        """Blocking :meth:`AsyncRewardClient.info`."""
+        """Blocking [AsyncRewardClient.info][drlaif.client.AsyncRewardClient.info]."""
         return self._wait(self._submit(self._async.info()))
 
     @property
     def retries(self) -> int:
-        """Total retries so far, as :attr:`AsyncRewardClient.retries` (readable after close too)."""
+        """Total retries so far, as [AsyncRewardClient.retries][drlaif.client.AsyncRewardClient.retries]
+        counts them (readable after close too)."""
         return self._async.retries
 
     def replica_stats(self) -> dict[str, ReplicaStats]:
-        """Per server URL, as :meth:`AsyncRewardClient.replica_stats` (readable after close too)."""
+        """Per server URL, as
+        [AsyncRewardClient.replica_stats][drlaif.client.AsyncRewardClient.replica_stats] (readable
+        after close too)."""
         return self._async.replica_stats()
 
     def log_replica_stats(self) -> None:
-        """:meth:`AsyncRewardClient.log_replica_stats`."""
+        """Log each server's requests and failures, as
+        [AsyncRewardClient.log_replica_stats][drlaif.client.AsyncRewardClient.log_replica_stats]."""
         self._async.log_replica_stats()
 
     def close(self) -> None:

@@ -1,6 +1,6 @@
 """What a trainer does when the reward client cannot get a reward: stop, or drop the sample.
 
-``stop`` (the default) lets :class:`trainer.client.RewardServerError` end the step. ``drop``
+``stop`` (the default) lets :class:`drlaif.client.RewardServerError` end the step. ``drop``
 scores the batch in one call as usual; if that call fails, it scores each sample on its own
 (so one sample the server cannot score, or a request that keeps failing, costs only its own
 samples), or with group-pairwise rewards each prompt group on its own (a response is judged
@@ -21,7 +21,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
-from trainer.client import AsyncRewardClient, Prompt, RewardServerError
+from drlaif.client import AsyncRewardClient, Prompt, RewardServerError
+from drlaif.prompt_text import same_prompt_key
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,13 @@ def check_dropped(dropped: int, total: int, max_fraction: float, what: str = "a 
 
 def _units(prompts: Sequence[Prompt], by_group: bool) -> list[list[int]]:
     """The sample indices scored together after a batch call failed: each sample alone, or
-    with ``by_group`` the samples of each prompt."""
+    with ``by_group`` the samples of each prompt (one :func:`~drlaif.prompt_text.same_prompt_key`,
+    as the server groups them)."""
     if not by_group:
         return [[i] for i in range(len(prompts))]
     groups: dict[str, list[int]] = {}
     for i, prompt in enumerate(prompts):
-        groups.setdefault(repr(prompt), []).append(i)
+        groups.setdefault(same_prompt_key(prompt), []).append(i)
     return list(groups.values())
 
 
