@@ -47,6 +47,7 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import ValidationError
 
+from drlaif.errors import ERRORS
 from drlaif.prompt_text import same_prompt_key
 from drlaif.protocol import (
     REWARD_FIELDS,
@@ -740,7 +741,7 @@ class AsyncRewardClient:
 
 # Errors that belong to one request's batch, not to the server: it stays in rotation (after its
 # Retry-After), so that one bad input does not take every replica out in turn.
-_REQUEST_ERRORS = frozenset({"backend_error", "deadline_exceeded"})
+_REQUEST_ERRORS = frozenset(e.type for e in ERRORS if e.request_scoped)
 
 
 def _outcome(resp: httpx.Response) -> Outcome:

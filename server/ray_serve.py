@@ -35,10 +35,10 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from drlaif.errors import BODY_TOO_LARGE, REPLICA_UNAVAILABLE
 from server.app import create_app
 from server.app.errors import error_response
 from server.config import ServerSettings
-from server.errors import BODY_TOO_LARGE, REPLICA_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 

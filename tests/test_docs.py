@@ -392,7 +392,7 @@ def _table_rows(markdown: str) -> dict[str, set[int]]:
 
 
 def test_the_api_page_shows_the_error_table_generated_from_the_list_of_errors(site):
-    from server.errors import ERRORS
+    from drlaif.errors import ERRORS
 
     hook = _error_table_hook()
     errors = (ROOT / "docs" / "api.md").read_text().split("\n## Errors\n", 1)[1].split("\n## ", 1)[0]
@@ -408,7 +408,7 @@ def test_the_api_page_shows_the_error_table_generated_from_the_list_of_errors(si
 
 
 def _bypasses(source: str, types: set[str], exceptions: set[str]) -> list[str]:
-    """Where ``source`` answers an error without the list in server/errors.py: a literal error
+    """Where ``source`` answers an error without the list in drlaif/errors.py: a literal error
     type or Retry-After header, an error body built by hand (a dict with an "error" key), a
     literal handed to error_response, or a subclass of one of ``exceptions`` of its own."""
     import ast
@@ -431,6 +431,7 @@ def _bypasses(source: str, types: set[str], exceptions: set[str]) -> list[str]:
 
 
 def test_every_error_the_server_answers_comes_from_the_list_of_errors():
+    from drlaif import errors as error_list
     from server import errors
 
     def subclasses(cls):
@@ -438,8 +439,8 @@ def test_every_error_the_server_answers_comes_from_the_list_of_errors():
             yield sub
             yield from subclasses(sub)
 
-    types = {e.type for e in errors.ERRORS}
-    assert len(types) == len(errors.ERRORS), "an error type is declared twice"
+    types = {e.type for e in error_list.ERRORS}
+    assert len(types) == len(error_list.ERRORS), "an error type is declared twice"
     exceptions = {errors.DrlaifError.__name__} | {c.__name__ for c in subclasses(errors.DrlaifError)}
     # The check finds what it looks for: the old readiness answer, body limit and GroupTooSmall.
     old = ('JSONResponse({"error": {"type": "not_ready", "message": m}}, status_code=503, '
@@ -450,11 +451,11 @@ def test_every_error_the_server_answers_comes_from_the_list_of_errors():
     problems = [f"{path.relative_to(ROOT)}: {problem}"
                 for path in sorted((ROOT / "server").rglob("*.py")) if path != ROOT / "server" / "errors.py"
                 for problem in _bypasses(path.read_text(), types, exceptions)]
-    assert not problems, ("errors answered outside the list in server/errors.py:\n" + "\n".join(problems))
+    assert not problems, ("errors answered outside the list in drlaif/errors.py:\n" + "\n".join(problems))
 
     # Each exception is one of the list's errors, with the list's status and code.
     for cls in subclasses(errors.DrlaifError):
-        assert cls.error in errors.ERRORS, cls
+        assert cls.error in error_list.ERRORS, cls
         assert (cls.status_code, cls.code) == (cls.error.status, cls.error.type)
 
 

@@ -10,14 +10,14 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from drlaif import protocol
+from drlaif.errors import NOT_READY, RETRY_AFTER, ErrorType, with_status
 from server.app.errors import error_response
 from server.app.serving import ScoringService
-from server.errors import NOT_READY, RETRY_AFTER, ErrorType, with_status
 
 
 def _errors(*statuses: int, only: tuple[ErrorType, ...] | None = None) -> dict[int | str, dict]:
     """OpenAPI ``responses`` for these error statuses (``only`` these types, when given):
-    ErrorResponse as application/json, described by the types the list in server/errors.py
+    ErrorResponse as application/json, described by the types the list in drlaif/errors.py
     answers with each status, and the headers they are sent with."""
     responses: dict[int | str, dict] = {}
     for status in statuses:

@@ -15,8 +15,8 @@ import hmac
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from drlaif.errors import UNAUTHORIZED
 from server.app.errors import error_response
-from server.errors import UNAUTHORIZED
 
 OPEN_PREFIX = "/health/"  # liveness and readiness probes never need the key
 MESSAGE = "missing or invalid API key (send 'Authorization: Bearer <key>')"

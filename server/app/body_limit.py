@@ -12,8 +12,8 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from drlaif.errors import BODY_TOO_LARGE
 from server.app.errors import error_response
-from server.errors import BODY_TOO_LARGE
 
 
 class BodyLimitMiddleware:

@@ -1,5 +1,5 @@
 """Every error leaves as JSON: {"error": {"type": ..., "message": ...}}, its type one of
-server.errors' list, with the status and headers the list gives it."""
+drlaif.errors' list, with the status and headers the list gives it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from server.errors import HTTP_ERROR, INTERNAL_ERROR, INVALID_JSON, INVALID_REQUEST, DrlaifError, ErrorType
+from drlaif.errors import HTTP_ERROR, INTERNAL_ERROR, INVALID_JSON, INVALID_REQUEST, ErrorType
+from server.errors import DrlaifError
 
 log = logging.getLogger(__name__)
 
