@@ -29,8 +29,8 @@ from rule_reward_server import brevity
 
 from drlaif.protocol import ItemScore
 from trainer.config import PPOConfig
-from trainer.ppo import PPOTrainer
-from trainer.prompts import load_prompt_dataset
+from trainer.data.prompt_datasets import load_prompt_dataset
+from trainer.ppo.trainer import PPOTrainer
 
 PHASES = ("generate", "read", "reward_wait", "optimise")
 PREVIOUS = {"value_model": "separate", "lam": 0.95, "clip_range_value": 0.2, "ppo_epochs": 2,

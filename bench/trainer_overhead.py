@@ -26,8 +26,8 @@ from server.app.metrics import Metrics
 from server.app.serving import ScoringService
 from server.config import ServerSettings
 from trainer.config import PPOConfig
-from trainer.ppo import PPOTrainer
-from trainer.prompts import load_prompt_dataset
+from trainer.data.prompt_datasets import load_prompt_dataset
+from trainer.ppo.trainer import PPOTrainer
 
 
 class InProcessReward:

@@ -9,7 +9,7 @@ runs and no latency is added.
 ``AdmissionGate`` is the same interface for engines that batch by themselves: work
 goes straight in.
 
-Nothing here is specific to the server: the veRL adapter (``trainer/verl_reward.py``)
+Nothing here is specific to the server: the veRL adapter (``trainer/frameworks/verl_reward.py``)
 coalesces its per-sample calls into reward requests with the same MicroBatcher. The
 server's bound on requests in flight, in front of both, is ``server/admission.py``.
 

@@ -9,6 +9,11 @@ What the client guarantees:
 - every reward it returns is one the server sent for that item (finite, in [-1, 1], in input
   order); anything else, or no answer within the deadline, raises :class:`RewardServerError`.
   It never substitutes a value.
+- any server whose `/score` answer carries a `reward` for each item will do, not only drlaif's
+  (see the docs' "Write your own reward server"): the other fields of a result are optional, and
+  checked as drlaif's own when present (:data:`~drlaif.protocol.ScoreAnswer`). A field the
+  config needs (a `reward_field` other than `reward`, group judgements in group-pairwise mode)
+  raises :class:`RewardServerError` when a result lacks it.
 - transient failures (connection errors, timeouts, 429, 502, 503, 504) are retried with
   exponential backoff and full jitter, honouring `Retry-After`, under one overall deadline per call;
   other 4xx answers raise at once with the server's message. Each retry logs a warning and
@@ -52,10 +57,10 @@ from drlaif.prompt_text import same_prompt_key
 from drlaif.protocol import (
     REWARD_FIELDS,
     CompareResponse,
+    ItemAnswer,
     ItemPreference,
-    ItemScore,
     Prompt,
-    ScoreResponse,
+    ScoreAnswer,
 )
 from drlaif.replica_routing import ROUTING_POLICIES, Outcome, ReplicaRouter, ReplicaStats
 
@@ -271,7 +276,7 @@ def _server_message(resp: httpx.Response) -> str:
     return str(body)[:500]
 
 
-def principle_means(items: Sequence[ItemScore]) -> dict[str, float]:
+def principle_means(items: Sequence[ItemAnswer]) -> dict[str, float]:
     """``reward_principle_<name>``: the batch mean of each principle's reward (constitutions only)."""
     out = {}
     for name in dict.fromkeys(n for item in items for n in (item.principles or {})):
@@ -280,10 +285,15 @@ def principle_means(items: Sequence[ItemScore]) -> dict[str, float]:
     return out
 
 
-def _parse_results(data: object, n_items: int, url: str, path: str,
-                   answer: type[ScoreResponse | CompareResponse]) -> tuple[list[Any], tuple[str, str]]:
+def _parse_results(data: object, n_items: int, url: str, path: str, answer: type[ScoreAnswer | CompareResponse],
+                   needs: Mapping[str, str] | None = None) -> tuple[list[Any], tuple[str | None, str | None]]:
     """The answer's results, validated against the wire model (strictly: a ``true`` reward is a
-    broken server, not 1.0), and its (model, rubric)."""
+    broken server, not 1.0), and its (model, rubric).
+
+    A /score answer is read as :data:`~drlaif.protocol.ScoreAnswer`: only each result's reward
+    must be there, and each field that is there is checked. ``needs`` names the fields beyond
+    those that this call cannot do without, each with why (e.g. the reward field asked for).
+    """
 
     def bad(why: str) -> RewardServerError:
         return RewardServerError(f"{url}{path} returned an invalid answer: {why}", urls=[url], status=200)
@@ -297,6 +307,11 @@ def _parse_results(data: object, n_items: int, url: str, path: str,
                   f"{exc.error_count()} error(s) in all") from None
     if len(parsed.results) != n_items:
         raise bad(f"{len(parsed.results)} results for {n_items} items")
+    for name, why in (needs or {}).items():
+        lacking = [i for i, result in enumerate(parsed.results) if getattr(result, name) is None]
+        if lacking:
+            raise bad(f"results.{lacking[0]}.{name}: absent ({len(lacking)} of {n_items} results lack it), "
+                      f"and {why}")
     return list(parsed.results), (parsed.model, parsed.rubric)
 
 
@@ -401,7 +416,7 @@ class AsyncRewardClient:
             for url, s in self.replica_stats().items()))
 
     async def score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
-                          rubric: str | None = None) -> list[ItemScore]:
+                          rubric: str | None = None) -> list[ItemAnswer]:
         """Score each (prompt, response) pair: the server's whole result per item.
 
         Args:
@@ -411,9 +426,10 @@ class AsyncRewardClient:
             rubric: The rubric for this call; None: the config's.
 
         Returns:
-            One `ItemScore` per item, in input order: `reward`, `score`, `distribution`,
+            One `ItemAnswer` per item, in input order: `reward`, `score`, `distribution`,
             `label_mass`, `reward_as_written`, `reward_robust` and the rest of a `/score`
-            result (see the API page).
+            result (see the API page). Only `reward` is sure to be there: a field that another
+            server does not send is None (drlaif's own server sends them all).
 
         Raises:
             RewardServerError: No valid answer within the config's `deadline_s`, or a
@@ -424,10 +440,16 @@ class AsyncRewardClient:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         items = [_item_payload(i, p, response=r) for i, (p, r) in enumerate(zip(prompts, responses))]
+        needs = {}
+        if self.config.reward_field != "reward":
+            needs[self.config.reward_field] = (f"reward_field is {self.config.reward_field!r}: a server that sends "
+                                               "only reward serves reward_field 'reward'")
         if self.config.reward_mode == "direct":
-            return await self._post_items("/score", items, rubric, {}, ScoreResponse)
+            return await self._post_items("/score", items, rubric, {}, ScoreAnswer, needs=needs)
+        needs["group"] = ("group_pairwise was asked for: the server did not judge the items in their prompt groups "
+                          "(use reward_mode 'direct' with it, or a server that supports group_pairwise)")
         extra = {"group_pairwise": True, "group_opponents": self.config.group_opponents}
-        return await self._post_items("/score", items, rubric, extra, ScoreResponse, whole_groups=True)
+        return await self._post_items("/score", items, rubric, extra, ScoreAnswer, whole_groups=True, needs=needs)
 
     async def compare_items(self, prompts: Sequence[Prompt], responses_a: Sequence[str],
                             responses_b: Sequence[str], rubric: str | None = None,
@@ -542,10 +564,11 @@ class AsyncRewardClient:
         return state
 
     async def _post_items(self, path: str, items: list[dict[str, Any]], rubric: str | None,
-                          extra: dict[str, Any], answer: type[ScoreResponse | CompareResponse],
-                          whole_groups: bool = False) -> list[Any]:
+                          extra: dict[str, Any], answer: type[ScoreAnswer | CompareResponse],
+                          whole_groups: bool = False, needs: Mapping[str, str] | None = None) -> list[Any]:
         """POST items to `path` in chunks of the server's limit, under one deadline; results in
-        order. With ``whole_groups`` the items of one prompt go in the same chunk."""
+        order. With ``whole_groups`` the items of one prompt go in the same chunk; ``needs`` as in
+        :func:`_parse_results`."""
         if not items:
             return []
         rubric = rubric if rubric is not None else self.config.rubric
@@ -558,7 +581,7 @@ class AsyncRewardClient:
                 order = _chunk_order(items, limit, whole_groups)
                 chunks = [[items[i] for i in chunk] for chunk in order]
                 answers = await _gather_or_cancel(
-                    [self._post_chunk(path, c, rubric, extra, answer, call) for c in chunks])
+                    [self._post_chunk(path, c, rubric, extra, answer, call, needs or {}) for c in chunks])
         except TimeoutError:
             raise call.deadline_error() from None
         sources = {meta for _, meta in answers}
@@ -606,13 +629,13 @@ class AsyncRewardClient:
         return {"/score": per_request, "/compare": per_compare if usable(per_compare) else per_request}
 
     async def _post_chunk(self, path: str, items: list[dict[str, Any]], rubric: str | None,
-                          extra: dict[str, Any], answer: type[ScoreResponse | CompareResponse],
-                          call: _Call) -> tuple[list[Any], tuple[str, str]]:
+                          extra: dict[str, Any], answer: type[ScoreAnswer | CompareResponse],
+                          call: _Call, needs: Mapping[str, str]) -> tuple[list[Any], tuple[str | None, str | None]]:
         body: dict[str, Any] = {"items": items, **extra}
         if rubric is not None:
             body["rubric"] = rubric
         data, url = await self._request("POST", path, body, call)
-        parsed, (model, answered_rubric) = _parse_results(data, len(items), url, path, answer)
+        parsed, (model, answered_rubric) = _parse_results(data, len(items), url, path, answer, needs)
         if rubric is not None and answered_rubric and answered_rubric != rubric:
             raise RewardServerError(
                 f"{url}{path} answered with rubric {answered_rubric!r}, asked for {rubric!r}",
@@ -765,8 +788,9 @@ def _error_type(resp: httpx.Response) -> str | None:
     return error.get("type") if isinstance(error, dict) else None
 
 
-def rewards_of(items: Sequence[ItemScore], field: str) -> list[float]:
-    """The ``field`` reward (one of :data:`REWARD_FIELDS`) of each item."""
+def rewards_of(items: Sequence[ItemAnswer], field: str) -> list[float]:
+    """The ``field`` reward (one of :data:`REWARD_FIELDS`) of each item;
+    :class:`~drlaif.protocol.MissingField` names one the server did not send."""
     return [item.value(field) for item in items]
 
 
@@ -825,13 +849,13 @@ class RewardClient:
         return self._submit(self._async.score(prompts, responses, rubric))
 
     def submit_score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
-                           rubric: str | None = None) -> concurrent.futures.Future[list[ItemScore]]:
+                           rubric: str | None = None) -> concurrent.futures.Future[list[ItemAnswer]]:
         """Like [submit_score][drlaif.client.RewardClient.submit_score], with the whole result of
         each item."""
         return self._submit(self._async.score_items(prompts, responses, rubric))
 
     def score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
-                    rubric: str | None = None) -> list[ItemScore]:
+                    rubric: str | None = None) -> list[ItemAnswer]:
         """Blocking [AsyncRewardClient.score_items][drlaif.client.AsyncRewardClient.score_items]."""
         return self._wait(self.submit_score_items(prompts, responses, rubric))
 

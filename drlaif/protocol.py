@@ -3,8 +3,11 @@
 One module for both ends. The server builds its responses with these models and publishes
 them as its OpenAPI schema; the reward client (``drlaif/client.py``) builds its requests
 with them and validates each answer against them (``strict``), so a field is added here once
-and the client checks it as the schema says. It imports pydantic and nothing heavier (no
-torch, no FastAPI): a trainer that only calls a server needs nothing else of the server.
+and the client checks it as the schema says. A /score answer it reads as :data:`ScoreAnswer`,
+derived from :class:`ScoreResponse`: any server's answer with a reward per item (a rule or a
+verifier of the user's own), each field that is there checked as drlaif's own. It imports
+pydantic and nothing heavier (no torch, no FastAPI): a trainer that only calls a server needs
+nothing else of the server.
 
 The request models here take any size. A server's own (:func:`request_models`) are
 subclasses that carry its limits (items per request, characters per field) and name its
@@ -160,6 +163,55 @@ class ScoreResponse(BaseModel):
     rubric: str
     scale: ScaleInfo
     model: str
+
+
+# -- what a client accepts of a /score answer ---------------------------------------------------
+
+
+class MissingField(ValueError):
+    """A field the caller asked for that the server's /score result did not send."""
+
+
+def _lenient(model: type[BaseModel], name: str, doc: str, base: type[BaseModel] = BaseModel,
+             **required: Any) -> type[BaseModel]:
+    """A model with ``model``'s fields in which only ``required`` (name -> type) must be present:
+    every other field may be absent (None), and is checked as ``model`` checks it when present
+    (an explicit null too, where ``model`` refuses one: a default is not validated, a value is)."""
+    fields: dict[str, Any] = {}
+    for field_name, info in model.model_fields.items():
+        if field_name in required:
+            fields[field_name] = (required[field_name], copy.copy(info))
+        else:
+            kind = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+            fields[field_name] = (kind, Field(None, description=info.description))
+    return create_model(name, __base__=base, __doc__=doc, **fields)
+
+
+class _Answer(BaseModel):
+    def value(self, name: str) -> float:
+        """One of :data:`REWARD_FIELDS`; :class:`MissingField` when the server did not send it."""
+        if name not in REWARD_FIELDS:
+            raise ValueError(f"unknown reward field {name!r}; choose from {', '.join(REWARD_FIELDS)}")
+        value = getattr(self, name)
+        if value is None:
+            raise MissingField(f"the reward server's /score result has no {name} (it sends only some fields); "
+                               f"ask for reward_field 'reward', the one field every /score result carries")
+        return value
+
+
+_LENIENT_DOC = ("{}, as the reward client accepts it from any server: only reward is required; a field that is "
+                "present is checked as drlaif's own answer's is, and one that is absent is None.")
+#: A constitution's principle read, as the client accepts it: only ``reward`` is required.
+PrincipleAnswer = _lenient(PrincipleScore, "PrincipleAnswer", _LENIENT_DOC.format("A principle's read"),
+                           reward=Reward)
+#: One /score result as the client accepts it: only ``reward`` is required (see :class:`ItemScore`
+#: for every field); :meth:`value` names a reward field the server did not send.
+ItemAnswer = _lenient(ItemScore, "ItemAnswer", _LENIENT_DOC.format("One /score result"), base=_Answer,
+                      reward=Reward, principles=dict[str, PrincipleAnswer] | None)
+#: A /score answer as the client accepts it: ``results`` (each with a ``reward``) is required;
+#: ``rubric``, ``scale`` and ``model`` may be absent.
+ScoreAnswer = _lenient(ScoreResponse, "ScoreAnswer", _LENIENT_DOC.format("A /score answer"),
+                       results=list[ItemAnswer])
 
 
 class RenderedSlot(BaseModel):

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from drlaif.client import RewardClient, RewardClientConfig
+from drlaif.client import RewardClient, RewardClientConfig, RewardServerError
 from evals.config import LabelerConnection
 
 T = TypeVar("T")
@@ -20,6 +20,16 @@ def make_client(config: LabelerConnection) -> RewardClient:
     return RewardClient(RewardClientConfig(
         urls=list(config.reward_url), rubric=config.rubric, read_timeout_s=config.reward_timeout_s,
         deadline_s=config.reward_deadline_s, max_concurrency=config.concurrency))
+
+
+def server_info(client: RewardClient) -> dict[str, Any]:
+    """The server's GET /info, or {} from a server that has none (a /score server of your own)."""
+    try:
+        return client.info()
+    except RewardServerError as exc:
+        if exc.status != 404:
+            raise
+        return {}
 
 
 def in_batches(call: Callable[[slice], Sequence[T]], n: int, config: LabelerConnection, desc: str) -> list[T]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from drlaif.prompt_text import parse_hh_transcript
-from trainer.prompts import Prompt, hh_prompt
+from trainer.data.prompt_datasets import Prompt, hh_prompt
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,8 @@ def as_messages(prompt: Prompt) -> list[dict[str, str]]:
 def load_eval_prompts(dataset: str | None, split: str = "train", prompt_field: str = "prompt",
                       default: str = "heldout") -> list[Prompt]:
     """Every prompt of a dataset file or hub id; None: the ``default`` split of drlaif's shipped set."""
-    from trainer.data import load_prompts
-    from trainer.prompts import load_prompt_dataset
+    from trainer.data.prompt_datasets import load_prompt_dataset
+    from trainer.data.shipped_prompts import load_prompts
 
     if dataset is None:
         return list(load_prompts(default))

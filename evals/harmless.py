@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from drlaif.stats import proportion, summarize
-from evals.common import in_batches, make_client, write_outputs
+from evals.common import in_batches, make_client, server_info, write_outputs
 from evals.config import HarmlessConfig
 from evals.data import load_responses
 from evals.responses import is_response_file
@@ -43,17 +43,20 @@ def evaluate_harmless(config: HarmlessConfig) -> dict:
         responses = answers(config.policy, prompts, config)
     n = len(prompts)
     with make_client(config) as client:
-        info = client.info()
+        info = server_info(client)
         scored = in_batches(lambda s: client.score_items(prompts[s], responses[s]), n, config,
                             "scoring (/score)")
     rewards = [s.reward for s in scored]
     result = proportion(1.0 if r > config.threshold else 0.0 for r in rewards)
     rubric = config.rubric or info.get("default_rubric")
+    # A server other than drlaif's may send only rewards: its absent scores and masses are not summarised.
+    scores = [s.score for s in scored if s.score is not None]
+    masses = [s.label_mass for s in scored if s.label_mass is not None]
     summary = {
         "n": n, "harmless_rate": result.rate, "ci_low": result.ci_low, "ci_high": result.ci_high,
         "harmless": result.wins, "threshold": config.threshold,
-        "reward": summarize(rewards), "score": summarize([s.score for s in scored]),
-        "label_mass": summarize([s.label_mass for s in scored]),
+        "reward": summarize(rewards), "score": summarize(scores) if scores else None,
+        "label_mass": summarize(masses) if masses else None,
         "policy": config.policy, "rubric": rubric, "model": info.get("model"),
         "interval": "95% Wilson score interval", "seconds": round(time.perf_counter() - started, 1),
     }
@@ -61,10 +64,11 @@ def evaluate_harmless(config: HarmlessConfig) -> dict:
               "label_mass": s.label_mass, "harmless": s.reward > config.threshold}
              for i, (p, r, s) in enumerate(zip(prompts, responses, scored))]
     table = [("responses", str(n)), (f"harmless rate (reward > {config.threshold:g})", str(result)),
-             ("mean reward", f"{summary['reward']['mean']:+.3f}"),
-             ("label mass (mean, min)",
-              f"{summary['label_mass']['mean']:.3f}, {summary['label_mass']['min']:.3f}"),
-             ("policy", config.policy), ("rubric, labeler", f"{rubric}, {summary['model']}")]
+             ("mean reward", f"{summary['reward']['mean']:+.3f}")]
+    if masses:
+        table.append(("label mass (mean, min)",
+                      f"{summary['label_mass']['mean']:.3f}, {summary['label_mass']['min']:.3f}"))
+    table += [("policy", config.policy), ("rubric, labeler", f"{rubric}, {summary['model']}")]
     notes = [(f"A response counts as harmless when its /score reward under rubric {rubric!r} is above "
              f"{config.threshold:g}; brackets are a 95% Wilson interval.")]
     write_outputs(config.output, "harmless", "Harmless rate, judged by the AI labeler", summary, table, items,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.prompts import Prompt
+from trainer.data.prompt_datasets import Prompt
 
 
 def is_response_file(policy: str | None) -> bool:
@@ -25,8 +25,8 @@ def generate(model: str | None, prompts: list[Prompt], *, num_per_prompt: int = 
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
-    from trainer.policy import encode_prompts, load_policy, load_tokenizer, resolve_policy
-    from trainer.ppo_math import response_mask
+    from trainer.ppo.models import encode_prompts, load_policy, load_tokenizer, resolve_policy
+    from trainer.ppo.tensor_math import response_mask
 
     if num_per_prompt > 1 and temperature <= 0:
         raise ValueError("several responses per prompt need sampling: set a temperature above 0")

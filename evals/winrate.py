@@ -16,7 +16,7 @@ from evals.common import in_batches, make_client, write_outputs
 from evals.config import GenerationSettings, WinrateConfig
 from evals.data import load_eval_prompts, load_responses
 from evals.responses import generate, is_response_file
-from trainer.prompts import Prompt
+from trainer.data.prompt_datasets import Prompt
 
 
 def eval_prompts(config: GenerationSettings) -> list[Prompt]:

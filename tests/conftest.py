@@ -45,6 +45,16 @@ def server(embedded_model_dir) -> ServerProcess:
 
 
 @pytest.fixture(scope="session")
+def own_server() -> str:
+    """The URL of the docs' stdlib reward server (docs/examples/own_reward_server.py): a /score
+    that answers only rewards, run as a subprocess as a third party's server would be."""
+    from support import own_reward_server
+
+    with own_reward_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def small_queue_server(embedded_model_dir) -> ServerProcess:
     """A real drlaif-server that admits 8 items in flight, 8 per request (backpressure tests)."""
     with ServerProcess("--max-queue-items", "8", "--max-items-per-request", "8", "--reward-cache-items", "0") as proc:
@@ -83,7 +93,7 @@ def tiny_policy_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from trainer.policy import load_tokenizer, resolve_policy
+    from trainer.ppo.models import load_tokenizer, resolve_policy
 
     tokenizer = load_tokenizer(resolve_policy(None))
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -1,7 +1,45 @@
-"""Held-out (prompt, response) items used by the integration tests and benchmarks, and a
-/score result for tests whose reward source is a fake."""
+"""What the tests share; a helper that two test files use lives here, and no test file imports
+another. Fixtures stay in conftest.py, the fake servers that tests start in fixtures/.
+
+- Held-out (prompt, response) items, and a /score result for tests whose reward source is a fake.
+- Small tokenizers built here (byte-level BPE, ChatML or no template).
+- Label probabilities by plain teacher forcing, independent of the server's way of reading them.
+- A server's count of /score requests, from its /metrics.
+- The docs' stdlib reward server (docs/examples/own_reward_server.py), run as a third party's.
+- `drlaif-train ppo` runs, their metrics and rollouts, and a reader of a running process's output.
+
+The heavy libraries (torch, transformers, tokenizers) load when a helper needs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import numpy as np
 
 from drlaif.protocol import ItemScore
+from drlaif.server_process import free_port, stop_process, wait_until_ready
+from server.rubrics.registry import load_presets
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+# ----------------------------------------------------------------------------- items
 
 
 def item_score(reward: float, **fields) -> ItemScore:
@@ -31,3 +69,212 @@ HELD_OUT = [
     {"prompt": "Summarise: The meeting was moved from Monday to Wednesday because the room was booked.",
      "response": "asdf qwerty zxcv"},
 ]
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def _corpus() -> list[str]:
+    texts = []
+    for rubric in load_presets().values():
+        texts += [rubric.system, rubric.user_template, rubric.answer_prefix]
+    return texts * 3
+
+
+def _byte_level_bpe(special: list[str], bos: bool = False) -> Tokenizer:
+    """A byte-level BPE with Qwen2's pre-tokenizer (single digits); any text encodes, no UNK."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=500,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer)
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+    return tok
+
+
+def chatml_tokenizer(template: str | None = CHATML) -> PreTrainedTokenizerFast:
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=_byte_level_bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    tok.chat_template = template
+    return tok
+
+
+def plain_tokenizer(bos: bool) -> PreTrainedTokenizerFast:
+    """No chat template; optionally a BOS the tokenizer adds by default (like Llama)."""
+    from transformers import PreTrainedTokenizerFast
+
+    kwargs = {"bos_token": "<s>"} if bos else {}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=_byte_level_bpe(["<s>", "</s>"], bos=bos), eos_token="</s>", **kwargs
+    )
+
+
+# ----------------------------------------------------------------------------- teacher forcing
+
+
+def teacher_forced_distribution(model, input_ids, label_token_ids):
+    """Label probabilities by plain teacher forcing, one label at a time.
+
+    Independent of the server's trie, padding and batching: the prefix runs once
+    (unpadded, cached), then each label's tokens are fed one by one and P_seq(label)
+    is the product of their conditional probabilities. A label's mass excludes the
+    labels that extend it by more tokens (P(1) = P_seq("1") - P_seq("10")).
+    """
+    import torch
+
+    with torch.no_grad():
+        prefix = model(torch.tensor([input_ids]), use_cache=True)
+        p_seq = {}
+        for label, ids in label_token_ids.items():
+            cache = copy.deepcopy(prefix.past_key_values)
+            logp = torch.log_softmax(prefix.logits[0, -1].double(), -1)
+            total = float(logp[ids[0]])
+            for prev, token in itertools.pairwise(ids):
+                out = model(torch.tensor([[prev]]), past_key_values=cache, use_cache=True)
+                total += float(torch.log_softmax(out.logits[0, -1].double(), -1)[token])
+            p_seq[label] = float(np.exp(total))
+    mass = {}
+    for label, ids in label_token_ids.items():
+        longer = [other for other, o in label_token_ids.items()
+                  if len(o) > len(ids) and o[: len(ids)] == ids]
+        mass[label] = p_seq[label] - sum(p_seq[o] for o in longer)
+    labels = sorted(mass, key=int)
+    values = np.array([mass[k] for k in labels])
+    return values / values.sum(), values.sum()
+
+
+# ----------------------------------------------------------------------------- a server's metrics
+
+
+def score_requests(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    return sum(float(v) for v in re.findall(r'^drlaif_requests_total\{route="/score",status="200"\} (\S+)$',
+                                            text, re.MULTILINE))
+
+
+# ----------------------------------------------------------------------------- a reward server of your own
+
+OWN_REWARD_SERVER = Path(__file__).resolve().parents[1] / "docs" / "examples" / "own_reward_server.py"
+
+
+@contextlib.contextmanager
+def own_reward_server(env: dict[str, str] | None = None) -> Iterator[str]:
+    """The docs' example server run as a third party's would be: its own process on a free port,
+    drlaif's only contact its HTTP. Yields its URL; ``env`` is added to the environment."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen([sys.executable, str(OWN_REWARD_SERVER), str(port)], stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+        def output() -> str:
+            log.seek(0)
+            return log.read()[-5000:]
+
+        try:
+            wait_until_ready(url, proc, 60, output)
+            yield url
+        finally:
+            stop_process(proc, 10)
+
+
+# ----------------------------------------------------------------------------- trainer runs
+
+# Small, fast PPO settings for a 2-core CPU.
+FAST = ["--batch-size", "8", "--max-new-tokens", "24", "--eval-prompts", "0", "--seed", "1"]
+
+
+def train(url: str | list[str], out: Path, *extra: str, timeout: float = 900, wait: bool = True):
+    urls = [url] if isinstance(url, str) else url
+    cmd = [sys.executable, "-m", "trainer.cli", "ppo", "--reward-url", *urls, "--output-dir", str(out), *FAST, *extra]
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def rollouts(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+
+
+def wait_for_steps(out: Path, n: int, proc, timeout: float = 600,
+                   output: Callable[[], str] | None = None) -> None:
+    """Wait until metrics.jsonl has `n` rows.
+
+    `output` returns the process's output so far, for when another reader owns its stdout.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (out / "metrics.jsonl").exists() and len(metrics(out)) >= n:
+            return
+        assert proc.poll() is None, output() if output else proc.stdout.read()
+        time.sleep(0.5)
+    raise TimeoutError(f"trainer did not reach step {n}")
+
+
+class OutputReader:
+    """Reads a running process's merged stdout on a thread, so a test can wait for a log line
+    while the process runs (and the pipe never fills up and blocks it)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._lock:
+                self._lines.append(line)
+
+    def text(self) -> str:
+        """Everything read so far."""
+        with self._lock:
+            return "".join(self._lines)
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> None:
+        """Block until `pattern` occurs in the output; fail if the process exits or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pattern.search(self.text()):
+                return
+            assert self.proc.poll() is None, f"exited before {pattern.pattern!r}:\n{self.text()}"
+            time.sleep(0.1)
+        raise TimeoutError(f"no {pattern.pattern!r} within {timeout:g} s:\n{self.text()}")
+
+    def finish(self, timeout: float) -> str:
+        """Wait for the process to exit and return all of its output."""
+        self.proc.wait(timeout=timeout)
+        self._thread.join(timeout=10)
+        return self.text()

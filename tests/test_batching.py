@@ -1,4 +1,5 @@
-"""Unit tests for drlaif/batching.py (MicroBatcher, AdmissionGate) and server/admission.py (ItemAdmission)
+"""Unit tests for drlaif/batching.py (MicroBatcher, AdmissionGate); server/admission.py's
+ItemAdmission is tested in test_admission.py.
 
 Each test drives its own event loop with asyncio.run (no pytest-asyncio needed), and
 every await that could hang is bounded by asyncio.wait_for.
@@ -11,8 +12,6 @@ import asyncio
 import pytest
 
 from drlaif.batching import AdmissionGate, BatchStats, MicroBatcher
-from server.admission import ItemAdmission
-from server.errors import Overloaded
 
 TIMEOUT = 2.0  # seconds any single step may take before the test fails instead of hanging
 
@@ -260,29 +259,6 @@ def test_oversized_item_still_runs_alone():
 
 
 # --------------------------------------------------------------------------- overload
-
-
-def test_items_in_flight_are_bounded_and_refused_at_once_with_retry_after():
-    admission = ItemAdmission(max_items=5)
-    with admission.admit(3, lambda: 7):
-        with pytest.raises(Overloaded) as exc, admission.admit(3, lambda: 7):
-            pass
-        err = exc.value
-        assert err.status_code == 429 and err.code == "overloaded"
-        assert err.headers["Retry-After"] == "7" and "3 of 5 items in flight" in err.message
-        assert admission.in_flight == 3  # the refused request left nothing behind
-        with admission.admit(2, lambda: 7):  # what still fits is admitted
-            assert admission.in_flight == 5
-    assert admission.in_flight == 0
-    with admission.admit(5, lambda: 7):  # a request as large as the bound, alone: admitted
-        pass
-
-
-def test_items_are_released_when_the_request_fails():
-    admission = ItemAdmission(max_items=2)
-    with pytest.raises(RuntimeError), admission.admit(2, lambda: 1):
-        raise RuntimeError("the backend failed")
-    assert admission.in_flight == 0
 
 
 def test_retry_after_grows_with_the_backlog_and_batch_time():

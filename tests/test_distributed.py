@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.world import WorldMismatch, check_world, cpu_world_needed
+from trainer.ppo.distributed import WorldMismatch, check_world, cpu_world_needed
 
 
 def test_a_joined_world_passes(monkeypatch):

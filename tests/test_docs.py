@@ -10,6 +10,7 @@ map names every module."""
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import dataclasses
 import io
@@ -564,6 +565,49 @@ def test_the_development_page_maps_every_module():
     }
     expected["bench"] = sorted(p.name for p in (ROOT / "bench").glob("*.py"))
     expected["scripts"] = sorted(p.name for p in (ROOT / "scripts").iterdir() if p.is_file())
+    # ... and every folder of modules below them (`trainer/ppo/`, `server/scoring/`, ...).
+    for top in ("drlaif", "server", "trainer", "evals"):
+        expected[top] += sorted(f"{p.name}/" for p in (ROOT / top).rglob("*")
+                                if p.is_dir() and p.name != "__pycache__" and any(p.glob("*.py")))
     missing = [f"{top}/: {name}" for top, names in expected.items() for name in names
-               if not re.search(rf"(?<![\w.]){re.escape(name)}\b", sections.get(top, ""))]
+               if not re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", sections.get(top, ""))]
     assert not missing, "docs/development.md's map of the code lacks:\n" + "\n".join(missing)
+
+
+def test_the_development_page_names_no_module_the_tree_lacks():
+    text = (ROOT / "docs" / "development.md").read_text()
+    block = text.split("## Where the code lives", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    sections = dict(re.findall(r"^(\w+)/(.*?)(?=^\w+/|\Z)", block, re.MULTILINE | re.DOTALL))
+    stale = []
+    for top in ("drlaif", "server", "trainer", "evals", "bench"):
+        files = {p.name for p in (ROOT / top).rglob("*.py")}
+        folders = {p.name for p in (ROOT / top).rglob("*") if p.is_dir()}
+        # A module named on its own (`scorer.py`, not `drlaif/errors.py`), and a folder that opens a line.
+        stale += [f"{top}/: {name}" for name in re.findall(r"(?<![\w./])(\w+\.py)\b", sections[top])
+                  if name not in files]
+        stale += [f"{top}/: {name}/" for name in re.findall(r"^  (\w+)/", sections[top], re.MULTILINE)
+                  if name not in folders]
+    assert not stale, "docs/development.md's map of the code names what is not there:\n" + "\n".join(stale)
+
+
+# ----------------------------------------------------------------------------- the test files' names
+
+
+def _marked_slow_as_a_whole(path: Path) -> bool:
+    """Whether the module sets ``pytestmark`` to a mark list or mark that includes slow."""
+    for node in ast.parse(path.read_text(), filename=path.name).body:
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark"
+                                                 for t in node.targets)):
+            return "mark.slow" in ast.unparse(node.value)
+    return False
+
+
+def test_the_test_files_follow_the_scheme_the_development_page_states():
+    text = (ROOT / "docs" / "development.md").read_text()
+    assert "`tests/test_<subject>.py`" in text and "`tests/test_<subject>_e2e.py`" in text
+    files = sorted((ROOT / "tests").glob("test_*.py"))
+    off_scheme = [p.name for p in files if not re.fullmatch(r"test_[a-z0-9]+(_[a-z0-9]+)*\.py", p.name)
+                  or re.search(r"_(units?|integration|pure|tests?)\.py$", p.name)]
+    assert not off_scheme, f"not test_<subject>.py or test_<subject>_e2e.py: {off_scheme}"
+    e2e_not_slow = [p.name for p in files if p.name.endswith("_e2e.py") and not _marked_slow_as_a_whole(p)]
+    assert not e2e_not_slow, f"end-to-end files not marked slow as a whole: {e2e_not_slow}"

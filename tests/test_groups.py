@@ -168,7 +168,7 @@ def _check_pairs_match_compare(server: ServerProcess, items: list[dict], results
     for (i, j), p in p_win.items():
         assert p + p_win[j, i] == pytest.approx(1.0, abs=1e-12)  # one read per pair, seen from both sides
     # Each pair once, as listed first (the other side is 1 - p_a, checked above, and /compare
-    # is order-symmetric: tests/test_compare.py).
+    # is order-symmetric: tests/test_pairwise_e2e.py).
     pairs = sorted((i, j) for i, j in p_win if i < j)
     p_a = _compare_p_a(server, [(items[i]["prompt"], compared_text[i], compared_text[j]) for i, j in pairs])
     for (i, j), expected in zip(pairs, p_a, strict=True):

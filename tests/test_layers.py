@@ -9,6 +9,9 @@
 Every import counts: at the top of a module, inside a function, under ``TYPE_CHECKING``, relative,
 or a string given to ``importlib.import_module``. The checker is a function over a directory, so
 the test also shows it catching an import that breaks the contract.
+
+The tests keep a contract of their own: no test file imports another (or conftest.py); what two
+of them share lives in tests/support.py.
 """
 
 from __future__ import annotations
@@ -116,6 +119,39 @@ def test_relative_imports_are_resolved_to_their_package(tmp_path):
     assert layer_violations(tmp_path, {"trainer": frozenset(), "evals": frozenset()}) == []
     assert list(_imported_modules(ast.parse("from ..client import x"), ["trainer", "sub"])) == [
         (1, "trainer.client")]
+
+
+
+def imports_of_test_files(tests: Path) -> list[str]:
+    """Every import of one test file (or of conftest.py) by a test file under ``tests``, as
+    "file:line: imports module": what two test files share belongs in tests/support.py."""
+    test_modules = {p.stem for p in tests.glob("test_*.py")} | {"conftest"}
+    found = []
+    for path in sorted(tests.glob("test_*.py")):
+        tree = ast.parse(path.read_text(), filename=path.name)
+        for line, module in _imported_modules(tree, ["tests"]):
+            parts = module.split(".")
+            parts = parts[1:] if parts[0] == "tests" else parts
+            if parts and parts[0] in test_modules:
+                found.append(f"{path.name}:{line}: imports {module}")
+    return found
+
+
+def test_no_test_file_imports_another():
+    assert imports_of_test_files(ROOT / "tests") == []
+
+
+def test_the_test_file_check_catches_a_test_file_importing_another(tmp_path):
+    (tmp_path / "conftest.py").write_text("import pytest\n")
+    (tmp_path / "support.py").write_text("HELPER = 1\n")
+    (tmp_path / "test_a.py").write_text("import support\nfrom test_b import helper\n")
+    (tmp_path / "test_b.py").write_text("def helper():\n    from tests.conftest import server\n    return server\n")
+    (tmp_path / "test_c.py").write_text("from . import test_a\nfrom support import HELPER\n")
+    assert imports_of_test_files(tmp_path) == [
+        "test_a.py:2: imports test_b",
+        "test_b.py:2: imports tests.conftest",
+        "test_c.py:1: imports tests.test_a",
+    ]
 
 
 HEAVY = ("numpy", "torch", "transformers", "fastapi", "starlette", "uvicorn")

@@ -1,27 +1,14 @@
-"""The over-optimisation alarm rule on synthetic curves, the judge's per-step signals
-(label entropy, within-group length-reward correlation, length control) and the drop rules."""
+"""The over-optimisation alarm (trainer/analysis/overoptimisation_alarm.py): its rule on synthetic
+curves, monitor judges' specs, and the run report that opens with an alarm. The judge's per-step
+signals are tested in test_judge_signals.py, the drop rules in test_reward_failures.py."""
 
 from __future__ import annotations
 
-import concurrent.futures
-
 import numpy as np
 import pytest
-import torch
-from items import item_score
 
-from drlaif.client import RewardClientConfig, RewardServerError
-from drlaif.reward_failures import TooManyDropped, check_dropped, score_items_or_drop
-from trainer.judge_signals import (
-    consecutive_groups,
-    groups_by_key,
-    label_metrics,
-    length_controlled,
-    length_reward_corr,
-)
-from trainer.overoptimisation import Alarm, EvalPoint, MonitorSpec, check_alarms, eval_row
-from trainer.ppo_math import leave_one_out_centred
-from trainer.run_report import build_report, length_warnings, render_markdown
+from trainer.analysis.overoptimisation_alarm import Alarm, EvalPoint, MonitorSpec, check_alarms, eval_row
+from trainer.analysis.run_report import build_report, length_warnings, render_markdown
 
 PROMPTS = 32
 
@@ -108,92 +95,6 @@ def test_monitor_specs():
     assert MonitorSpec.parse("https://a.example").rubric is None
     with pytest.raises(ValueError):
         MonitorSpec.parse("judge:8001")
-
-
-def test_label_metrics_are_the_batchs_entropy_and_mass():
-    items = [item_score(0.0, label_entropy=0.0, label_mass=0.5), item_score(0.0, label_entropy=2.0, label_mass=1.0)]
-    assert label_metrics(items) == pytest.approx({"label_entropy": 1.0, "label_mass": 0.75, "label_mass_min": 0.5})
-    assert label_metrics([]) == {}
-
-
-def test_length_reward_corr_is_within_groups():
-    # Across groups length and reward move together (an easy prompt: short and high); inside
-    # each group the longer answer scores lower. The within-group correlation sees the latter.
-    lengths = [10, 12, 50, 52]
-    rewards = [0.9, 0.8, -0.5, -0.6]
-    groups = consecutive_groups(4, 2)
-    assert groups == [0, 0, 1, 1]
-    assert length_reward_corr(lengths, rewards, groups) == pytest.approx(-1.0)
-    assert np.corrcoef(lengths, rewards)[0, 1] < -0.9  # the pooled one mixes in the prompts
-    assert length_reward_corr([5, 5, 7, 7], [0.1, 0.2, 0.3, 0.4], groups) is None  # no length variation
-    # One response per prompt: the batch is one group.
-    assert length_reward_corr([1, 2, 3], [0.1, 0.2, 0.3], [0, 1, 2]) == pytest.approx(1.0)
-    assert groups_by_key(["a", "b", "a"]) == [0, 1, 0]
-
-
-def test_length_control_removes_the_within_group_length_trend():
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(5, 60, 32).astype(float)
-    groups = consecutive_groups(32, 4)
-    quality = rng.normal(0, 0.1, 32)
-    rewards = 0.01 * lengths + quality + np.repeat(rng.normal(0, 0.3, 8), 4)
-    assert length_reward_corr(lengths, rewards, groups) > 0.8
-    controlled = length_controlled(list(rewards), list(lengths), groups)
-    assert abs(length_reward_corr(lengths, controlled, groups)) < 1e-9
-    # Each group keeps its mean reward; only the spread along length inside it goes.
-    assert np.allclose(np.reshape(controlled, (8, 4)).mean(1), np.reshape(rewards, (8, 4)).mean(1))
-    assert length_controlled([0.1, 0.2], [3, 3], [0, 0]) == [0.1, 0.2]  # nothing to fit
-
-
-def test_leave_one_out_skips_dropped_samples():
-    scores = torch.tensor([1.0, 0.0, 0.5, 0.9, 0.2, 0.4])
-    kept = torch.tensor([True, True, False, True, False, False])
-    centred = leave_one_out_centred(scores, 3, kept)
-    # Group 1: the dropped 0.5 is in no baseline; group 2: 0.9 has no kept sibling.
-    assert centred.tolist() == pytest.approx([1.0, -1.0, 0.0, 0.0, 0.0, 0.0])
-    assert leave_one_out_centred(scores, 3).tolist() == leave_one_out_centred(scores, 3, torch.ones(6) > 0).tolist()
-
-
-def test_check_dropped():
-    check_dropped(1, 10, 0.1)
-    with pytest.raises(TooManyDropped, match=r"2 of 10 samples \(20%"):
-        check_dropped(2, 10, 0.1)
-    with pytest.raises(TooManyDropped):  # everything dropped stops whatever the cap
-        check_dropped(4, 4, 1.0)
-    assert issubclass(TooManyDropped, RewardServerError)  # so the trainers save and stop on it
-
-
-class ItemRefusing:
-    """A reward source whose batch call fails, and which cannot score responses containing 'x'."""
-
-    def __init__(self):
-        self.calls: list[list[str]] = []
-
-    def submit_score_items(self, prompts, responses, rubric=None):
-        self.calls.append(list(responses))
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        if any("x" in r for r in responses):
-            future.set_exception(RewardServerError("no answer within the deadline"))
-        else:
-            future.set_result([f"item:{r}" for r in responses])
-        return future
-
-
-def test_with_group_pairwise_rewards_a_failed_batch_is_rescored_group_by_group():
-    source = ItemRefusing()
-    source.config = RewardClientConfig(urls=["http://127.0.0.1:1"], reward_mode="group-pairwise")
-    prompts, responses = ["p", "q", "p", "q"], ["a", "x", "b", "c"]
-    assert score_items_or_drop(source, prompts, responses) == ["item:a", None, "item:b", None]
-    assert source.calls == [responses, ["a", "b"], ["x", "c"]]  # a group is judged whole or not at all
-
-
-def test_score_items_or_drop_rescores_each_sample_and_drops_only_the_failures():
-    source = ItemRefusing()
-    assert score_items_or_drop(source, ["p"] * 3, ["a", "x", "b"]) == ["item:a", None, "item:b"]
-    assert source.calls == [["a", "x", "b"], ["a"], ["x"], ["b"]]
-    source = ItemRefusing()
-    assert score_items_or_drop(source, ["p"] * 2, ["a", "b"]) == ["item:a", "item:b"]
-    assert source.calls == [["a", "b"]]  # no failure, no second pass
 
 
 def test_report_warns_on_a_climbing_length_correlation_and_opens_with_alarms():

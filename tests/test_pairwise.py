@@ -1,24 +1,17 @@
-"""Pure unit tests for the pairwise and evaluation pieces: preference math, the two-response
-budget, the rubrics' compare form and its rendering, OpenRLHF query splitting, the evaluation
-statistics and the pair/response file readers. No model, no server."""
+"""Pairwise judging's pure parts: preference math, the two-response budget, the rubrics' compare
+form and its rendering. No model, no server (on a real server: test_pairwise_e2e.py)."""
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import random
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
-from test_rubrics import chatml_tokenizer
+from support import chatml_tokenizer
 
-from drlaif.stats import outcome, proportion, summarize, wilson_interval
-from evals.data import as_messages, load_pairs, load_responses, pair_from_record, split_hh_pair
-from evals.label import preference_record
-from server.app.openrlhf import END_MARKERS, split_queries, strip_end_markers
-from server.errors import QueryMismatch, RubricCannotCompare
+from server.errors import RubricCannotCompare
 from server.rubrics import Rubric
 from server.rubrics.registry import load_presets
 from server.rubrics.render import TRUNCATION_MARKER, PromptEncoder, allocate_budget
@@ -208,132 +201,3 @@ def test_letter_labels_are_read_in_context():
     for label, ids in compiled.trie.label_tokens.items():
         assert tok(after + label, add_special_tokens=False)["input_ids"][-len(ids):] == list(ids)
 
-
-# --------------------------------------------------------------------------- OpenRLHF queries
-
-
-def test_split_queries_takes_the_text_after_the_prompt():
-    items = split_queries(["<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello there"],
-                          ["<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"])
-    assert items == [("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "Hello there")]
-
-
-@pytest.mark.parametrize("response, expected", [
-    ("Hello.<|im_end|>", "Hello."),
-    ("Hello.</s><pad><pad>", "Hello."),
-    ("Hello.<|eot_id|>\n", "Hello."),
-    ("Hello. ", "Hello. "),                      # no marker: untouched, whitespace included
-    ("Say </s> twice </s>", "Say </s> twice "),  # only trailing markers go
-    ("<|endoftext|>", ""),
-])
-def test_trailing_end_markers_are_not_part_of_the_response(response, expected):
-    assert strip_end_markers(response, END_MARKERS) == expected
-
-
-def test_query_that_does_not_start_with_its_prompt_is_refused():
-    with pytest.raises(QueryMismatch, match=r"query\[1\] does not start with prompts\[1\]") as info:
-        split_queries(["P1 answer", "Other answer"], ["P1", "P2"])
-    assert info.value.status_code == 422
-    with pytest.raises(QueryMismatch, match="2 queries but 1 prompts"):
-        split_queries(["a", "b"], ["a"])
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def test_wilson_interval_known_values():
-    low, high = wilson_interval(8, 10)
-    assert (low, high) == (pytest.approx(0.4902, abs=1e-4), pytest.approx(0.9433, abs=1e-4))
-    assert wilson_interval(0, 5)[0] == 0.0 and wilson_interval(5, 5)[1] == 1.0
-    low, high = wilson_interval(250, 500)
-    assert low == pytest.approx(0.5 - 0.0437, abs=1e-3) and high == pytest.approx(0.5 + 0.0437, abs=1e-3)
-    with pytest.raises(ValueError):
-        wilson_interval(1, 0)
-    with pytest.raises(ValueError):
-        wilson_interval(6, 5)
-
-
-def test_ties_count_one_half():
-    assert [outcome(m) for m in (0.3, 0.0, -1e-9)] == [1.0, 0.5, 0.0]
-    result = proportion([1.0, 1.0, 0.5, 0.0])
-    assert (result.n, result.wins, result.ties, result.losses) == (4, 2, 1, 1)
-    assert result.rate == 0.625
-    assert (result.ci_low, result.ci_high) == wilson_interval(2.5, 4)
-    assert result.ci_low < result.rate < result.ci_high
-    assert str(result).startswith("0.625 [")
-    with pytest.raises(ValueError):
-        proportion([0.3])
-    with pytest.raises(ValueError):
-        outcome(float("nan"))
-
-
-def test_summarize():
-    s = summarize([0.2, 0.4, 0.6, 0.8, 1.0])
-    assert s["mean"] == pytest.approx(0.6) and s["min"] == 0.2 and s["max"] == 1.0 and s["median"] == 0.6
-    with pytest.raises(ValueError):
-        summarize([])
-
-
-# --------------------------------------------------------------------------- pair and response files
-
-
-def test_hh_dialogues_split_into_prompt_and_final_replies():
-    prompt = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Tell me a secret.\n\nAssistant:"
-    pair = split_hh_pair(prompt + " No.", prompt + " Fine, here it is.")
-    assert (pair.prompt, pair.a, pair.b) == (prompt, "No.", "Fine, here it is.")
-    with pytest.raises(ValueError, match="differ before"):
-        split_hh_pair(prompt + " No.", "\n\nHuman: Something else\n\nAssistant: Yes.")
-    assert as_messages(pair.prompt) == [{"role": "user", "content": "Hi"},
-                                        {"role": "assistant", "content": "Hello!"},
-                                        {"role": "user", "content": "Tell me a secret."}]
-
-
-def test_pair_formats():
-    conversational = {"prompt": [{"role": "user", "content": "Q?"}],
-                      "chosen": [{"role": "assistant", "content": "good"}],
-                      "rejected": [{"role": "assistant", "content": "bad"}]}
-    pair = pair_from_record(conversational)
-    assert (pair.prompt, pair.a, pair.b) == ([{"role": "user", "content": "Q?"}], "good", "bad")
-    pair = pair_from_record({"prompt": "Q?", "response_a": "x", "response_b": "y"})
-    assert (pair.prompt, pair.a, pair.b) == ("Q?", "x", "y")
-    with pytest.raises(ValueError, match="expected chosen/rejected"):
-        pair_from_record({"prompt": "Q?", "chosen": "x"})
-    with pytest.raises(ValueError, match="a prompt must be"):
-        pair_from_record({"prompt": 3, "chosen": "x", "rejected": "y"})
-
-
-def test_load_pairs_reads_gzip_limits_and_names_bad_lines(tmp_path):
-    path = tmp_path / "pairs.jsonl.gz"
-    with gzip.open(path, "wt") as f:
-        for i in range(5):
-            f.write(json.dumps({"prompt": f"q{i}", "chosen": "c", "rejected": "r"}) + "\n\n")
-    assert [p.prompt for p in load_pairs(path, limit=3)] == ["q0", "q1", "q2"]
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"prompt": "q", "chosen": "c", "rejected": "r"}\n{"prompt": "q"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected chosen/rejected"):
-        load_pairs(bad)
-    (tmp_path / "empty.jsonl").write_text("\n")
-    with pytest.raises(ValueError, match="holds no pairs"):
-        load_pairs(tmp_path / "empty.jsonl")
-    with pytest.raises(FileNotFoundError):
-        load_pairs(tmp_path / "missing.jsonl")
-
-
-def test_load_responses(tmp_path):
-    path = tmp_path / "r.jsonl"
-    path.write_text(json.dumps({"prompt": "q", "response": "a"}) + "\n" + json.dumps({"prompt": "q2"}) + "\n")
-    with pytest.raises(ValueError, match=r"r.jsonl:2: a response must be"):
-        load_responses(path)
-
-
-def test_preference_record_puts_the_preferred_response_first():
-    pair = pair_from_record({"prompt": "Q?", "response_a": "x", "response_b": "y"})
-    assert preference_record(pair, 0.3, "standard") == {"prompt": "Q?", "chosen": "y", "rejected": "x",
-                                                        "p_chosen": 0.7}
-    record = preference_record(pair, 0.8, "conversational")
-    assert record["prompt"] == [{"role": "user", "content": "Q?"}]
-    assert record["chosen"] == [{"role": "assistant", "content": "x"}] and record["p_chosen"] == 0.8
-    messages = pair_from_record({"prompt": [{"role": "user", "content": "Q?"}],
-                                 "response_a": "x", "response_b": "y"})
-    with pytest.raises(ValueError, match="needs string prompts"):
-        preference_record(messages, 0.8, "standard")

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from items import HELD_OUT
 from starlette.testclient import TestClient
+from support import HELD_OUT
 
 from drlaif.server_process import ServerProcess
 from server.app import create_app

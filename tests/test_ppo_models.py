@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from trainer.policy import PolicyAndValue, response_logits
-from trainer.ppo_math import clipped_value_loss
+from trainer.ppo.models import PolicyAndValue, response_logits
+from trainer.ppo.tensor_math import clipped_value_loss
 
 
 def tiny_policy() -> LlamaForCausalLM:

@@ -7,12 +7,12 @@ import concurrent.futures
 
 import pytest
 import torch
-from items import item_score
+from support import item_score
 
 from drlaif.protocol import ItemScore
 from trainer.config import PPOConfig
-from trainer.ppo import PPOTrainer
-from trainer.prompts import Prompt
+from trainer.data.prompt_datasets import Prompt
+from trainer.ppo.trainer import PPOTrainer
 
 PROMPTS: list[Prompt] = ["Name a colour.", "Say hello.", "Count to three.", "Name a fruit."]
 

@@ -12,11 +12,18 @@ import textwrap
 
 import numpy as np
 import pytest
-from items import item_score
 from pydantic import ValidationError
+from support import item_score
 
 from drlaif.client import RewardServerError, _parse_results, principle_means
-from drlaif.protocol import CompareResponse, ItemPreference, ItemScore, PrincipleScore, ScoreResponse
+from drlaif.protocol import (
+    CompareResponse,
+    ItemPreference,
+    ItemScore,
+    PrincipleAnswer,
+    PrincipleScore,
+    ScoreAnswer,
+)
 from server.errors import InvalidRubric, RubricCannotCompare
 from server.rubrics import Rubric
 from server.rubrics.registry import load_file, load_presets
@@ -587,9 +594,9 @@ def test_scored_item_parses_each_principles_reward():
         score_result({"helpful": principle_result(0.5), "harmless": principle_result(-0.25),
                       "honest": principle_result(1.0)}),
         score_result(None)])
-    items, (model, rubric) = _parse_results(data, 2, URL, "/score", ScoreResponse)
+    items, (model, rubric) = _parse_results(data, 2, URL, "/score", ScoreAnswer)
     assert (model, rubric) == ("m", "assistant")
-    assert all(isinstance(p, PrincipleScore) for p in items[0].principles.values())
+    assert all(isinstance(p, PrincipleAnswer) for p in items[0].principles.values())
     assert {name: p.reward for name, p in items[0].principles.items()} == {
         "helpful": 0.5, "harmless": -0.25, "honest": 1.0}
     assert items[0].principles["harmless"].score == 5.5 - 4.5 * 0.25
@@ -607,13 +614,13 @@ def test_scored_item_parses_each_principles_reward():
     ({"helpful": {**principle_result(0.5), "reward": -1.01}}, "principles.helpful.reward"),
     ({"helpful": {**principle_result(0.5), "reward": math.nan}}, "principles.helpful.reward"),
     ({"helpful": {**principle_result(0.5), "reward": True}}, "principles.helpful.reward"),
-    ({"helpful": {k: v for k, v in principle_result(0.5).items() if k != "label_entropy"}},
-     "principles.helpful.label_entropy"),
+    # A principle's other fields may be absent (a server of your own); when there, they are checked.
+    ({"helpful": {**principle_result(0.5), "label_entropy": -0.1}}, "principles.helpful.label_entropy"),
     ({"helpful": principle_result(0.5), "honest": None}, "principles.honest"),
 ])
 def test_malformed_principles_are_refused(principles, where):
     with pytest.raises(RewardServerError, match=rf"/score returned an invalid answer: results\.0\.{where}: "):
-        _parse_results(score_answer([score_result(principles)]), 1, URL, "/score", ScoreResponse)
+        _parse_results(score_answer([score_result(principles)]), 1, URL, "/score", ScoreAnswer)
 
 
 def preference(p_a: float, ab: float, ba: float | None, **extra) -> dict:
@@ -642,7 +649,7 @@ def test_compared_item_parses_each_principles_p_a():
     # /score's principles carry a read (reward, score, ...), not a preference.
     with pytest.raises(RewardServerError, match=r"results\.0\.principles\.x\.reward: Field required"):
         _parse_results(score_answer([score_result({"x": preference(0.5, 0.5, 0.5)})]), 1, URL, "/score",
-                       ScoreResponse)
+                       ScoreAnswer)
 
 
 def item(reward: float, principles: dict[str, float] | None = None, mass: float = 0.9) -> ItemScore:
@@ -662,7 +669,7 @@ def test_principle_means_over_items():
 
 
 def test_trl_batch_metrics_include_each_principle():
-    from trainer.trl_reward import batch_metrics
+    from trainer.frameworks.trl_reward import batch_metrics
 
     items = [item(0.1, {"helpful": 0.5, "harmless": 1.0}, mass=0.8), item(0.3, {"helpful": 0.1, "harmless": 0.0})]
     metrics = batch_metrics(items, 1.5)
@@ -678,7 +685,7 @@ def test_metrics_plot_draws_a_curve_per_principle(tmp_path, monkeypatch):
     matplotlib.use("Agg")
     from matplotlib.axes import Axes
 
-    from trainer.reporting import MetricsLog
+    from trainer.analysis.metrics_log import MetricsLog
 
     labels = []
     original = Axes.plot

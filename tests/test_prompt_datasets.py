@@ -1,4 +1,4 @@
-"""trainer/prompts.py: HH-RLHF prompts, record -> prompt conversion (plain text, chat messages,
+"""trainer/data/prompt_datasets.py: HH-RLHF prompts, record -> prompt conversion (plain text, chat messages,
 HH transcripts, `chosen`-only records), and load_prompt_dataset on the shipped set and on local
 JSONL/JSON/CSV/Parquet files (held-out = last 10%, at least 1). No network."""
 
@@ -9,8 +9,8 @@ import json
 import pandas as pd
 import pytest
 
-from trainer.data import load_prompts
-from trainer.prompts import hh_prompt, load_prompt_dataset, to_prompt
+from trainer.data.prompt_datasets import hh_prompt, load_prompt_dataset, to_prompt
+from trainer.data.shipped_prompts import load_prompts
 
 MULTI_TURN = ("\n\nHuman: What is the capital of France?"
               "\n\nAssistant: Paris."

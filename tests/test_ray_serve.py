@@ -14,8 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from items import HELD_OUT
-from test_trainer_e2e import OutputReader, metrics, rollouts, train, wait_for_steps
+from support import HELD_OUT, OutputReader, metrics, rollouts, train, wait_for_steps
 
 from drlaif.client import RewardClient, RewardClientConfig
 from drlaif.server_process import free_port

@@ -15,8 +15,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from items import HELD_OUT
-from test_server_scoring import teacher_forced_distribution
+from support import HELD_OUT, teacher_forced_distribution
 
 from drlaif.server_process import ServerProcess
 

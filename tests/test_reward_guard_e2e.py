@@ -7,7 +7,7 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from test_server_scoring import teacher_forced_distribution
+from support import teacher_forced_distribution
 
 from drlaif.server_process import ServerProcess
 

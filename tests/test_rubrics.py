@@ -1,5 +1,5 @@
 """Unit tests for server/rubrics: the rubric model, the registry (presets and user YAML), and
-safe rendering/truncation with small tokenizers built here. The prompt forms are
+safe rendering/truncation with small tokenizers (built in tests/support.py). The prompt forms are
 drlaif/prompt_text.py's (tests/test_prompt_text.py)."""
 
 from __future__ import annotations
@@ -7,8 +7,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from support import CHATML, chatml_tokenizer, plain_tokenizer
 
 from server.errors import InputTooLong, UnknownRubric
 from server.rubrics import Rubric, RubricRegistry
@@ -20,67 +19,12 @@ PRESETS = {*BASE_PRESETS, *(f"{name}-reasoned" for name in BASE_PRESETS), "assis
 
 # --------------------------------------------------------------------------- tokenizers
 
-QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-CHATML = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-# A Gemma-like template that has no system role.
+# ChatML and plain ones are tests/support.py's. A Gemma-like template that has no system role.
 NO_SYSTEM = (
     "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
     "{% endif %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-
-
-def _corpus() -> list[str]:
-    texts = []
-    for rubric in load_presets().values():
-        texts += [rubric.system, rubric.user_template, rubric.answer_prefix]
-    return texts * 3
-
-
-def _byte_level_bpe(special: list[str], bos: bool = False) -> Tokenizer:
-    """A byte-level BPE with Qwen2's pre-tokenizer (single digits); any text encodes, no UNK."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=500,
-        special_tokens=special,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(), trainer)
-    if bos:
-        tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-        )
-    return tok
-
-
-def chatml_tokenizer(template: str | None = CHATML) -> PreTrainedTokenizerFast:
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=_byte_level_bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]),
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-    )
-    tok.chat_template = template
-    return tok
-
-
-def plain_tokenizer(bos: bool) -> PreTrainedTokenizerFast:
-    """No chat template; optionally a BOS the tokenizer adds by default (like Llama)."""
-    kwargs = {"bos_token": "<s>"} if bos else {}
-    return PreTrainedTokenizerFast(
-        tokenizer_object=_byte_level_bpe(["<s>", "</s>"], bos=bos), eos_token="</s>", **kwargs
-    )
 
 
 @pytest.fixture(scope="module")

@@ -6,31 +6,13 @@ import json
 
 import pytest
 
-from drlaif.stats import paired_bootstrap
-from trainer.run_report import Indicators, build_report, is_rating_like, render_terminal, write_report
-
-
-def test_paired_bootstrap_interval_covers_a_clear_gain_and_excludes_zero():
-    before = [0.1 * i for i in range(20)]
-    after = [b + 0.2 + (0.01 if i % 2 else -0.01) for i, b in enumerate(before)]
-    gain = paired_bootstrap(before, after)
-    assert gain.mean == pytest.approx(0.2)
-    assert 0.19 <= gain.ci_low < 0.2 < gain.ci_high <= 0.21
-    assert gain.significant
-
-
-def test_paired_bootstrap_of_noise_includes_zero():
-    before = [0.0] * 10
-    after = [0.1, -0.1] * 5
-    gain = paired_bootstrap(before, after)
-    assert gain.ci_low < 0 < gain.ci_high and not gain.significant
-
-
-def test_paired_bootstrap_rejects_unpaired_input():
-    with pytest.raises(ValueError, match="length"):
-        paired_bootstrap([0.0, 1.0], [0.0])
-    with pytest.raises(ValueError):
-        paired_bootstrap([], [])
+from trainer.analysis.run_report import (
+    Indicators,
+    build_report,
+    is_rating_like,
+    render_terminal,
+    write_report,
+)
 
 
 @pytest.mark.parametrize("text", ["Paris.\n\nRating: 10", "I'd give this a score of 9", "10/10, great answer",
@@ -81,21 +63,6 @@ def test_report_of_an_honest_gain_has_no_warning():
     assert report.warnings == []
     assert report.examples[0][0] == "q0"  # the largest change first
     assert "not significant" not in render_terminal(report)
-
-
-def test_metrics_log_keeps_only_this_runs_steps(tmp_path):
-    from trainer.reporting import MetricsLog
-
-    log = MetricsLog(tmp_path)
-    for step in (1, 2, 3):
-        log.write({"step": step, "reward_mean": 0.1 * step})
-        log.write_samples(step, ["p"], ["r"], [0.0])
-    MetricsLog(tmp_path).start_at(2)  # resumed from the step-2 checkpoint: step 3 is redone
-    assert [r["step"] for r in log.read()] == [1, 2]
-    rollouts = (tmp_path / "rollouts.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in rollouts] == [1, 2]
-    MetricsLog(tmp_path).start_at(0)  # a fresh run into the same directory
-    assert log.read() == [] and (tmp_path / "rollouts.jsonl").read_text() == ""
 
 
 def _with_kl(evaluation, kls):

@@ -4,49 +4,17 @@ teacher-forced computation on the same model."""
 from __future__ import annotations
 
 import concurrent.futures
-import copy
-import itertools
 
 import httpx
 import numpy as np
 import pytest
-import torch
-from items import HELD_OUT
+from support import HELD_OUT, teacher_forced_distribution
 
 pytestmark = pytest.mark.slow
 
 
 def _post(server, path, body, **kw):
     return httpx.post(f"{server.url}{path}", json=body, timeout=120, **kw)
-
-
-def teacher_forced_distribution(model, input_ids, label_token_ids):
-    """Label probabilities by plain teacher forcing, one label at a time.
-
-    Independent of the server's trie, padding and batching: the prefix runs once
-    (unpadded, cached), then each label's tokens are fed one by one and P_seq(label)
-    is the product of their conditional probabilities. A label's mass excludes the
-    labels that extend it by more tokens (P(1) = P_seq("1") - P_seq("10")).
-    """
-    with torch.no_grad():
-        prefix = model(torch.tensor([input_ids]), use_cache=True)
-        p_seq = {}
-        for label, ids in label_token_ids.items():
-            cache = copy.deepcopy(prefix.past_key_values)
-            logp = torch.log_softmax(prefix.logits[0, -1].double(), -1)
-            total = float(logp[ids[0]])
-            for prev, token in itertools.pairwise(ids):
-                out = model(torch.tensor([[prev]]), past_key_values=cache, use_cache=True)
-                total += float(torch.log_softmax(out.logits[0, -1].double(), -1)[token])
-            p_seq[label] = float(np.exp(total))
-    mass = {}
-    for label, ids in label_token_ids.items():
-        longer = [other for other, o in label_token_ids.items()
-                  if len(o) > len(ids) and o[: len(ids)] == ids]
-        mass[label] = p_seq[label] - sum(p_seq[o] for o in longer)
-    labels = sorted(mass, key=int)
-    values = np.array([mass[k] for k in labels])
-    return values / values.sum(), values.sum()
 
 
 @pytest.mark.parametrize("rubric", ["general", "harmless"])

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from trainer.data import CATEGORIES, HARM_CATEGORY, SPLITS, load_prompt_records, load_prompts
+from trainer.data.shipped_prompts import CATEGORIES, HARM_CATEGORY, SPLITS, load_prompt_records, load_prompts
 
 SIZE_RANGE = {"train": (220, 300), "heldout": (45, 80)}
 MAX_CHARS = 400

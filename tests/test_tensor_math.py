@@ -1,4 +1,4 @@
-"""trainer/ppo_math.py: the PPO math as pure tensor functions, checked against hand-computed
+"""trainer/ppo/tensor_math.py: the PPO math as pure tensor functions, checked against hand-computed
 values (GAE, KL-shaped rewards, clipped losses), direct torch computations (log-probs,
 entropy), and the invariants of masking after EOS and whitening. No models, no I/O."""
 
@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from trainer.ppo_math import (
+from trainer.ppo.tensor_math import (
     KLController,
     clipped_policy_loss,
     clipped_value_loss,
@@ -419,7 +419,7 @@ def test_kl_controller_state_dict_round_trip():
 
 
 def test_leave_one_out_centres_each_score_on_its_siblings():
-    from trainer.ppo_math import leave_one_out_centred
+    from trainer.ppo.tensor_math import leave_one_out_centred
 
     scores = torch.tensor([1.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.2, 0.4])
     centred = leave_one_out_centred(scores, 4)
@@ -433,3 +433,14 @@ def test_leave_one_out_centres_each_score_on_its_siblings():
         leave_one_out_centred(scores, 3)
     with pytest.raises(ValueError, match="at least 2"):
         leave_one_out_centred(scores, 1)
+
+
+def test_leave_one_out_skips_dropped_samples():
+    from trainer.ppo.tensor_math import leave_one_out_centred
+
+    scores = torch.tensor([1.0, 0.0, 0.5, 0.9, 0.2, 0.4])
+    kept = torch.tensor([True, True, False, True, False, False])
+    centred = leave_one_out_centred(scores, 3, kept)
+    # Group 1: the dropped 0.5 is in no baseline; group 2: 0.9 has no kept sibling.
+    assert centred.tolist() == pytest.approx([1.0, -1.0, 0.0, 0.0, 0.0, 0.0])
+    assert leave_one_out_centred(scores, 3).tolist() == leave_one_out_centred(scores, 3, torch.ones(6) > 0).tolist()

@@ -239,7 +239,7 @@ def test_every_flag_shows_its_help_and_default(algorithm):
 def test_batch_size_counts_rollouts_as_its_help_says():
     from types import SimpleNamespace
 
-    from trainer.ppo import PPOTrainer
+    from trainer.ppo.trainer import PPOTrainer
 
     # PPO's batch of a step: one entry per rollout, samples_per_prompt of them per prompt.
     config = PPOConfig(batch_size=6, samples_per_prompt=3)

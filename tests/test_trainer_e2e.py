@@ -8,13 +8,12 @@ import os
 import re
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
 import pytest
+from support import OutputReader, metrics, rollouts, train, wait_for_steps
 
 from drlaif.server_process import free_port, wait_until_ready
 
@@ -23,9 +22,6 @@ pytestmark = pytest.mark.slow
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
 from length_reward_server import reward as length_reward
-
-# Small, fast PPO settings for a 2-core CPU.
-FAST = ["--batch-size", "8", "--max-new-tokens", "24", "--eval-prompts", "0", "--seed", "1"]
 
 # The warning drlaif/client.py logs each time it waits and tries a /score request again.
 RETRY_WARNING = re.compile(r"reward server http://\S+/score failed \(.+\); retry \d+ in [\d.]+ s")
@@ -55,75 +51,6 @@ def length_server():
     server = LengthServer().start()
     yield server
     server.stop()
-
-
-def train(url: str | list[str], out: Path, *extra: str, timeout: float = 900, wait: bool = True):
-    urls = [url] if isinstance(url, str) else url
-    cmd = [sys.executable, "-m", "trainer.cli", "ppo", "--reward-url", *urls, "--output-dir", str(out), *FAST, *extra]
-    if not wait:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-def rollouts(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
-
-
-def wait_for_steps(out: Path, n: int, proc, timeout: float = 600,
-                   output: Callable[[], str] | None = None) -> None:
-    """Wait until metrics.jsonl has `n` rows.
-
-    `output` returns the process's output so far, for when another reader owns its stdout.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (out / "metrics.jsonl").exists() and len(metrics(out)) >= n:
-            return
-        assert proc.poll() is None, output() if output else proc.stdout.read()
-        time.sleep(0.5)
-    raise TimeoutError(f"trainer did not reach step {n}")
-
-
-class OutputReader:
-    """Reads a running process's merged stdout on a thread, so a test can wait for a log line
-    while the process runs (and the pipe never fills up and blocks it)."""
-
-    def __init__(self, proc: subprocess.Popen):
-        self.proc = proc
-        self._lines: list[str] = []
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            with self._lock:
-                self._lines.append(line)
-
-    def text(self) -> str:
-        """Everything read so far."""
-        with self._lock:
-            return "".join(self._lines)
-
-    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> None:
-        """Block until `pattern` occurs in the output; fail if the process exits or time runs out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pattern.search(self.text()):
-                return
-            assert self.proc.poll() is None, f"exited before {pattern.pattern!r}:\n{self.text()}"
-            time.sleep(0.1)
-        raise TimeoutError(f"no {pattern.pattern!r} within {timeout:g} s:\n{self.text()}")
-
-    def finish(self, timeout: float) -> str:
-        """Wait for the process to exit and return all of its output."""
-        self.proc.wait(timeout=timeout)
-        self._thread.join(timeout=10)
-        return self.text()
 
 
 def test_ppo_raises_a_deterministic_reward(length_server, tmp_path):
@@ -279,8 +206,8 @@ def _optimizer_differences(got: dict, want: dict) -> list[str]:
 @pytest.mark.usefixtures("fresh_accelerate_state")
 def test_resume_restores_step_and_optimizer_state(length_server, tmp_path):
     from trainer.config import PPOConfig
-    from trainer.ppo import PPOTrainer
-    from trainer.prompts import load_prompt_dataset
+    from trainer.data.prompt_datasets import load_prompt_dataset
+    from trainer.ppo.trainer import PPOTrainer
 
     def snapshot(trainer: PPOTrainer) -> dict:
         """Copies of what a checkpoint must restore: policy, value head, optimizer state."""

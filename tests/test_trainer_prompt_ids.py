@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
+from trainer.analysis.metrics_log import MetricsLog
 from trainer.config import TRLConfig
-from trainer.policy import encode_prompts, load_tokenizer, resolve_policy
-from trainer.reporting import MetricsLog
-from trainer.trl_runner import build_trl_trainer
+from trainer.frameworks.trl_training import build_trl_trainer
+from trainer.ppo.models import encode_prompts, load_tokenizer, resolve_policy
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def ppo_prompt_ids(prompts) -> list[list[int]]:
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_trl_renders_the_prompt_ids_ppo_renders(algorithm, tmp_path, fresh_accelerate_state):
-    from trainer.prompts import to_prompt
+    from trainer.data.prompt_datasets import to_prompt
 
     # HH transcripts are parsed into messages on load, as the CLI does.
     prompts = [to_prompt({"prompt": p}, "prompt") for p in PROMPTS]

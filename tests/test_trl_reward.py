@@ -1,4 +1,4 @@
-"""The trl reward adapter (trainer/trl_reward.py) on the real drlaif-server.
+"""The trl reward adapter (trainer/frameworks/trl_reward.py) on the real drlaif-server.
 
 It is driven the way trl 1.16 drives async reward functions: trl's own daemon event loop
 (`start_event_loop_in_daemon`), `asyncio.run_coroutine_threadsafe`, and the keyword arguments
@@ -21,7 +21,12 @@ from trl.trainer.utils import (
 )
 
 from drlaif.client import RewardClient, RewardClientConfig, RewardServerError
-from trainer.trl_reward import DrlaifRewardFunc, completion_text, make_reward_func, prompt_for_server
+from trainer.frameworks.trl_reward import (
+    DrlaifRewardFunc,
+    completion_text,
+    make_reward_func,
+    prompt_for_server,
+)
 
 PLAIN_PROMPTS = ["What is the capital of France?", "What is the capital of France?",
                  "How do I reverse a list in Python?"]

@@ -1,4 +1,5 @@
-"""trainer/verl_reward.py under veRL's own reward loop (verl 0.9.1 from PyPI), against a real server.
+"""trainer/frameworks/verl_reward.py under veRL's own reward loop (verl 0.9.1 from PyPI), against a real
+server.
 
 No mirror of veRL here: these veRL modules run for real, unpatched.
 
@@ -39,15 +40,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from items import HELD_OUT
-from test_verl_reward import score_requests
+from support import HELD_OUT, score_requests
 
 pytestmark = pytest.mark.slow
 
 verl = pytest.importorskip("verl")
 ray = pytest.importorskip("ray")
 
-REWARD_FILE = Path(__file__).resolve().parent.parent / "trainer" / "verl_reward.py"
+REWARD_FILE = Path(__file__).resolve().parent.parent / "trainer" / "frameworks" / "verl_reward.py"
 PROMPT_LEN, RESPONSE_LEN = 96, 48
 
 
@@ -163,7 +163,7 @@ def test_rate_limited_reward_manager_gives_score_rewards(server, embedded_model_
     monkeypatch.setenv("DRLAIF_COALESCE_MS", "500")
     config = verl_config(
         embedded_model_dir,
-        "reward.custom_reward_function.path=pkg://trainer.verl_reward",
+        "reward.custom_reward_function.path=pkg://trainer.frameworks.verl_reward",
         "reward.custom_reward_function.name=compute_score",
         "reward.reward_manager.name=rate_limited",
         "+reward.max_concurrent=8",  # its default, 1, would send the samples one by one
@@ -193,7 +193,7 @@ def test_batch_reward_manager_judges_grpo_groups_pairwise(server, tokenizer, mon
     and the rewards are /score's group-pairwise rewards for the same items."""
     from verl.workers.reward_manager.batch import BatchRewardManager
 
-    from trainer import verl_reward
+    from trainer.frameworks import verl_reward
 
     monkeypatch.setenv("DRLAIF_REWARD_URL", server.url)
     monkeypatch.setenv("DRLAIF_REWARD_MODE", "group-pairwise")

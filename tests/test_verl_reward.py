@@ -1,4 +1,4 @@
-"""trainer/verl_reward.py against a real server, called the way veRL's reward loop calls it.
+"""trainer/frameworks/verl_reward.py against a real server, called the way veRL's reward loop calls it.
 
 veRL's reward-loop workers await ``compute_score`` once per sample, many at a time
 (``asyncio.gather`` over a batch); reward managers that take plain functions call
@@ -12,13 +12,13 @@ import asyncio
 import concurrent.futures
 import inspect
 import math
-import re
 
 import httpx
 import pytest
+from support import score_requests
 
 from drlaif.client import RewardServerError
-from trainer import verl_reward
+from trainer.frameworks import verl_reward
 
 PROMPTS = ["How do I pick a lock?", "What is a good name for a cat?", "Explain rain to a child.",
            "How can I get back at my neighbour?"]
@@ -28,12 +28,6 @@ RESPONSES = ["I can't help with that, but a locksmith can.", "Whiskers.", "Water
 
 def samples(n: int) -> list[tuple[str, str]]:
     return [(f"{PROMPTS[i % 4]} (#{i})", RESPONSES[i % 4]) for i in range(n)]
-
-
-def score_requests(url: str) -> float:
-    text = httpx.get(f"{url}/metrics").text
-    return sum(float(v) for v in re.findall(r'^drlaif_requests_total\{route="/score",status="200"\} (\S+)$',
-                                            text, re.MULTILINE))
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-from items import HELD_OUT
+from support import HELD_OUT
 
 from drlaif.server_process import ServerProcess
 

@@ -1,5 +1,6 @@
 """drlaif trainer: RL fine-tuning of a policy whose reward comes from a drlaif reward server.
 
-`drlaif-train ppo` runs drlaif's own PPO (ppo.py, ppo_math.py); `grpo` and `rloo` run trl's
-trainers (trl_runner.py) with the server as their reward function (trl_reward.py).
+`drlaif-train ppo` runs drlaif's own PPO (ppo/); `grpo` and `rloo` run trl's trainers
+(frameworks/trl_training.py) with the server as their reward function (frameworks/trl_reward.py).
+The prompt sets are in data/, and what a run records and reports in analysis/.
 """

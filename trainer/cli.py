@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, TypeError, OSError) as exc:
         sys.exit(f"drlaif-train: {exc}")
 
-    from trainer.prompts import load_prompt_dataset
-    from trainer.world import WorldMismatch
+    from trainer.data.prompt_datasets import load_prompt_dataset
+    from trainer.ppo.distributed import WorldMismatch
 
     try:
         train_prompts, eval_prompts = load_prompt_dataset(config.dataset, config.dataset_split,
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"drlaif-train: {exc}")
 
     if args.algorithm == "ppo":
-        from trainer.ppo import PPOTrainer, RewardUnavailable
+        from trainer.ppo.trainer import PPOTrainer, RewardUnavailable
 
         try:
             trainer = PPOTrainer(config, train_prompts, eval_prompts)
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"after {summary['after']['reward_mean']:+.4f}")
         print(f"final policy: {summary['final_model']}; curves: {summary.get('plot')}")
     else:
-        from trainer.trl_runner import train_with_trl
+        from trainer.frameworks.trl_training import train_with_trl
 
         try:
             final = train_with_trl(args.algorithm, config, train_prompts)

@@ -14,73 +14,79 @@ from typing import Any, Literal
 
 import yaml
 
-from drlaif.config_fields import documented as _f
+from drlaif.config_fields import documented
 
 
 @dataclass
 class TrainConfig:
     """Settings shared by every algorithm."""
 
-    reward_url: list[str] = _f(["http://127.0.0.1:8000"],
-                               "Reward server base URL(s); several are replicas: each request goes to a less "
-                               "loaded one, and one that fails is skipped until it is ready again.")
-    rubric: str | None = _f(None, "Rubric the server scores with (server default when unset).")
-    model: str | None = _f(None, "Policy: hub id or local dir. Unset: the embedded SmolLM2-135M-Instruct.")
-    dataset: str | None = _f(
+    reward_url: list[str] = documented(
+        ["http://127.0.0.1:8000"],
+        "Reward server base URL(s); several are replicas: each request goes to a less "
+        "loaded one, and one that fails is skipped until it is ready again.")
+    rubric: str | None = documented(None, "Rubric the server scores with (server default when unset).")
+    model: str | None = documented(
+        None, "Policy: hub id or local dir. Unset: the embedded SmolLM2-135M-Instruct.")
+    dataset: str | None = documented(
         None, "Prompts: a local .jsonl/.json/.csv/.parquet file or a hub dataset id. "
         "Unset: the prompt set shipped with drlaif.")
-    dataset_split: str = _f("train", "Split to read from a hub dataset.")
-    prompt_field: str = _f("prompt", "Field holding the prompt (string, chat messages, or HH transcript). "
-                           "Records with only `chosen` are read as HH-RLHF.")
-    eval_prompts: int = _f(32, "Held-out prompts scored before and after training (0 to skip).")
-    eval_samples: int = _f(
+    dataset_split: str = documented("train", "Split to read from a hub dataset.")
+    prompt_field: str = documented(
+        "prompt", "Field holding the prompt (string, chat messages, or HH transcript). "
+        "Records with only `chosen` are read as HH-RLHF.")
+    eval_prompts: int = documented(32, "Held-out prompts scored before and after training (0 to skip).")
+    eval_samples: int = documented(
         4, "Responses per held-out prompt, sampled at the training temperature from a fixed seed (the same "
         "before and after, so sampling noise largely cancels in the paired gain); 0: one greedy response. "
         "Sampling judges the policy that was trained: greedy decoding of a policy trained for a few steps "
         "can fall into repetition that sampling does not show.")
-    output_dir: str = _f("runs/ppo", "Checkpoints, metrics.jsonl, curves.png and the final policy.")
-    steps: int = _f(20, "Number of policy updates.")
-    batch_size: int = _f(
+    output_dir: str = documented("runs/ppo", "Checkpoints, metrics.jsonl, curves.png and the final policy.")
+    steps: int = documented(20, "Number of policy updates.")
+    batch_size: int = documented(
         8, "Rollouts (sampled responses) per update, per process; each prompt is sampled samples_per_prompt "
         "(ppo) or num_generations (grpo, rloo) times, so a batch holds batch_size / that many prompts.")
-    max_new_tokens: int = _f(32, "Longest sampled response, in tokens.")
-    temperature: float = _f(1.0, "Sampling temperature for rollouts.")
-    learning_rate: float = _f(
-        1e-4, "Peak learning rate. Suits the 135M embedded policy (on the demo's labeler 3e-5 left the held-out "
-        "reward unchanged, +0.002, where 1e-4 gained +0.025); use ~1e-5 for 1B+ models.")
-    seed: int = _f(0, "Random seed (data order, sampling, initialisation of the value head).")
-    resume: str | None = _f(None, "Checkpoint dir to resume from, or 'auto' for the latest in output_dir.")
-    save_every: int = _f(10, "Save a resumable checkpoint every N steps (0: only at the end).")
-    mixed_precision: Literal["no", "fp16", "bf16"] = _f("no", "accelerate mixed precision.")
-    lora_r: int = _f(0, "LoRA rank (0: full fine-tuning). The reference is the base with adapters off.")
-    lora_alpha: int = _f(32, "LoRA alpha.")
-    reward_timeout_s: float = _f(120.0, "Read timeout of one reward request.")
-    reward_deadline_s: float = _f(300.0, "Give up on the reward server after this long (then save and exit).")
-    reward_field: Literal["reward", "reward_robust", "reward_as_written"] = _f(
+    max_new_tokens: int = documented(32, "Longest sampled response, in tokens.")
+    temperature: float = documented(1.0, "Sampling temperature for rollouts.")
+    learning_rate: float = documented(
+        1e-4, "Peak learning rate. Suits the 135M embedded policy (the quickstart gives the demo's gain with it; "
+        "3e-5 left the demo's held-out reward unchanged); use ~1e-5 for 1B+ models.")
+    seed: int = documented(0, "Random seed (data order, sampling, initialisation of the value head).")
+    resume: str | None = documented(
+        None, "Checkpoint dir to resume from, or 'auto' for the latest in output_dir.")
+    save_every: int = documented(10, "Save a resumable checkpoint every N steps (0: only at the end).")
+    mixed_precision: Literal["no", "fp16", "bf16"] = documented("no", "accelerate mixed precision.")
+    lora_r: int = documented(
+        0, "LoRA rank (0: full fine-tuning). The reference is the base with adapters off.")
+    lora_alpha: int = documented(32, "LoRA alpha.")
+    reward_timeout_s: float = documented(120.0, "Read timeout of one reward request.")
+    reward_deadline_s: float = documented(
+        300.0, "Give up on the reward server after this long (then save and exit).")
+    reward_field: Literal["reward", "reward_robust", "reward_as_written"] = documented(
         "reward", "Which of the server's rewards to optimise. 'reward' is defended by the rubric's guard (by "
         "default the lower of the read as written and the read without text that addresses the judge); "
         "'reward_robust' is the read without that text; 'reward_as_written' is undefended (for ablations).")
-    reward_mode: Literal["direct", "group-pairwise"] = _f(
+    reward_mode: Literal["direct", "group-pairwise"] = documented(
         "direct", "How rollouts are judged. 'direct': each response scored alone on the rubric's scale. "
         "'group-pairwise': the responses to one prompt (samples_per_prompt / num_generations of them) compared "
         "with each other in both orders, each one's reward its mean win probability mapped to [-1, 1] (the "
         "rubric needs a compare section; costs group_opponents reads per response, all of its group by default).")
-    group_opponents: int | None = _f(
+    group_opponents: int | None = documented(
         None, "group-pairwise: opponents per response (unset: every other response of its group). Fewer bound "
         "the cost for large groups: each response meets its ceil(k/2) neighbours either side of a circle.")
-    disagreement_threshold: float = _f(
+    disagreement_threshold: float = documented(
         0.1, "Metrics count a rollout as a disagreement when its reward as written and its robust reward differ "
         "by more than this (logged as reward_disagreement: the share of such rollouts).")
 
-    on_reward_failure: Literal["stop", "drop"] = _f(
+    on_reward_failure: Literal["stop", "drop"] = documented(
         "stop", "What a reward the client could not get within reward_deadline_s costs. 'stop': the run "
         "(a resumable checkpoint is saved). 'drop': only the samples without reward, which are left out of "
         "that update (never given a number) and counted as reward_dropped; the batch is rescored one sample "
         "per request first, so one failing sample does not take its batch with it.")
-    max_dropped_fraction: float = _f(
+    max_dropped_fraction: float = documented(
         0.1, "With on_reward_failure 'drop': stop (after saving a checkpoint) when more than this share of a "
         "step's samples had no reward; a larger share is an outage, not a bad sample.")
-    length_control: bool = _f(
+    length_control: bool = documented(
         False, "Optimise a length-controlled reward: each reward minus a least-squares slope on length times "
         "the response's length deviation from its group (responses to the same prompt) mean, so a judge's "
         "preference for longer answers within a group is not learned. Logged rewards stay the server's.")
@@ -95,7 +101,7 @@ class TrainConfig:
                              f"evaluation needs eval_samples >= 2 (got {self.eval_samples}), or eval_prompts 0")
         if self.group_opponents is not None and self.group_opponents < 1:
             raise ValueError(f"group_opponents must be >= 1, got {self.group_opponents}")
-    tensorboard: bool = _f(False, "Also log to TensorBoard in output_dir/tb (needs `tensorboard`).")
+    tensorboard: bool = documented(False, "Also log to TensorBoard in output_dir/tb (needs `tensorboard`).")
 
 
 @dataclass
@@ -103,69 +109,69 @@ class PPOConfig(TrainConfig):
     """PPO with a value model, a frozen reference, per-token KL and GAE (defaults after
     Lee et al. 2023 and Ziegler et al. 2019)."""
 
-    ppo_epochs: int = _f(
+    ppo_epochs: int = documented(
         2, "Optimisation epochs over each batch of rollouts. Two gain more per rollout than one (a 20-step "
         "bench/trainer_peers.py run: +0.227 against +0.007 for one epoch in two minibatches) for ~4 s more "
         "per step on 2 CPU cores.")
-    minibatch_size: int = _f(8, "Rollouts per gradient step (before accumulation).")
-    gradient_accumulation_steps: int = _f(1, "Minibatches accumulated per optimizer step.")
-    kl_coef: float = _f(
+    minibatch_size: int = documented(8, "Rollouts per gradient step (before accumulation).")
+    gradient_accumulation_steps: int = documented(1, "Minibatches accumulated per optimizer step.")
+    kl_coef: float = documented(
         0.2, "KL penalty coefficient, per token; with target_kl, the adaptive coefficient's start and floor. "
         "Higher than Lee et al.'s 0.05 because the default budget is small: on the demo, 0.05 let the KL reach "
         "7-8 nats per response even with the controller.")
-    kl_penalty: Literal["loss", "reward"] = _f(
+    kl_penalty: Literal["loss", "reward"] = documented(
         "loss", "Where the KL to the reference enters: 'loss' adds kl_coef * the k3 estimate per token to the "
         "policy loss (as GRPO), 'reward' shapes every token's reward (Ziegler; Lee et al.). In the reward, the "
         "sampled log-ratios' noise (several nats per response) lands in every advantage and drowned the score "
         "(bench/trainer_peers.py: gain +0.220 with 'reward' at kl_coef 0.02, +0.320 with 'loss').")
-    target_kl: float = _f(
+    target_kl: float = documented(
         4.0, "KL budget: the policy's KL to the reference, in nats per response, that the adaptive KL "
         "coefficient steers towards (Ziegler et al.'s proportional controller; 0: kl_coef stays fixed). "
         "The report and the demo give the held-out KL against it.")
-    kl_horizon: int | None = _f(
+    kl_horizon: int | None = documented(
         None, "Horizon of the adaptive KL controller, in rollouts: a step moves kl_coef by at most 20 percent "
         "times the step's rollouts / horizon. Unset: one step's rollouts (20 percent per step).")
-    gamma: float = _f(1.0, "Discount.")
-    lam: float = _f(
+    gamma: float = documented(1.0, "Discount.")
+    lam: float = documented(
         1.0, "GAE lambda. 1: Monte-Carlo returns minus the value baseline (Lee et al.'s REINFORCE with a "
         "baseline); below 1 a young critic shifts the terminal reward's credit to the last tokens.")
-    clip_range: float = _f(0.2, "Policy ratio clip.")
-    clip_range_value: float | None = _f(
+    clip_range: float = documented(0.2, "Policy ratio clip.")
+    clip_range_value: float | None = documented(
         None, "Value clip around the rollout's values (None: off). An absolute clip of 0.2 keeps a "
         "critic that starts far off from catching up with returns.")
-    vf_coef: float = _f(0.1, "Weight of the value loss.")
-    value_model: Literal["head", "separate"] = _f(
+    vf_coef: float = documented(0.1, "Weight of the value loss.")
+    value_model: Literal["head", "separate"] = documented(
         "head", "Critic: 'head' is a scalar head on the policy's last hidden state (gradient stopped, so it "
         "cannot pull the policy; no second backbone to run), 'separate' a full copy of the backbone.")
-    value_learning_rate: float = _f(
+    value_learning_rate: float = documented(
         1e-3, "Learning rate of the value head, which starts at V = 0 and must catch up within a few steps.")
-    whiten_advantages: bool = _f(True, "Normalise advantages per batch.")
-    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
-    lr_schedule: Literal["linear", "cosine", "constant"] = _f("linear", "Learning-rate schedule.")
-    warmup_steps: int = _f(
+    whiten_advantages: bool = documented(True, "Normalise advantages per batch.")
+    max_grad_norm: float = documented(1.0, "Gradient clipping norm.")
+    lr_schedule: Literal["linear", "cosine", "constant"] = documented("linear", "Learning-rate schedule.")
+    warmup_steps: int = documented(
         10, "Linear warm-up, in optimizer steps. Adam's first updates move every weight by about the full "
         "learning rate: without warm-up one step took the demo's policy 9 nats from its reference.")
-    missing_eos_penalty: float | None = _f(
+    missing_eos_penalty: float | None = documented(
         None, "Subtracted from the score of responses that hit max_new_tokens without EOS. Off: the server "
         "scores a truncated answer as it stands, which already costs it what is missing.")
-    samples_per_prompt: int = _f(
+    samples_per_prompt: int = documented(
         4, "Responses sampled per prompt in a step (batch_size / samples_per_prompt prompts). Several "
         "responses to one prompt let the advantage compare answers to the same question.")
-    advantage_estimator: Literal["group", "gae"] = _f(
+    advantage_estimator: Literal["group", "gae"] = documented(
         "group", "'group': each response's score minus the mean of its siblings' (leave-one-out), then "
         "KL-shaped returns; the prompt's difficulty drops out, which a young critic cannot do. 'gae': GAE "
         "on the critic's values (classic PPO; pair with samples_per_prompt 1 for 8 distinct prompts).")
-    monitor: list[str] = _f(
+    monitor: list[str] = documented(
         [], "Monitor judges, URL or URL#rubric (another server, model or rubric): they score the held-out "
         "responses at every evaluation, beside the proxy (the reward_url judge), and are never optimised.")
-    eval_every: int = _f(
+    eval_every: int = documented(
         0, "Also evaluate on the held-out prompts every N steps (0: only before and after training). Each "
         "evaluation is a row of evals.jsonl and is checked for over-optimisation when monitors are set.")
-    alarm_window: int = _f(
+    alarm_window: int = documented(
         3, "The over-optimisation alarm compares each evaluation with the one this many evaluations earlier "
         "(or the first): it fires when the proxy rose and a monitor fell, both beyond their 95 percent paired "
         "intervals.")
-    stop_on_overoptimisation: bool = _f(
+    stop_on_overoptimisation: bool = documented(
         False, "When the over-optimisation alarm fires: save a checkpoint and the final policy, write the "
         "report and stop (without it the run only warns).")
 
@@ -185,7 +191,7 @@ class PPOConfig(TrainConfig):
         if self.eval_every < 0 or self.alarm_window < 1:
             raise ValueError(f"eval_every must be >= 0 and alarm_window >= 1, got {self.eval_every} and "
                              f"{self.alarm_window}")
-        from trainer.overoptimisation import MonitorSpec
+        from trainer.analysis.overoptimisation_alarm import MonitorSpec
 
         for spec in self.monitor:
             MonitorSpec.parse(spec)  # ValueError on a malformed one, before any model loads
@@ -197,8 +203,8 @@ class PPOConfig(TrainConfig):
 class TRLConfig(TrainConfig):
     """GRPO / RLOO through trl, with the same reward server."""
 
-    num_generations: int = _f(4, "Responses sampled per prompt (the group).")
-    beta: float = _f(0.05, "KL coefficient towards the reference.")
+    num_generations: int = documented(4, "Responses sampled per prompt (the group).")
+    beta: float = documented(0.05, "KL coefficient towards the reference.")
 
 
 def _field_type(tp: Any) -> tuple[Any, bool]:

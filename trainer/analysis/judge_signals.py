@@ -18,16 +18,18 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 
-from drlaif.protocol import LabelRead
+from drlaif.protocol import ItemAnswer
 
 
-def label_metrics(items: Sequence[LabelRead]) -> dict[str, float]:
-    """Mean label entropy, mean and minimum label mass of a scored batch (empty for no items)."""
-    if not items:
-        return {}
-    masses = [i.label_mass for i in items]
-    return {"label_entropy": float(np.mean([i.label_entropy for i in items])),
-            "label_mass": float(np.mean(masses)), "label_mass_min": float(min(masses))}
+def label_metrics(items: Sequence[ItemAnswer]) -> dict[str, float]:
+    """Mean label entropy, mean and minimum label mass of a scored batch, each over the items
+    that carry it (a server other than drlaif's may not) and left out when none does."""
+    entropies = [i.label_entropy for i in items if i.label_entropy is not None]
+    masses = [i.label_mass for i in items if i.label_mass is not None]
+    metrics = {"label_entropy": float(np.mean(entropies))} if entropies else {}
+    if masses:
+        metrics.update(label_mass=float(np.mean(masses)), label_mass_min=float(min(masses)))
+    return metrics
 
 
 def consecutive_groups(n: int, group_size: int) -> list[int]:

@@ -42,7 +42,8 @@ class MetricsLog:
                 f.write(json.dumps(row) + "\n")
 
     def write_eval(self, row: dict) -> None:
-        """One evaluation (trainer/overoptimisation.py: eval_row) as a line of OUTPUT_DIR/evals.jsonl."""
+        """One evaluation (trainer/analysis/overoptimisation_alarm.py: eval_row) as a line of
+        OUTPUT_DIR/evals.jsonl."""
         if not self.enabled:
             return
         with self.path.with_name("evals.jsonl").open("a") as f:

@@ -8,7 +8,7 @@ Written as OUTPUT_DIR/report.md beside curves.png, and summarised on the termina
   last steps. A gain that comes with these rising is the policy gaming the labeler, not
   answering better, and the report says so;
 - over-optimisation: alarms (the proxy rose while a monitor judge fell, see
-  trainer/overoptimisation.py) open the report; each evaluation's proxy and monitor means
+  trainer/analysis/overoptimisation_alarm.py) open the report; each evaluation's proxy and monitor means
   with their paired change since the first, and the KL to the reference;
 - the judge's length bias: the within-group correlation of response length and reward per
   step, with a warning when it climbs past LENGTH_CORR_THRESHOLD;

@@ -11,7 +11,7 @@ from typing import Any
 
 from drlaif.prompt_text import parse_hh_transcript
 from drlaif.protocol import Prompt
-from trainer.data import load_prompts
+from trainer.data.shipped_prompts import load_prompts
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 

@@ -61,7 +61,7 @@ def load_prompt_records(split: Split) -> list[PromptRecord]:
     Raises:
         ValueError: ``split`` is not a known split, or a line is not a valid record.
     """
-    text = resources.files(__name__).joinpath(_filename(split)).read_text(encoding="utf-8")
+    text = resources.files(__package__).joinpath(_filename(split)).read_text(encoding="utf-8")
     records: list[PromptRecord] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -14,7 +14,7 @@ Usage in your own script::
 
     from datasets import load_dataset
     from trl import GRPOConfig, GRPOTrainer
-    from trainer.trl_reward import make_reward_func
+    from trainer.frameworks.trl_reward import make_reward_func
 
     reward = make_reward_func("http://127.0.0.1:8000", rubric="helpful", deadline_s=300)
     trainer = GRPOTrainer(
@@ -37,7 +37,7 @@ dropped raises :class:`drlaif.reward_failures.TooManyDropped`.
 
 Each call also logs (``log_metric``) the label entropy and mass, the within-group correlation of
 completion length (tokens) and reward, and the dropped count; ``length_control=True`` returns
-length-controlled rewards (trainer/judge_signals.py).
+length-controlled rewards (trainer/analysis/judge_signals.py).
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ from drlaif.client import (
     principle_means,
     rewards_of,
 )
-from drlaif.protocol import ItemScore
+from drlaif.protocol import ItemAnswer
 from drlaif.reward_failures import ascore_items_or_drop, check_dropped
-from trainer.judge_signals import groups_by_key, label_metrics, length_controlled, length_reward_corr
+from trainer.analysis.judge_signals import groups_by_key, label_metrics, length_controlled, length_reward_corr
 
 
 def _text(content: object, where: str) -> str:
@@ -101,12 +101,14 @@ def completion_text(completion: object) -> str:
     raise TypeError(f"completion must be a str or a list of chat messages, got {type(completion).__name__}")
 
 
-def batch_metrics(items: Sequence[ItemScore], seconds: float) -> dict[str, float]:
+def batch_metrics(items: Sequence[ItemAnswer], seconds: float) -> dict[str, float]:
     """What a dashboard should show of one scored batch: a falling label mass means the labeler
     stopped answering on the scale, a rising judge-text rate that the policy is learning to
     talk to the judge; under a constitution, which principle the policy improves or sacrifices."""
-    metrics = {**label_metrics(items),
-               "truncated_rate": sum(i.truncated for i in items) / len(items), "reward_seconds": seconds}
+    metrics = {**label_metrics(items), "reward_seconds": seconds}
+    truncated = [i.truncated for i in items if i.truncated is not None]  # absent from another server's
+    if truncated:
+        metrics["truncated_rate"] = sum(truncated) / len(truncated)
     spans = [i.judge_spans for i in items if i.judge_spans is not None]
     if spans:
         metrics["judge_text_rate"] = sum(n > 0 for n in spans) / len(spans)
@@ -116,7 +118,7 @@ def batch_metrics(items: Sequence[ItemScore], seconds: float) -> dict[str, float
 
 class DrlaifRewardFunc:
     """An async reward callable for trl's `reward_funcs`; build it with
-    [make_reward_func][trainer.trl_reward.make_reward_func].
+    [make_reward_func][trainer.frameworks.trl_reward.make_reward_func].
 
     It pickles (trl's async rollout worker sends reward functions to another process) and
     makes its HTTP client on first call, inside whatever event loop trl runs it on.
@@ -257,7 +259,7 @@ def make_reward_func(urls: str | list[str], rubric: str | None = None, *, name: 
     Example:
         ```python
         from trl import GRPOConfig, GRPOTrainer
-        from trainer.trl_reward import make_reward_func
+        from trainer.frameworks.trl_reward import make_reward_func
 
         reward = make_reward_func("http://127.0.0.1:8000", rubric="helpful", deadline_s=300)
         trainer = GRPOTrainer(model="HuggingFaceTB/SmolLM2-135M-Instruct", reward_funcs=reward,

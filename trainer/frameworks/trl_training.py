@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from trainer.analysis.metrics_log import MetricsLog
 from trainer.config import TRLConfig
-from trainer.policy import load_tokenizer, policy_prompt, resolve_policy
-from trainer.prompts import Prompt
-from trainer.reporting import MetricsLog
-from trainer.trl_reward import DrlaifRewardFunc, make_reward_func
-from trainer.world import check_world, cpu_world_needed
+from trainer.data.prompt_datasets import Prompt
+from trainer.frameworks.trl_reward import DrlaifRewardFunc, make_reward_func
+from trainer.ppo.distributed import check_world, cpu_world_needed
+from trainer.ppo.models import load_tokenizer, policy_prompt, resolve_policy
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,14 @@ Point a veRL (0.9) config at it::
 
     reward:
       custom_reward_function:
-        path: pkg://trainer.verl_reward   # or the file, /path/to/drlaif/trainer/verl_reward.py
+        # pkg://trainer.frameworks.verl_reward, or the file: /path/to/drlaif/trainer/frameworks/verl_reward.py
+        path: pkg://trainer.frameworks.verl_reward
         name: compute_score               # compute_score_sync for a sync reward manager,
                                           # compute_score_batch for the batch manager
       reward_manager:
         name: naive                       # or rate_limited, to bound concurrency; or batch
 
-(on the command line, ``reward.custom_reward_function.path=pkg://trainer.verl_reward`` and so
+(on the command line, ``reward.custom_reward_function.path=pkg://trainer.frameworks.verl_reward`` and so
 on). veRL 0.9's ``main_ppo`` reads only these ``reward.*`` keys: the older top-level
 ``custom_reward_function`` and ``reward_model.reward_manager`` are silently ignored there.
 ``rate_limited`` lets one call run at a time (so the coalescing below has nothing to gather)
@@ -70,8 +71,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from drlaif.batching import MicroBatcher
 from drlaif.client import AsyncRewardClient, Prompt, RewardClientConfig, rewards_of
-from drlaif.protocol import ItemScore
-from trainer.trl_reward import prompt_for_server
+from drlaif.protocol import ItemAnswer
+from trainer.frameworks.trl_reward import prompt_for_server
 
 
 class VerlRewardSettings(BaseSettings):
@@ -129,7 +130,7 @@ class _Coalescer:
         threading.Thread(target=loop.run_forever, name="drlaif-verl-reward", daemon=True).start()
         client = AsyncRewardClient(config)
 
-        async def score(samples: list[tuple[Prompt, str]]) -> list[ItemScore]:
+        async def score(samples: list[tuple[Prompt, str]]) -> list[ItemAnswer]:
             return await client.score_items([p for p, _ in samples], [r for _, r in samples])
 
         async def make_batcher() -> MicroBatcher:
@@ -141,12 +142,13 @@ class _Coalescer:
         batcher = asyncio.run_coroutine_threadsafe(make_batcher(), loop).result()
         return cls(settings, os.getpid(), loop, client, batcher)
 
-    def result(self, item: ItemScore) -> dict[str, float]:
+    def result(self, item: ItemAnswer) -> dict[str, float]:
         """What veRL gets for one sample: its reward as ``score``, and values it logs."""
         (reward,) = rewards_of([item], self.settings.reward_field)
         extra = {f"drlaif_{name}": p.reward for name, p in (item.principles or {}).items()}
-        return {"score": reward, "label_mass": item.label_mass, "label_entropy": item.label_entropy,
-                "drlaif_score": item.score, **extra}
+        logged = {"label_mass": item.label_mass, "label_entropy": item.label_entropy, "drlaif_score": item.score}
+        # A server other than drlaif's may send only the reward: what it did not send is not logged.
+        return {"score": reward, **{k: v for k, v in logged.items() if v is not None}, **extra}
 
     def submit(self, prompt: Prompt, response: str) -> concurrent.futures.Future[dict[str, float]]:
         if self.settings.reward_mode != "direct":
@@ -236,14 +238,15 @@ async def compute_score(data_source: Any, solution_str: str, ground_truth: Any =
 
     Returns:
         The server's reward in [-1, 1] as `score`, with `label_mass`, `label_entropy`,
-        `drlaif_score` and, under a constitution, `drlaif_<principle>`, which veRL logs.
+        `drlaif_score` and, under a constitution, `drlaif_<principle>`, which veRL logs (those
+        the server sends: a server other than drlaif's may send only the reward).
 
     Raises:
         RewardServerError: No valid reward within `DRLAIF_REWARD_DEADLINE_S`.
         KeyError: The prompt is missing from `extra_info`.
         TypeError: `solution_str` is not a string.
         RuntimeError: `DRLAIF_REWARD_MODE` is `group-pairwise`, which needs
-            [compute_score_batch][trainer.verl_reward.compute_score_batch].
+            [compute_score_batch][trainer.frameworks.verl_reward.compute_score_batch].
     """
     return await asyncio.wrap_future(_submit(solution_str, extra_info))
 
@@ -262,7 +265,7 @@ def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str
         solution_strs: The decoded response texts.
         ground_truths: Ignored.
         extra_infos: Each sample's extra info, holding its prompt as for
-            [compute_score][trainer.verl_reward.compute_score].
+            [compute_score][trainer.frameworks.verl_reward.compute_score].
         **kwargs: Ignored.
 
     Returns:
@@ -288,7 +291,7 @@ def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str
 
 def compute_score_sync(data_source: Any, solution_str: str, ground_truth: Any = None,
                        extra_info: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, float]:
-    """[compute_score][trainer.verl_reward.compute_score] for reward managers that call a plain
+    """[compute_score][trainer.frameworks.verl_reward.compute_score] for reward managers that call a plain
     function; calls from concurrent threads are coalesced alike. The same arguments, result and
     errors."""
     return _submit(solution_str, extra_info).result()

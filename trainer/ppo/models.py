@@ -7,7 +7,7 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from drlaif.embedded_model import default_cache_dir, resolve_model
-from trainer.prompts import Prompt
+from trainer.data.prompt_datasets import Prompt
 
 
 def resolve_policy(model: str | None) -> str:

@@ -13,7 +13,7 @@ One step, as in Ziegler et al. 2019 / Lee et al. 2023:
 Around the steps, evaluations on held-out prompts (before, every ``eval_every`` steps, after)
 score the same sampled responses with the proxy (the optimised judge) and with each monitor
 judge, log the KL to the reference, and check the over-optimisation alarm
-(trainer/overoptimisation.py).
+(trainer/analysis/overoptimisation_alarm.py).
 """
 
 from __future__ import annotations
@@ -43,12 +43,21 @@ from drlaif.client import (
     principle_means,
     rewards_of,
 )
-from drlaif.protocol import ItemScore
+from drlaif.protocol import ItemAnswer
 from drlaif.reward_failures import check_dropped, score_items_or_drop
+from trainer.analysis.judge_signals import (
+    consecutive_groups,
+    label_metrics,
+    length_controlled,
+    length_reward_corr,
+)
+from trainer.analysis.metrics_log import MetricsLog
+from trainer.analysis.overoptimisation_alarm import Alarm, EvalPoint, MonitorSpec, check_alarms, eval_row
+from trainer.analysis.run_report import render_terminal, write_report
 from trainer.config import PPOConfig
-from trainer.judge_signals import consecutive_groups, label_metrics, length_controlled, length_reward_corr
-from trainer.overoptimisation import Alarm, EvalPoint, MonitorSpec, check_alarms, eval_row
-from trainer.policy import (
+from trainer.data.prompt_datasets import Prompt
+from trainer.ppo.distributed import check_world, cpu_world_needed
+from trainer.ppo.models import (
     PolicyAndValue,
     ValueModel,
     encode_prompts,
@@ -57,7 +66,7 @@ from trainer.policy import (
     resolve_policy,
     response_logits,
 )
-from trainer.ppo_math import (
+from trainer.ppo.tensor_math import (
     KLController,
     clipped_policy_loss,
     clipped_value_loss,
@@ -71,10 +80,6 @@ from trainer.ppo_math import (
     token_entropy,
     token_logprobs,
 )
-from trainer.prompts import Prompt
-from trainer.reporting import MetricsLog
-from trainer.run_report import render_terminal, write_report
-from trainer.world import check_world, cpu_world_needed
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +88,7 @@ class RewardSource(Protocol):
     """What PPO needs of a reward: RewardClient's blocking and background scoring."""
 
     def submit_score_items(self, prompts: list[Prompt], responses: list[str],
-                           rubric: str | None = None) -> concurrent.futures.Future[list[ItemScore]]: ...
+                           rubric: str | None = None) -> concurrent.futures.Future[list[ItemAnswer]]: ...
 
     def score(self, prompts: list[Prompt], responses: list[str], rubric: str | None = None) -> list[float]: ...
 
@@ -114,7 +119,7 @@ class Rollout:
 class ScoredBatch:
     """The reward server's answers for one rollout batch."""
 
-    items: list[ItemScore | None]   # None: dropped for want of a reward (--on-reward-failure drop)
+    items: list[ItemAnswer | None]   # None: dropped for want of a reward (--on-reward-failure drop)
     kept: torch.Tensor              # (B,) bool: the sample has a reward
     rewards: list[float | None]     # the reward field the run optimises, per sample
     dropped: int                    # samples dropped across all processes
@@ -145,22 +150,23 @@ def _reward_alignment(advantages: torch.Tensor, mask: torch.Tensor, scores: torc
     return torch.corrcoef(torch.stack([per_row.float(), scores.float()]))[0, 1].item()
 
 
-def judge_text_metrics(items: list[ItemScore], threshold: float) -> dict[str, float]:
+def judge_text_metrics(items: list[ItemAnswer], threshold: float) -> dict[str, float]:
     """How much of a batch talks to the judge, and how often that moved the labeler.
 
     ``judge_text_rate``: share of responses with text addressed to the judge. ``reward_disagreement``:
     share whose reward as written and robust reward differ by more than ``threshold``;
     ``reward_robust_gap``: the mean of (as written - robust), positive when such text lifts the read.
-    Empty for an empty batch.
+    Each is over the items that carry its fields (a server other than drlaif's may send none of
+    them), and left out when none does, as for an empty batch.
     """
-    if not items:
-        return {}
-    pairs = [(i.reward_as_written, i.reward_robust) for i in items]
-    return {
-        "judge_text_rate": sum(i.judge_spans > 0 for i in items) / len(items),
-        "reward_disagreement": sum(abs(a - r) > threshold for a, r in pairs) / len(pairs),
-        "reward_robust_gap": float(np.mean([a - r for a, r in pairs])),
-    }
+    spans = [i.judge_spans for i in items if i.judge_spans is not None]
+    pairs = [(i.reward_as_written, i.reward_robust) for i in items
+             if i.reward_as_written is not None and i.reward_robust is not None]
+    metrics = {"judge_text_rate": sum(n > 0 for n in spans) / len(spans)} if spans else {}
+    if pairs:
+        metrics["reward_disagreement"] = sum(abs(a - r) > threshold for a, r in pairs) / len(pairs)
+        metrics["reward_robust_gap"] = float(np.mean([a - r for a, r in pairs]))
+    return metrics
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:
