@@ -214,8 +214,8 @@ def render_markdown(report: RunReport, title: str = "drlaif training run") -> st
                   (f"| {report.before_reward:+.3f} | {report.after_reward:+.3f} | {report.gain.mean:+.3f} | "
                   f"[{report.gain.ci_low:+.3f}, {report.gain.ci_high:+.3f}] | {report.gain.n} |"), "",
                   f"So {verdict}.", ""]
-    if report.kl_verdict():
-        lines += [report.kl_verdict()[0].upper() + report.kl_verdict()[1:] + ".", ""]
+    if kl := report.kl_verdict():
+        lines += [kl[0].upper() + kl[1:] + ".", ""]
     lines += ["## Gaming indicators", "", "| share of responses | " +
               ("held-out before | held-out after | " if report.held_out else "") +
               "rollouts, first steps | rollouts, last steps |",
@@ -271,8 +271,8 @@ def render_terminal(report: RunReport) -> str:
         lines.append(f"held-out reward ({report.gain.n} prompts, {report.method}): before {report.before_reward:+.3f}, "
                      f"after {report.after_reward:+.3f}, gain {report.gain} (95% paired bootstrap)"
                      + ("" if report.gain.significant else "  -- not significant"))
-    if report.kl_verdict():
-        lines.append(report.kl_verdict())
+    if kl := report.kl_verdict():
+        lines.append(kl)
     rb, ra = report.rollouts
     lines.append(f"gaming indicators, rollouts first/last steps: rating-like text {rb.rating_like:.0%} -> "
                  f"{ra.rating_like:.0%}, empty {rb.empty:.0%} -> {ra.empty:.0%}")
