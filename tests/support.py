@@ -227,6 +227,11 @@ def rollouts(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
 
 
+def evals(out: Path) -> list[dict]:
+    """A run's held-out evaluations (evals.jsonl), one row each."""
+    return [json.loads(line) for line in (out / "evals.jsonl").read_text().splitlines()]
+
+
 def wait_for_steps(out: Path, n: int, proc, timeout: float = 600,
                    output: Callable[[], str] | None = None) -> None:
     """Wait until metrics.jsonl has `n` rows.

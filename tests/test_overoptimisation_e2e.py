@@ -1,15 +1,18 @@
 """End to end: monitor judges, the over-optimisation alarm and dropped samples, in real
-`drlaif-train ppo` processes against real HTTP reward servers (the tiny random policy)."""
+`drlaif-train` processes (ppo, and grpo and rloo through trl) against real HTTP reward servers
+(the tiny random policy)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Self
 
+import httpx
 import pytest
 
 from drlaif.server_process import free_port, wait_until_ready
@@ -21,8 +24,12 @@ FIXTURES = ROOT / "tests" / "fixtures"
 sys.path.insert(0, str(ROOT / "bench"))
 from rule_reward_server import doomed, shortest
 
-FAST = ["--batch-size", "8", "--minibatch-size", "8", "--max-new-tokens", "12", "--ppo-epochs", "1",
-        "--save-every", "0", "--seed", "1"]
+PROMPTS = 8  # held-out prompts: the alarm's minimum of paired prompts
+FAST = {"ppo": ["--batch-size", "8", "--minibatch-size", "8", "--max-new-tokens", "12", "--ppo-epochs", "1",
+                "--save-every", "0", "--seed", "1"],
+        "grpo": ["--batch-size", "4", "--num-generations", "2", "--max-new-tokens", "12", "--save-every", "0",
+                 "--seed", "1"]}
+FAST["rloo"] = FAST["grpo"]
 
 
 class Server:
@@ -42,27 +49,32 @@ class Server:
         self.proc.wait()
 
 
-def train(url: str, out: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "trainer.cli", "ppo", "--reward-url", url, "--output-dir", str(out),
-           "--model", str(model), *FAST, *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+def train(url: str, out: Path, model: Path, *extra: str, algorithm: str = "ppo") -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "trainer.cli", algorithm, "--reward-url", url, "--output-dir", str(out),
+           "--model", str(model), *FAST[algorithm], *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
 
 
 def jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_alarm_fires_names_the_monitor_opens_the_report_and_stops_the_run(tiny_policy_dir, tmp_path):
+@pytest.mark.compat("drlaif-train ppo", "monitors", "works")
+@pytest.mark.compat("drlaif-train grpo", "monitors", "works")
+@pytest.mark.compat("drlaif-train rloo", "monitors", "works")
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo", "rloo"])
+def test_alarm_fires_names_the_monitor_opens_the_report_and_stops_the_run(tiny_policy_dir, tmp_path, algorithm):
     # The proxy climbs 0.1 per request it answers, the monitor falls 0.1 per request: the
     # curves of a policy gaming its judge, from the first evaluation on.
     with Server(FIXTURES / "drift_reward_server.py", "0.1", "-0.5") as proxy, \
             Server(FIXTURES / "drift_reward_server.py", "-0.1", "0.5") as monitor:
         out = tmp_path / "run"
-        result = train(proxy.url, out, tiny_policy_dir, "--steps", "4", "--eval-every", "1", "--eval-prompts", "4",
-                       "--eval-samples", "2", "--alarm-window", "1", "--monitor", f"{monitor.url}#helpful",
-                       "--stop-on-overoptimisation")
+        result = train(proxy.url, out, tiny_policy_dir, "--steps", "4", "--eval-every", "1", "--eval-prompts",
+                       str(PROMPTS), "--eval-samples", "2", "--alarm-window", "1", "--monitor",
+                       f"drifting judge={monitor.url}#helpful", "--stop-on-overoptimisation", algorithm=algorithm)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    name = f"127.0.0.1:{monitor.port}#helpful"
+    name = "drifting judge"  # the name given on the command line
     assert "over-optimisation at step 1" in result.stderr and name in result.stderr, result.stderr[-3000:]
     assert len(jsonl(out / "metrics.jsonl")) == 1  # stopped at the first alarm, after one update
     rows = jsonl(out / "evals.jsonl")
@@ -70,7 +82,7 @@ def test_alarm_fires_names_the_monitor_opens_the_report_and_stops_the_run(tiny_p
     assert rows[0]["alarms"] == [] and [a["monitor"] for a in rows[1]["alarms"]] == [name]
     alarm = rows[1]["alarms"][0]
     assert alarm["proxy"]["ci_low"] > 0 and alarm["monitor_change"]["ci_high"] < 0
-    assert math.isfinite(rows[1]["kl"]) and len(rows[1]["proxy"]) == 4  # each held-out prompt
+    assert math.isfinite(rows[1]["kl"]) and len(rows[1]["proxy"]) == PROMPTS  # each held-out prompt
     report = (out / "report.md").read_text().splitlines()
     assert report[2].startswith("> **Over-optimisation alarm:**") and name in report[2], report[:4]
     assert (out / "overoptimisation.png").stat().st_size > 0 and (out / "final").is_dir()
@@ -78,22 +90,25 @@ def test_alarm_fires_names_the_monitor_opens_the_report_and_stops_the_run(tiny_p
     assert summary["stopped_early"] == 1 and summary["alarms"][0]["monitor"] == name
 
 
-def test_no_alarm_when_the_monitor_is_the_proxy(server, tiny_policy_dir, tmp_path):
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_no_alarm_when_the_monitor_is_the_proxy(server, tiny_policy_dir, tmp_path, algorithm):
     # The real embedded labeler as proxy and monitor: the same reads, so a monitor cannot fall
     # while the proxy rises.
     out = tmp_path / "run"
     result = train(server.url, out, tiny_policy_dir, "--steps", "2", "--eval-every", "1", "--eval-prompts", "2",
                    "--eval-samples", "2", "--alarm-window", "1", "--monitor", server.url, "--rubric", "general",
-                   "--max-new-tokens", "6")
+                   "--max-new-tokens", "6", algorithm=algorithm)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = jsonl(out / "evals.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2]
-    name = f"127.0.0.1:{server.port}"
+    info = httpx.get(f"{server.url}/info").json()  # a monitor is named for its judge's model and rubric
+    name = f"{Path(info['model']).name}#{info['default_rubric']}"
     for r in rows:
         assert r["alarms"] == []
         assert r["monitors"][name] == pytest.approx(r["proxy"], abs=1e-4)
     report = (out / "report.md").read_text()
     assert "Over-optimisation alarm" not in report and "No over-optimisation alarm" in report
+    assert f"| {name} | change |" in report  # the evaluations table's column
     for m in jsonl(out / "metrics.jsonl"):  # the judge's signals, from the real labeler's reads
         assert 0.0 <= m["label_entropy"] <= 2.303 and 0.0 < m["label_mass"] <= 1.0, m
         assert "length_reward_corr" in m and m["reward_dropped"] == 0

@@ -24,10 +24,9 @@ from support import OWN_REWARD_SERVER, own_reward_server
 
 from drlaif.client import RewardClient, RewardClientConfig, RewardServerError, principle_means, rewards_of
 from drlaif.protocol import ItemAnswer, MissingField, ScoreAnswer
-from trainer.analysis.judge_signals import label_metrics
+from trainer.analysis.judge_signals import judge_text_metrics, label_metrics
 from trainer.frameworks import verl_reward
 from trainer.frameworks.trl_reward import batch_metrics, make_reward_func
-from trainer.ppo.trainer import judge_text_metrics
 
 PROMPTS = ["What is 2+2?", [{"role": "user", "content": "Name a colour."}], "Say hi.", "Count to three."]
 RESPONSES = ["4", "Blue, the colour of a clear sky at noon.", "", "one two three"]

@@ -4,6 +4,7 @@ rewards, on the tiny random policy."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -44,10 +45,14 @@ def test_grpo_trains_on_a_server_that_answers_only_rewards(own_server, tiny_poli
     result = subprocess.run(
         [sys.executable, "-m", "trainer.cli", "grpo", "--reward-url", own_server, "--output-dir", str(out),
          "--model", str(tiny_policy_dir), "--steps", "2", "--batch-size", "2", "--num-generations", "2",
-         "--max-new-tokens", "8", "--save-every", "0"],
+         "--max-new-tokens", "8", "--save-every", "0", "--eval-prompts", "4", "--eval-samples", "2"],
         capture_output=True, text=True, timeout=900, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(-1.0 <= r["reward_mean"] <= 1.0 for r in rows)
     assert all(r["label_entropy"] is None and r["label_mass"] is None for r in rows)
+    summary = json.loads((out / "summary.json").read_text())  # held-out evaluation, as PPO's
+    for example in summary["before"]["examples"] + summary["after"]["examples"]:
+        assert example["reward"] == pytest.approx(sum(map(rule, example["responses"])) / 2, abs=1e-6)
+    assert (out / "report.md").exists()

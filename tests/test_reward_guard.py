@@ -173,7 +173,7 @@ def _item(reward: float, as_written: float, robust: float, spans: int) -> ItemSc
 
 
 def test_judge_text_metrics():
-    from trainer.ppo.trainer import judge_text_metrics  # imports torch; no model is built
+    from trainer.analysis.judge_signals import judge_text_metrics
 
     items = [_item(0.2, 0.8, 0.2, 2),    # gap 0.6, flagged
              _item(0.1, 0.1, 0.1, 0),    # agree
@@ -191,6 +191,6 @@ def test_judge_text_metrics():
 
 
 def test_judge_text_metrics_empty_for_an_empty_batch():
-    from trainer.ppo.trainer import judge_text_metrics
+    from trainer.analysis.judge_signals import judge_text_metrics
 
     assert judge_text_metrics([], 0.1) == {}

@@ -1,11 +1,20 @@
 """drlaif/stats.py: Wilson intervals, win rates with ties counted one half, summaries, and the
-paired bootstrap of a gain."""
+paired bootstrap and Student-t interval of a gain."""
 
 from __future__ import annotations
 
 import pytest
 
-from drlaif.stats import outcome, paired_bootstrap, proportion, summarize, wilson_interval
+from drlaif.stats import (
+    Z95,
+    outcome,
+    paired_bootstrap,
+    paired_t_interval,
+    proportion,
+    summarize,
+    t_quantile,
+    wilson_interval,
+)
 
 
 def test_wilson_interval_known_values():
@@ -62,3 +71,38 @@ def test_paired_bootstrap_rejects_unpaired_input():
         paired_bootstrap([0.0, 1.0], [0.0])
     with pytest.raises(ValueError):
         paired_bootstrap([], [])
+
+
+@pytest.mark.parametrize(("p", "df", "expected"), [
+    (0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 10, 2.2281), (0.975, 30, 2.0423),
+    (0.995, 15, 2.9467), (0.999, 3, 10.2145), (0.999, 7, 4.7853), (0.9995, 5, 6.8688), (0.6, 3, 0.2767),
+])
+def test_t_quantile_known_values(p, df, expected):
+    assert t_quantile(p, df) == pytest.approx(expected, abs=1e-4)
+    assert t_quantile(1 - p, df) == pytest.approx(-expected, abs=1e-4)
+
+
+def test_t_quantile_tends_to_the_normal_and_rejects_nonsense():
+    assert t_quantile(0.975, 100_000) == pytest.approx(Z95, abs=1e-4)
+    assert t_quantile(0.5, 4) == pytest.approx(0.0, abs=1e-12)
+    for p, df in [(0.0, 5), (1.0, 5), (0.9, 0)]:
+        with pytest.raises(ValueError):
+            t_quantile(p, df)
+
+
+def test_paired_t_interval():
+    gain = paired_t_interval([0.0, 0.0, 0.0], [1.0, 2.0, 3.0])
+    # mean 2, sd 1, so the half-width is t(0.975, 2) / sqrt(3)
+    assert (gain.n, gain.mean) == (3, 2.0)
+    assert gain.ci_low == pytest.approx(2 - 4.302653 / 3**0.5) and gain.ci_high == pytest.approx(2 + 4.302653 / 3**0.5)
+    wider = paired_t_interval([0.0, 0.0, 0.0], [1.0, 2.0, 3.0], confidence=0.999)
+    assert wider.ci_low < gain.ci_low and wider.ci_high > gain.ci_high
+    # Equal differences leave no spread: the interval is the mean.
+    same = paired_t_interval([0.0, 1.0], [0.5, 1.5])
+    assert (same.ci_low, same.ci_high) == (0.5, 0.5) and same.significant
+    with pytest.raises(ValueError, match="length"):
+        paired_t_interval([0.0, 1.0], [0.0])
+    with pytest.raises(ValueError, match="two items"):
+        paired_t_interval([0.0], [1.0])
+    with pytest.raises(ValueError, match="confidence"):
+        paired_t_interval([0.0, 1.0], [1.0, 1.0], confidence=1.0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import OutputReader, metrics, rollouts, train, wait_for_steps
+from support import OutputReader, evals, metrics, rollouts, train, wait_for_steps
 
 from drlaif.server_process import free_port, wait_until_ready
 
@@ -169,7 +169,7 @@ def test_server_gone_past_deadline_exits_with_checkpoint_then_resumes(length_ser
 
 @pytest.mark.parametrize("algorithm, flags", [
     ("ppo", ["--samples-per-prompt", "2", "--minibatch-size", "2", "--ppo-epochs", "1", "--eval-prompts", "0"]),
-    ("grpo", ["--num-generations", "2"]),
+    ("grpo", ["--num-generations", "2", "--eval-prompts", "2", "--eval-samples", "2"]),
 ])
 def test_two_cpu_processes_under_torchrun_are_one_training(length_server, tiny_policy_dir, tmp_path, monkeypatch,
                                                            algorithm, flags):
@@ -186,6 +186,8 @@ def test_two_cpu_processes_under_torchrun_are_one_training(length_server, tiny_p
         check=False, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert [r["step"] for r in metrics(out)] == [1, 2]
+    if algorithm == "grpo":  # both processes evaluate; one writes
+        assert [r["step"] for r in evals(out)] == [0, 2]
 
 
 def _tensor_differences(got: Mapping, want: Mapping) -> list[str]:
@@ -291,6 +293,22 @@ def test_ppo_on_the_real_labeler_logs_the_servers_rewards(server, tiny_policy_di
         assert sample["reward"] == pytest.approx(want["reward_robust"], abs=1e-4), sample
 
 
+def assert_proxy_is_read_directly(server, out: Path, rubric: str) -> None:
+    """Each held-out reward is the rubric's direct read of its responses, whatever the run's
+    reward mode: a group-pairwise reward averages to 0 over a prompt's samples, and a proxy curve
+    of it could never rise."""
+    summary = json.loads((out / "summary.json").read_text())
+    examples = summary["before"]["examples"] + summary["after"]["examples"]
+    items = [{"prompt": e["prompt"], "response": r} for e in examples for r in e["responses"]]
+    answer = httpx.post(f"{server.url}/score", json={"items": items, "rubric": rubric}, timeout=300)
+    assert answer.status_code == 200, answer.text
+    direct = iter(r["reward"] for r in answer.json()["results"])
+    for e in examples:
+        assert e["rewards"] == pytest.approx([next(direct) for _ in e["responses"]], abs=1e-4), e
+    assert max(abs(e["reward"]) for e in examples) > 1e-3  # not the pairwise mean, 0 by construction
+    assert [r["step"] for r in evals(out)] == [0, 2]
+
+
 @pytest.mark.parametrize("algorithm, mode", [("grpo", "direct"), ("rloo", "direct"), ("grpo", "group-pairwise")])
 def test_trl_algorithms_run_two_steps_on_the_real_labeler(server, tiny_policy_dir, tmp_path, algorithm, mode):
     out = tmp_path / algorithm
@@ -299,12 +317,14 @@ def test_trl_algorithms_run_two_steps_on_the_real_labeler(server, tiny_policy_di
     result = subprocess.run(
         [sys.executable, "-m", "trainer.cli", algorithm, "--reward-url", server.url, "--output-dir", str(out),
          "--model", str(tiny_policy_dir), "--steps", "2", "--batch-size", "2", "--num-generations", "2",
-         "--max-new-tokens", "8", "--save-every", "0", "--rubric", "helpful", "--reward-mode", mode],
+         "--max-new-tokens", "8", "--save-every", "0", "--rubric", "helpful", "--reward-mode", mode,
+         "--eval-prompts", "2", "--eval-samples", "2"],
         capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(-1.0 <= r["reward_mean"] <= 1.0 for r in rows)
+    assert_proxy_is_read_directly(server, out, "helpful")
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out / "final")
@@ -314,9 +334,10 @@ def test_ppo_group_pairwise_optimises_each_groups_pairwise_rewards(server, tiny_
     out = tmp_path / "run"
     result = train(server.url, out, "--model", str(tiny_policy_dir), "--steps", "2", "--batch-size", "4",
                    "--samples-per-prompt", "2", "--max-new-tokens", "6", "--rubric", "helpful",
-                   "--reward-mode", "group-pairwise")
+                   "--reward-mode", "group-pairwise", "--eval-prompts", "2", "--eval-samples", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert [r["step"] for r in metrics(out)] == [1, 2]
+    assert_proxy_is_read_directly(server, out, "helpful")
     samples = rollouts(out)
     for step in (1, 2):  # each step's batch is one request: its prompt groups judged as the trainer's were
         batch = [s for s in samples if s["step"] == step]

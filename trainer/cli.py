@@ -57,19 +57,17 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"drlaif-train: the reward server is unavailable: {exc}")
         finally:
             trainer.close()
-        if "before" in summary and "after" in summary:
-            print(f"held-out reward: before {summary['before']['reward_mean']:+.4f} -> "
-                  f"after {summary['after']['reward_mean']:+.4f}")
-        print(f"final policy: {summary['final_model']}; curves: {summary.get('plot')}")
     else:
         from trainer.frameworks.trl_training import train_with_trl
 
         try:
-            final = train_with_trl(args.algorithm, config, train_prompts)
+            summary = train_with_trl(args.algorithm, config, train_prompts, eval_prompts)
         except WorldMismatch as exc:
             sys.exit(f"drlaif-train: {exc}")
-        print(f"final policy: {final}")
-
+    if "before" in summary and "after" in summary:
+        print(f"held-out reward: before {summary['before']['reward_mean']:+.4f} -> "
+              f"after {summary['after']['reward_mean']:+.4f}")
+    print(f"final policy: {summary['final_model']}; curves: {summary.get('plot')}")
 
 if __name__ == "__main__":
     main()

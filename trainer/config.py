@@ -66,8 +66,10 @@ class TrainConfig:
         "reward", "Which of the server's rewards to optimise. 'reward' is defended by the rubric's guard (by "
         "default the lower of the read as written and the read without text that addresses the judge); "
         "'reward_robust' is the read without that text; 'reward_as_written' is undefended (for ablations).")
-    reward_mode: Literal["direct", "group-pairwise"] = documented(
-        "direct", "How rollouts are judged. 'direct': each response scored alone on the rubric's scale. "
+    reward_mode: Literal["direct", "group-pairwise"] | None = documented(
+        None, "How rollouts are judged. Unset: as the rubric says (group-pairwise when its group_pairwise is "
+        "true, else direct; direct on a server without /info). 'direct': each response scored alone on the "
+        "rubric's scale. "
         "'group-pairwise': the responses to one prompt (samples_per_prompt / num_generations of them) compared "
         "with each other in both orders, each one's reward its mean win probability mapped to [-1, 1] (the "
         "rubric needs a compare section; costs group_opponents reads per response, all of its group by default).")
@@ -91,17 +93,40 @@ class TrainConfig:
         "the response's length deviation from its group (responses to the same prompt) mean, so a judge's "
         "preference for longer answers within a group is not learned. Logged rewards stay the server's.")
 
+    tensorboard: bool = documented(False, "Also log to TensorBoard in output_dir/tb (needs `tensorboard`).")
+
+    monitor: list[str] = documented(
+        [], "Monitor judges, [NAME=]URL[#rubric] (another server, model or rubric): they score the held-out "
+        "responses at every evaluation, beside the proxy (the reward_url judge), and are never optimised. "
+        "Named NAME, else model#rubric from the server's /info, else host:port.")
+    eval_every: int = documented(
+        0, "Also evaluate on the held-out prompts every N steps (0: only before and after training). Each "
+        "evaluation is a row of evals.jsonl and is checked for over-optimisation when monitors are set.")
+    alarm_window: int = documented(
+        3, "The over-optimisation alarm compares each evaluation with the one this many evaluations earlier "
+        "(or the first): it fires when the proxy rose beyond its 95 percent paired interval and a monitor fell "
+        "beyond an interval corrected for the run's checks and monitors (at most a 2.5 percent false alarm "
+        "per run).")
+    stop_on_overoptimisation: bool = documented(
+        False, "When the over-optimisation alarm fires: save a checkpoint and the final policy, write the "
+        "report and stop (without it the run only warns).")
+
     def __post_init__(self) -> None:
         if not self.disagreement_threshold >= 0:
             raise ValueError(f"disagreement_threshold must be >= 0, got {self.disagreement_threshold}")
         if not 0 <= self.max_dropped_fraction <= 1:
             raise ValueError(f"max_dropped_fraction must lie in [0, 1], got {self.max_dropped_fraction}")
-        if self.reward_mode == "group-pairwise" and self.eval_prompts and self.eval_samples < 2:
-            raise ValueError("reward_mode 'group-pairwise' compares the responses to one prompt, so held-out "
-                             f"evaluation needs eval_samples >= 2 (got {self.eval_samples}), or eval_prompts 0")
         if self.group_opponents is not None and self.group_opponents < 1:
             raise ValueError(f"group_opponents must be >= 1, got {self.group_opponents}")
-    tensorboard: bool = documented(False, "Also log to TensorBoard in output_dir/tb (needs `tensorboard`).")
+        if self.eval_every < 0 or self.alarm_window < 1:
+            raise ValueError(f"eval_every must be >= 0 and alarm_window >= 1, got {self.eval_every} and "
+                             f"{self.alarm_window}")
+        from trainer.analysis.monitor_spec import MonitorSpec
+
+        for spec in self.monitor:
+            MonitorSpec.parse(spec)  # ValueError on a malformed one, before any model loads
+        if self.monitor and not self.eval_prompts:
+            raise ValueError("monitor judges score the held-out prompts: set eval_prompts > 0")
 
 
 @dataclass
@@ -161,20 +186,6 @@ class PPOConfig(TrainConfig):
         "group", "'group': each response's score minus the mean of its siblings' (leave-one-out), then "
         "KL-shaped returns; the prompt's difficulty drops out, which a young critic cannot do. 'gae': GAE "
         "on the critic's values (classic PPO; pair with samples_per_prompt 1 for 8 distinct prompts).")
-    monitor: list[str] = documented(
-        [], "Monitor judges, URL or URL#rubric (another server, model or rubric): they score the held-out "
-        "responses at every evaluation, beside the proxy (the reward_url judge), and are never optimised.")
-    eval_every: int = documented(
-        0, "Also evaluate on the held-out prompts every N steps (0: only before and after training). Each "
-        "evaluation is a row of evals.jsonl and is checked for over-optimisation when monitors are set.")
-    alarm_window: int = documented(
-        3, "The over-optimisation alarm compares each evaluation with the one this many evaluations earlier "
-        "(or the first): it fires when the proxy rose and a monitor fell, both beyond their 95 percent paired "
-        "intervals.")
-    stop_on_overoptimisation: bool = documented(
-        False, "When the over-optimisation alarm fires: save a checkpoint and the final policy, write the "
-        "report and stop (without it the run only warns).")
-
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.samples_per_prompt < 1 or self.batch_size % self.samples_per_prompt:
@@ -188,15 +199,6 @@ class PPOConfig(TrainConfig):
         if self.target_kl < 0 or (self.kl_horizon is not None and self.kl_horizon < 1):
             raise ValueError(f"target_kl must be >= 0 (0: a fixed kl_coef) and kl_horizon >= 1, got "
                              f"{self.target_kl} and {self.kl_horizon}")
-        if self.eval_every < 0 or self.alarm_window < 1:
-            raise ValueError(f"eval_every must be >= 0 and alarm_window >= 1, got {self.eval_every} and "
-                             f"{self.alarm_window}")
-        from trainer.analysis.overoptimisation_alarm import MonitorSpec
-
-        for spec in self.monitor:
-            MonitorSpec.parse(spec)  # ValueError on a malformed one, before any model loads
-        if self.monitor and not self.eval_prompts:
-            raise ValueError("monitor judges score the held-out prompts: set eval_prompts > 0")
 
 
 @dataclass

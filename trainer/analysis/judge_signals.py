@@ -87,3 +87,22 @@ def length_controlled(rewards: Sequence[float], lengths: Sequence[float], groups
         return [float(r) for r in reward]
     slope = float((dl * dr).sum()) / ss
     return [float(r) for r in reward - slope * dl]
+
+
+def judge_text_metrics(items: Sequence[ItemAnswer], threshold: float) -> dict[str, float]:
+    """How much of a batch talks to the judge, and how often that moved the labeler.
+
+    ``judge_text_rate``: share of responses with text addressed to the judge. ``reward_disagreement``:
+    share whose reward as written and robust reward differ by more than ``threshold``;
+    ``reward_robust_gap``: the mean of (as written - robust), positive when such text lifts the read.
+    Each is over the items that carry its fields (a server other than drlaif's may send none of
+    them), and left out when none does, as for an empty batch.
+    """
+    spans = [i.judge_spans for i in items if i.judge_spans is not None]
+    pairs = [(i.reward_as_written, i.reward_robust) for i in items
+             if i.reward_as_written is not None and i.reward_robust is not None]
+    metrics = {"judge_text_rate": sum(n > 0 for n in spans) / len(spans)} if spans else {}
+    if pairs:
+        metrics["reward_disagreement"] = sum(abs(a - r) > threshold for a, r in pairs) / len(pairs)
+        metrics["reward_robust_gap"] = float(np.mean([a - r for a, r in pairs]))
+    return metrics

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from drlaif.stats import PairedGain, paired_bootstrap
+from trainer.analysis.metrics_log import MetricsLog
 
 # Text that tells a judge what score to give: "Rating: 10", "score of 9", "10/10", "9 out of 10".
 RATING_LIKE = re.compile(
@@ -302,3 +303,14 @@ def write_report(output_dir: Path, summary: dict, title: str = "drlaif training 
     out = Path(output_dir) / "report.md"
     out.write_text(render_markdown(report, title))
     return out, report
+
+
+def write_run_files(output_dir: Path, metrics: MetricsLog, summary: dict) -> str:
+    """A finished run's files: the curves (curves.png, overoptimisation.png), report.md and
+    summary.json, with their paths and the report's figures added to ``summary``; returns the
+    report as the terminal shows it."""
+    summary["plot"] = str(metrics.plot())
+    path, report = write_report(output_dir, summary)
+    summary["report"], summary["report_stats"] = str(path), report.as_dict()
+    (Path(output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    return render_terminal(report)

@@ -8,6 +8,7 @@ from pathlib import Path
 from trainer.analysis.metrics_log import MetricsLog
 from trainer.config import TRLConfig
 from trainer.data.prompt_datasets import Prompt
+from trainer.frameworks.trl_heldout import HeldOutCallback
 from trainer.frameworks.trl_reward import DrlaifRewardFunc, make_reward_func
 from trainer.ppo.distributed import check_world, cpu_world_needed
 from trainer.ppo.models import load_tokenizer, policy_prompt, resolve_policy
@@ -45,8 +46,10 @@ def _metrics_callback(metrics: MetricsLog):
     return Mirror()
 
 
-def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Prompt], metrics: MetricsLog):
-    """trl's GRPOTrainer or RLOOTrainer, set up with drlaif's reward function and prompts."""
+def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Prompt], metrics: MetricsLog,
+                      heldout: HeldOutCallback | None = None):
+    """trl's GRPOTrainer or RLOOTrainer, set up with drlaif's reward function and prompts, and
+    ``heldout`` (evaluation, monitors, alarm, report) attached when given."""
     import datasets
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -88,33 +91,40 @@ def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Pro
                               reward_mode=config.reward_mode, group_opponents=config.group_opponents,
                               on_failure=config.on_reward_failure, max_dropped_fraction=config.max_dropped_fraction,
                               length_control=config.length_control)
+    callbacks = [_metrics_callback(metrics)] + ([heldout] if heldout else [])
     trainer = trainer_cls(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
-                          peft_config=peft_config, callbacks=[_metrics_callback(metrics)])
+                          peft_config=peft_config, callbacks=callbacks)
     check_world(trainer.accelerator.num_processes)
+    if heldout:
+        heldout.attach(trainer)
     return trainer
 
 
-def train_with_trl(algorithm: str, config: TRLConfig, train_prompts: list[Prompt]) -> Path:
-    """Run trl's GRPOTrainer or RLOOTrainer for ``config.steps`` updates; returns the final dir."""
+def train_with_trl(algorithm: str, config: TRLConfig, train_prompts: list[Prompt],
+                   eval_prompts: list[Prompt]) -> dict:
+    """Run trl's GRPOTrainer or RLOOTrainer for ``config.steps`` updates, with held-out evaluation
+    on ``eval_prompts`` as PPO has it; returns the run's summary (as summary.json)."""
     output_dir = Path(config.output_dir)
     metrics = MetricsLog(output_dir, enabled=True)
-    trainer = build_trl_trainer(algorithm, config, train_prompts, metrics)
-    resume = None
-    if config.resume == "auto":
-        resume = True if any(output_dir.glob("checkpoint-*")) else None
-    elif config.resume:
-        resume = config.resume
-    main = trainer.is_world_process_zero()
-    if resume is None and main:
-        metrics.start_at(0)  # a fresh run into a used output_dir does not append to the old curves
+    heldout = HeldOutCallback(config, eval_prompts, metrics, load_tokenizer(resolve_policy(config.model)))
+    heldout.summary["final_model"] = str(output_dir / "final")
     try:
-        trainer.train(resume_from_checkpoint=resume)
+        trainer = build_trl_trainer(algorithm, config, train_prompts, metrics, heldout)
+        # One writer: every process evaluates (and logs) the same numbers. The world is known only
+        # now that trl has set up accelerate.
+        metrics.enabled = trainer.is_world_process_zero()
+        resume = None
+        if config.resume == "auto":
+            resume = True if any(output_dir.glob("checkpoint-*")) else None
+        elif config.resume:
+            resume = config.resume
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+        finally:
+            for func in trainer.reward_funcs:
+                if isinstance(func, DrlaifRewardFunc):
+                    func.log_replica_stats()
+        trainer.save_model(heldout.summary["final_model"])
     finally:
-        for func in trainer.reward_funcs:
-            if isinstance(func, DrlaifRewardFunc):
-                func.log_replica_stats()
-    final = output_dir / "final"
-    trainer.save_model(str(final))
-    if main:
-        metrics.plot()
-    return final
+        heldout.close()
+    return heldout.summary

@@ -13,7 +13,7 @@ One step, as in Ziegler et al. 2019 / Lee et al. 2023:
 Around the steps, evaluations on held-out prompts (before, every ``eval_every`` steps, after)
 score the same sampled responses with the proxy (the optimised judge) and with each monitor
 judge, log the KL to the reference, and check the over-optimisation alarm
-(trainer/analysis/overoptimisation_alarm.py).
+(trainer/analysis/heldout_eval.py, shared with GRPO and RLOO).
 """
 
 from __future__ import annotations
@@ -34,38 +34,31 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
 
-from drlaif.client import (
-    RewardClient,
-    RewardClientConfig,
-    RewardServerError,
-    principle_means,
-    rewards_of,
-)
+from drlaif.client import RewardClient, RewardClientConfig, RewardServerError, principle_means, rewards_of
 from drlaif.protocol import ItemAnswer
 from drlaif.reward_failures import check_dropped, score_items_or_drop
+from trainer.analysis.heldout_eval import HeldOutEval
 from trainer.analysis.judge_signals import (
     consecutive_groups,
+    judge_text_metrics,
     label_metrics,
     length_controlled,
     length_reward_corr,
 )
 from trainer.analysis.metrics_log import MetricsLog
-from trainer.analysis.overoptimisation_alarm import Alarm, EvalPoint, MonitorSpec, check_alarms, eval_row
-from trainer.analysis.run_report import render_terminal, write_report
+from trainer.analysis.run_report import write_run_files
 from trainer.config import PPOConfig
 from trainer.data.prompt_datasets import Prompt
 from trainer.ppo.distributed import check_world, cpu_world_needed
 from trainer.ppo.models import (
     PolicyAndValue,
     ValueModel,
-    encode_prompts,
     load_policy,
     load_tokenizer,
     resolve_policy,
-    response_logits,
 )
+from trainer.ppo.sampling import Rollout, Sampler, reference_logits
 from trainer.ppo.tensor_math import (
     KLController,
     clipped_policy_loss,
@@ -76,7 +69,6 @@ from trainer.ppo.tensor_math import (
     leave_one_out_centred,
     masked_mean,
     masked_whiten,
-    response_mask,
     token_entropy,
     token_logprobs,
 )
@@ -98,21 +90,6 @@ class RewardSource(Protocol):
 class RewardUnavailable(RuntimeError):
     """The reward server stayed unreachable past the deadline, or too many samples were dropped;
     a checkpoint was saved."""
-
-
-@dataclass
-class Rollout:
-    prompts: list[Prompt]
-    responses: list[str]
-    input_ids: torch.Tensor        # (B, P + R): prompt (left-padded) then response
-    attention_mask: torch.Tensor   # (B, P + R)
-    response_ids: torch.Tensor     # (B, R)
-    mask: torch.Tensor             # (B, R): response tokens up to and including EOS
-    ended: torch.Tensor            # (B,): the response reached EOS
-
-    @property
-    def response_len(self) -> int:
-        return self.response_ids.shape[1]
 
 
 @dataclass
@@ -148,31 +125,6 @@ def _reward_alignment(advantages: torch.Tensor, mask: torch.Tensor, scores: torc
     if per_row.numel() < 2 or per_row.std() < 1e-8 or scores.std() < 1e-8:
         return 0.0
     return torch.corrcoef(torch.stack([per_row.float(), scores.float()]))[0, 1].item()
-
-
-def judge_text_metrics(items: list[ItemAnswer], threshold: float) -> dict[str, float]:
-    """How much of a batch talks to the judge, and how often that moved the labeler.
-
-    ``judge_text_rate``: share of responses with text addressed to the judge. ``reward_disagreement``:
-    share whose reward as written and robust reward differ by more than ``threshold``;
-    ``reward_robust_gap``: the mean of (as written - robust), positive when such text lifts the read.
-    Each is over the items that carry its fields (a server other than drlaif's may send none of
-    them), and left out when none does, as for an empty batch.
-    """
-    spans = [i.judge_spans for i in items if i.judge_spans is not None]
-    pairs = [(i.reward_as_written, i.reward_robust) for i in items
-             if i.reward_as_written is not None and i.reward_robust is not None]
-    metrics = {"judge_text_rate": sum(n > 0 for n in spans) / len(spans)} if spans else {}
-    if pairs:
-        metrics["reward_disagreement"] = sum(abs(a - r) > threshold for a, r in pairs) / len(pairs)
-        metrics["reward_robust_gap"] = float(np.mean([a - r for a, r in pairs]))
-    return metrics
-
-
-def _mean_or_none(values: list[float | None]) -> float | None:
-    """Mean of the values that exist (None when none does): a dropped reward is no number."""
-    present = [v for v in values if v is not None]
-    return float(np.mean(present)) if present else None
 
 
 def _lr_lambda(schedule: str, warmup: int, total: int):
@@ -232,24 +184,14 @@ class PPOTrainer:
         self.kl = KLController(c.kl_coef, c.target_kl, c.kl_horizon)
         self.step_done = 0
 
-        generation = GenerationConfig.from_model_config(policy.config)
-        eos = generation.eos_token_id if generation.eos_token_id is not None else self.tokenizer.eos_token_id
-        self.eos_ids = [eos] if isinstance(eos, int) else list(eos)
-        self.generation = GenerationConfig(
-            do_sample=True, temperature=c.temperature, top_k=0, top_p=1.0, max_new_tokens=c.max_new_tokens,
-            eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id)
+        self.sampler = Sampler.for_policy(policy, self.tokenizer, c.temperature, c.max_new_tokens)
         self.reward = reward or RewardClient(RewardClientConfig(
             urls=list(c.reward_url), rubric=c.rubric, read_timeout_s=c.reward_timeout_s,
             deadline_s=c.reward_deadline_s, reward_field=c.reward_field, reward_mode=c.reward_mode,
             group_opponents=c.group_opponents))
         self.metrics = MetricsLog(self.output_dir, tensorboard=c.tensorboard,
                                   enabled=self.accelerator.is_main_process)
-        # Monitor judges score held-out responses only; their rewards never reach the policy.
-        self.monitors = [(spec, RewardClient(RewardClientConfig(
-            urls=[spec.url], rubric=spec.rubric, read_timeout_s=c.reward_timeout_s,
-            deadline_s=c.reward_deadline_s))) for spec in map(MonitorSpec.parse, c.monitor)]
-        self.eval_points: list[EvalPoint] = []
-        self.alarms: list[Alarm] = []
+        self.heldout = HeldOutEval(c, eval_prompts, self.metrics) if c.eval_prompts else None
 
     # ----------------------------------------------------------------- data
     def batch_prompts(self, step: int) -> list[Prompt]:
@@ -267,23 +209,9 @@ class PPOTrainer:
         return out
 
     # ----------------------------------------------------------------- 1. rollout
-    @torch.no_grad()
-    def rollout(self, prompts: list[Prompt], generation: GenerationConfig | None = None) -> Rollout:
+    def rollout(self, prompts: list[Prompt]) -> Rollout:
         """Sample a response to each prompt in eval mode; the policy stays in it until the updates."""
-        policy = self.accelerator.unwrap_model(self.model).policy
-        enc = encode_prompts(self.tokenizer, prompts).to(self.accelerator.device)
-        policy.eval()
-        out = policy.generate(**enc, generation_config=generation or self.generation)
-        response_ids = out[:, enc["input_ids"].shape[1]:]
-        if response_ids.shape[1] == 0:  # every row stopped at once: keep one (EOS) column
-            response_ids = torch.full((len(prompts), 1), self.eos_ids[0], device=out.device)
-        mask = response_mask(response_ids, self.eos_ids)
-        ended = torch.isin(response_ids, torch.tensor(self.eos_ids, device=out.device)).any(-1)
-        responses = self.tokenizer.batch_decode(response_ids * mask.long() + self.tokenizer.pad_token_id
-                                                * (1 - mask.long()), skip_special_tokens=True)
-        attention = torch.cat([enc["attention_mask"], mask.long()], dim=1)
-        return Rollout(prompts, [r.strip() for r in responses], torch.cat([enc["input_ids"], response_ids], 1),
-                       attention, response_ids, mask, ended)
+        return self.sampler.sample(self.accelerator.unwrap_model(self.model).policy, prompts, self.accelerator.device)
 
     # ----------------------------------------------------------------- model reads
     @torch.no_grad()
@@ -298,12 +226,8 @@ class PPOTrainer:
             logprobs = token_logprobs(logits, rollout.response_ids, c.temperature)
             entropy = token_entropy(logits, c.temperature)
             del logits
-            if self.reference is None:
-                with model.policy.disable_adapter():
-                    ref_logits = response_logits(model.policy, ids, att, last)
-            else:
-                ref_logits = response_logits(self.reference, ids, att, last)
-            ref_logprobs = token_logprobs(ref_logits, rollout.response_ids, c.temperature)
+            ref_logprobs = token_logprobs(reference_logits(model.policy, self.reference, rollout),
+                                          rollout.response_ids, c.temperature)
         return {"logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values, "entropy": entropy}
 
     # ----------------------------------------------------------------- one PPO step
@@ -447,81 +371,15 @@ class PPOTrainer:
         return self.accelerator.gather(x.float().mean().reshape(1)).mean().item()
 
     # ----------------------------------------------------------------- evaluation
-    @torch.no_grad()
-    def evaluate(self, n: int) -> dict:
-        """Mean proxy reward on the first n held-out prompts, one example per prompt; each
-        monitor's mean on the same responses; the policy's KL to the reference on them.
-
-        With ``eval_samples`` k > 0, each prompt gets k responses sampled at the training
-        temperature and its reward is their mean: the policy as trained, not its greedy mode.
-        The sampling seed is fixed (and the training RNG left untouched), so every evaluation
-        draws the same random numbers and sampling noise largely cancels in paired changes.
-        With k = 0, one greedy response per prompt (and the KL is only indicative).
-        A sample dropped for want of a reward (``--on-reward-failure drop``) is left out of its
-        prompt's mean; a prompt with none left has None. A monitor that fails is None there.
-        """
+    def evaluate(self) -> tuple[dict, list]:
+        """One held-out evaluation at the current step (trainer/analysis/heldout_eval.py): the
+        proxy's and each monitor's rewards on the same sampled responses, and their KL."""
         c = self.config
-        prompts = self.eval_prompts[:n]
-        k = max(1, c.eval_samples)
-        generation = self.generation if c.eval_samples else GenerationConfig(
-            do_sample=False, max_new_tokens=c.max_new_tokens, eos_token_id=self.eos_ids,
-            pad_token_id=self.tokenizer.pad_token_id)
-        # Larger generation batches than training's: on a CPU a batch of 32 costs far less than
-        # four of 8, and the held-out set is read twice per run.
-        chunk = max(1, max(c.batch_size, 32) // k)
-        examples, kl_sums = [], []
-        devices = [] if self.accelerator.device.type == "cpu" else [self.accelerator.device]
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(c.seed + 7_919)
-            for start in range(0, len(prompts), chunk):
-                group = [p for p in prompts[start:start + chunk] for _ in range(k)]
-                rollout = self.rollout(group, generation)
-                reads = self.read_rollout(rollout)
-                rewards = self._proxy_rewards(rollout)
-                monitors = {spec.name: self._monitor_rewards(spec, client, rollout) for spec, client in self.monitors}
-                kl_of_group = ((reads["logprobs"] - reads["ref_logprobs"]) * rollout.mask).sum(-1).tolist()
-                kl_sums += kl_of_group
-                for i in range(0, len(group), k):
-                    examples.append({"prompt": group[i], "response": rollout.responses[i],
-                                     "responses": rollout.responses[i:i + k],
-                                     "kl": float(np.mean(kl_of_group[i:i + k])),
-                                     "reward": _mean_or_none(rewards[i:i + k]), "rewards": rewards[i:i + k],
-                                     "monitors": {name: _mean_or_none(r[i:i + k]) for name, r in monitors.items()}})
-        return {"reward_mean": _mean_or_none([e["reward"] for e in examples]), "n": len(examples),
-                "samples_per_prompt": c.eval_samples, "kl": float(np.mean(kl_sums)),
-                "monitors": {spec.name: _mean_or_none([e["monitors"][spec.name] for e in examples])
-                             for spec, _ in self.monitors},
-                "examples": examples}
-
-    def _proxy_rewards(self, rollout: Rollout) -> list[float | None]:
-        c = self.config
-        if c.on_reward_failure != "drop":
-            return self.reward.score(rollout.prompts, rollout.responses, c.rubric)
-        scored = score_items_or_drop(self.reward, rollout.prompts, rollout.responses, c.rubric)
-        check_dropped(sum(s is None for s in scored), len(scored), c.max_dropped_fraction, "held-out samples")
-        kept = iter(rewards_of([s for s in scored if s is not None], c.reward_field))
-        return [next(kept) if s is not None else None for s in scored]
-
-    def _monitor_rewards(self, spec: MonitorSpec, client: RewardClient, rollout: Rollout) -> list[float | None]:
-        """A monitor's rewards; a failed monitor costs its reading here, never the run."""
-        try:
-            return client.score(rollout.prompts, rollout.responses)
-        except RewardServerError as exc:
-            log.warning("monitor %s gave no rewards at this evaluation: %s", spec.name, str(exc).splitlines()[0])
-            return [None] * len(rollout.prompts)
-
-    def record_evaluation(self, step: int, evaluation: dict) -> list[Alarm]:
-        """Add an evaluation to the run's curve (evals.jsonl) and return the alarms it raises."""
-        examples = evaluation["examples"]
-        self.eval_points.append(EvalPoint(
-            step, evaluation["kl"], [e["reward"] for e in examples],
-            {spec.name: [e["monitors"][spec.name] for e in examples] for spec, _ in self.monitors}))
-        alarms = check_alarms(self.eval_points, self.config.alarm_window)
-        self.metrics.write_eval(eval_row(self.eval_points, alarms))
-        for alarm in alarms:
-            log.warning("%s", alarm.message())
-        self.alarms += alarms
-        return alarms
+        sampler = self.sampler if c.eval_samples else Sampler.for_policy(
+            self.accelerator.unwrap_model(self.model).policy, self.tokenizer, c.temperature, c.max_new_tokens,
+            greedy=True)
+        return self.heldout.evaluate(self.step_done, self.accelerator.unwrap_model(self.model).policy,
+                                     self.reference, sampler, self.accelerator.device, self.accelerator.autocast)
 
     # ----------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
@@ -581,12 +439,11 @@ class PPOTrainer:
                 self.load_checkpoint(path)
                 log.info("resumed from %s at step %d", path, self.step_done)
         self.metrics.start_at(self.step_done)
-        self.eval_points = [EvalPoint.from_dict(row) for row in self.metrics.read_evals()]
-        self.alarms = [Alarm.from_dict(a) for row in self.metrics.read_evals() for a in row.get("alarms", [])]
+        if self.heldout:
+            self.heldout.resume()
         summary: dict = {}
-        if c.eval_prompts and self.step_done == 0:
-            summary["before"] = self.evaluate(c.eval_prompts)
-            self.record_evaluation(0, summary["before"])
+        if self.heldout and self.step_done == 0:
+            summary["before"], _ = self.evaluate()
             self._say(f"held-out reward before training: {summary['before']['reward_mean']:+.4f} "
                       f"({summary['before']['n']} prompts)")
         bar = tqdm(range(self.step_done, c.steps), initial=self.step_done, total=c.steps, desc="ppo",
@@ -598,9 +455,8 @@ class PPOTrainer:
                 self.step_done = step + 1
                 self.metrics.write(metrics)
                 bar.set_postfix(reward=f"{metrics['reward_mean']:+.3f}", kl=f"{metrics['kl']:.3f}")
-                if c.eval_prompts and c.eval_every and self.step_done % c.eval_every == 0:
-                    summary["after"], evaluated_at = self.evaluate(c.eval_prompts), self.step_done
-                    alarms = self.record_evaluation(self.step_done, summary["after"])
+                if self.heldout and c.eval_every and self.step_done % c.eval_every == 0:
+                    (summary["after"], alarms), evaluated_at = self.evaluate(), self.step_done
                     if alarms and c.stop_on_overoptimisation:
                         self._say(f"stopping at step {self.step_done} (--stop-on-overoptimisation)")
                         summary["stopped_early"] = self.step_done
@@ -613,27 +469,21 @@ class PPOTrainer:
                 self.save_checkpoint()
         self.save_checkpoint()
         summary["final_model"] = str(self.save_final())
-        if c.eval_prompts and evaluated_at != self.step_done:
-            summary["after"] = self.evaluate(c.eval_prompts)
-            self.record_evaluation(self.step_done, summary["after"])
-        if c.eval_prompts:
+        if self.heldout and evaluated_at != self.step_done:
+            summary["after"], _ = self.evaluate()
+        if self.heldout:
             self._say(f"held-out reward after training:  {summary['after']['reward_mean']:+.4f}")
         summary["kl_budget"] = c.target_kl or None
-        summary["alarms"] = [a.as_dict() for a in self.alarms]
-        summary["evaluations"] = self.metrics.read_evals()
+        summary.update(self.heldout.summary() if self.heldout else {"alarms": [], "evaluations": []})
         if self.accelerator.is_main_process:
-            summary["plot"] = str(self.metrics.plot())
-            path, report = write_report(self.output_dir, summary)
-            summary["report"], summary["report_stats"] = str(path), report.as_dict()
-            (self.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-            self._say(render_terminal(report))
+            self._say(write_run_files(self.output_dir, self.metrics, summary))
         self.metrics.close()
         return summary
 
     def close(self) -> None:
         self.reward.close()
-        for _, client in self.monitors:
-            client.close()
+        if self.heldout:
+            self.heldout.close()
 
     def _say(self, text: str) -> None:
         if self.accelerator.is_main_process:

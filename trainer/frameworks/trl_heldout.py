@@ -1,0 +1,105 @@
+"""Held-out evaluation, monitors, the alarm and the run report for trl's GRPO and RLOO.
+
+A trl ``TrainerCallback`` runs the evaluation that PPO runs between its steps
+(trainer/analysis/heldout_eval.py): before the first step, every ``eval_every`` steps and after
+the last, on the same held-out prompts and sampling seed. It writes evals.jsonl, checks the
+over-optimisation alarm (stopping trl when ``stop_on_overoptimisation`` is set), and at the end
+writes curves.png, overoptimisation.png, report.md and summary.json as PPO does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from transformers import TrainerCallback
+
+from trainer.analysis.heldout_eval import HeldOutEval
+from trainer.analysis.metrics_log import MetricsLog
+from trainer.analysis.run_report import write_run_files
+from trainer.config import TRLConfig
+from trainer.data.prompt_datasets import Prompt
+from trainer.ppo.models import load_policy, resolve_policy
+from trainer.ppo.sampling import Sampler
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase, Trainer
+
+log = logging.getLogger(__name__)
+
+
+class HeldOutCallback(TrainerCallback):
+    """Evaluates a trl trainer's policy on held-out prompts and writes the run's report.
+
+    ``attach`` it to the trainer once that is built: the callback needs its model, reference and
+    accelerator, which trl creates.
+    """
+
+    def __init__(self, config: TRLConfig, eval_prompts: list[Prompt], metrics: MetricsLog,
+                 tokenizer: PreTrainedTokenizerBase):
+        self.config, self.metrics, self.tokenizer = config, metrics, tokenizer
+        self.heldout = HeldOutEval(config, eval_prompts, metrics) if config.eval_prompts else None
+        self.summary: dict = {}
+        self._trainer: Trainer | None = None
+        self._reference: nn.Module | None = None
+        self._started = False
+        self._evaluated_at: int | None = None
+
+    def attach(self, trainer: Trainer) -> None:
+        """Read the policy and its reference from ``trainer`` (trl's GRPOTrainer or RLOOTrainer)."""
+        self._trainer = trainer
+        ref = getattr(trainer, "ref_model", None)
+        if ref is not None:
+            self._reference = trainer.accelerator.unwrap_model(ref)
+        elif not hasattr(trainer.accelerator.unwrap_model(trainer.model), "disable_adapter"):
+            # With beta 0 trl keeps no reference; the KL to the starting policy is still the
+            # number the report and the plot are read against.
+            self._reference = load_policy(resolve_policy(self.config.model)).eval().requires_grad_(False)
+            self._reference.to(trainer.accelerator.device)
+
+    def _evaluate(self, step: int) -> list:
+        trainer, c = self._trainer, self.config
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        sampler = Sampler.for_policy(policy, self.tokenizer, c.temperature, c.max_new_tokens,
+                                     greedy=not c.eval_samples)
+        evaluation, alarms = self.heldout.evaluate(step, policy, self._reference, sampler,
+                                                   trainer.accelerator.device, trainer.accelerator.autocast)
+        self.summary.setdefault("before", evaluation)
+        self.summary["after"], self._evaluated_at = evaluation, step
+        if trainer.is_world_process_zero():
+            log.info("held-out reward at step %d: %+.4f (%d prompts)", step, evaluation["reward_mean"] or 0.0,
+                     evaluation["n"])
+        return alarms
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        # Not on_train_begin: trl's Trainer restores a resumed run's step only after that event.
+        if self._started:
+            return
+        self._started = True
+        self.metrics.start_at(state.global_step)
+        if self.heldout:
+            self.heldout.resume()
+            if state.global_step == 0:
+                self._evaluate(0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        c = self.config
+        if not (self.heldout and c.eval_every and state.global_step % c.eval_every == 0):
+            return
+        if self._evaluate(state.global_step) and c.stop_on_overoptimisation:
+            log.warning("stopping at step %d (--stop-on-overoptimisation)", state.global_step)
+            self.summary["stopped_early"] = state.global_step
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.heldout and self._evaluated_at != state.global_step:
+            self._evaluate(state.global_step)
+        self.summary["kl_budget"] = None  # trl's beta is a fixed coefficient, not a budget
+        self.summary.update(self.heldout.summary() if self.heldout else {"alarms": [], "evaluations": []})
+        if self._trainer.is_world_process_zero():
+            print(write_run_files(self.config.output_dir, self.metrics, self.summary), flush=True)
+
+    def close(self) -> None:
+        if self.heldout:
+            self.heldout.close()
