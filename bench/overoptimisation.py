@@ -8,9 +8,9 @@ which the alarm fired (or that it did not), the proxy and monitor curves against
 where the plot is. ``--control`` also runs the same training with the embedded labeler as both
 proxy and monitor, where no alarm must fire.
 
-Run (20 PPO steps at learning rate 3e-4, about 10 minutes on 2 CPU cores):
+Run (20 PPO steps at learning rate 3e-4 without a KL budget, about 10 minutes on 2 CPU cores):
 
-    python bench/overoptimisation.py [--steps 20] [--eval-every 5] [--rule shortest] [--control]
+    python bench/overoptimisation.py [--steps 20] [--eval-every 5] [--rule shortest] [--target-kl 0] [--control]
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def run(proxy: str, monitor: str, out: Path, args: argparse.Namespace) -> dict:
            "--output-dir", str(out), "--steps", str(args.steps), "--eval-every", str(args.eval_every),
            "--eval-prompts", str(args.eval_prompts), "--eval-samples", str(args.eval_samples),
            "--alarm-window", str(args.alarm_window), "--seed", str(args.seed), "--save-every", "0",
-           "--learning-rate", str(args.learning_rate), "--rubric", "general"]
+           "--learning-rate", str(args.learning_rate), "--rubric", "general", "--target-kl", str(args.target_kl),
+           "--kl-coef", str(args.kl_coef), "--warmup-steps", str(args.warmup_steps)]
     print(f"[bench] {' '.join(cmd[2:])}", flush=True)
     started = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -74,6 +75,12 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=3e-4,
                         help="the trainer's; above its default (1e-4), so that 20 steps go far enough into the "
                         "exploit for the embedded labeler, which rates most answers alike, to see it")
+    # Unconstrained by default: the demo shows what the alarm catches when nothing holds the policy
+    # near its reference (the trainer's defaults, a 4-nat budget after 10 warm-up steps, would
+    # keep 20 steps from getting far into the exploit).
+    parser.add_argument("--target-kl", type=float, default=0.0, help="the trainer's KL budget (0: none)")
+    parser.add_argument("--kl-coef", type=float, default=0.05, help="the trainer's (fixed) KL coefficient")
+    parser.add_argument("--warmup-steps", type=int, default=0, help="the trainer's learning-rate warm-up")
     parser.add_argument("--control", action="store_true",
                         help="also train against the embedded labeler as proxy and monitor")
     parser.add_argument("--output-dir", type=Path, default=None)

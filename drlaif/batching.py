@@ -1,10 +1,13 @@
 """Micro-batching: one worker coalesces sequences from concurrent requests.
 
-Requests put their sequences on a bounded queue and await futures. The worker takes
-as many as fit one batch (by count and by padded tokens), runs them in one backend
-call, and resolves each future with its own result. It waits up to ``max_wait_s``
-for company only when it was idle, so under load batches form while the previous one
-runs and no latency is added.
+Requests put their sequences on a queue and await futures. The worker takes as many as
+fit one batch (by count and by padded tokens), runs them in one backend call, and resolves
+each future with its own result. It waits up to ``max_wait_s`` for company only when it was
+idle, so under load batches form while the previous one runs and no latency is added.
+
+A batch is filled round-robin across the submissions waiting (one sequence from each in
+turn), not first come first served: a single-item request that arrives behind a request of
+thousands of reads rides in the next batch instead of waiting for all of them.
 
 ``AdmissionGate`` is the same interface for engines that batch by themselves: work
 goes straight in.
@@ -104,14 +107,16 @@ class MicroBatcher(Generic[T, R]):
         self.max_tokens = max_tokens
         self.max_wait_s = max_wait_s
         self._on_batch = on_batch
-        self._queue: collections.deque[_Pending[T, R]] = collections.deque()
+        # One queue per waiting submission, in the order they are next served.
+        self._queues: collections.OrderedDict[int, collections.deque[_Pending[T, R]]] = collections.OrderedDict()
+        self._submissions = 0
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task | None = None
         self._recent_batch_s = 0.5  # smoothed, for Retry-After
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        return sum(len(q) for q in self._queues.values())
 
     @property
     def retry_after_s(self) -> int:
@@ -135,8 +140,8 @@ class MicroBatcher(Generic[T, R]):
             except asyncio.CancelledError:
                 pass
             self._worker = None
-        _fail(list(self._queue), RuntimeError("the server is shutting down"))
-        self._queue.clear()
+        _fail([p for q in self._queues.values() for p in q], RuntimeError("the server is shutting down"))
+        self._queues.clear()
 
     async def submit(self, payloads: Sequence[T]) -> list[R]:
         """Queue payloads and wait for their results, in order (RuntimeError at once while the
@@ -147,7 +152,9 @@ class MicroBatcher(Generic[T, R]):
             raise RuntimeError(reason)
         loop = asyncio.get_running_loop()
         pendings = [_Pending(p, self._tokens_of(p), loop.create_future()) for p in payloads]
-        self._queue.extend(pendings)
+        if pendings:
+            self._submissions += 1
+            self._queues[self._submissions] = collections.deque(pendings)
         self._wakeup.set()
         try:
             return list(await asyncio.gather(*(p.future for p in pendings)))
@@ -159,27 +166,31 @@ class MicroBatcher(Generic[T, R]):
     def _take_batch(self) -> list[_Pending[T, R]]:
         batch: list[_Pending[T, R]] = []
         longest = 0
-        while self._queue and len(batch) < self.max_items:
-            head = self._queue[0]
-            if head.future.done():  # cancelled by its request
-                self._queue.popleft()
-                continue
-            widest = max(longest, head.tokens)
-            if batch and widest * (len(batch) + 1) > self.max_tokens:
-                break
-            batch.append(self._queue.popleft())
-            longest = widest
+        while self._queues and len(batch) < self.max_items:
+            key, queue = next(iter(self._queues.items()))
+            head = queue[0]
+            if not head.future.done():  # else cancelled by its request: dropped unread
+                widest = max(longest, head.tokens)
+                if batch and widest * (len(batch) + 1) > self.max_tokens:
+                    break
+                batch.append(head)
+                longest = widest
+            queue.popleft()
+            if queue:
+                self._queues.move_to_end(key)  # the next sequence comes from the next submission
+            else:
+                del self._queues[key]
         return batch
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
+            if not self._queues:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 # Idle until now: give concurrent requests a moment to join this batch.
                 deadline = loop.time() + self.max_wait_s
-                while len(self._queue) < self.max_items and loop.time() < deadline:
+                while self.depth < self.max_items and loop.time() < deadline:
                     self._wakeup.clear()
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), deadline - loop.time())

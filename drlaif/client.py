@@ -14,6 +14,9 @@ What the client guarantees:
   checked as drlaif's own when present (:data:`~drlaif.protocol.ScoreAnswer`). A field the
   config needs (a `reward_field` other than `reward`, group judgements in group-pairwise mode)
   raises :class:`RewardServerError` when a result lacks it.
+- rewards are judged as the config's `reward_mode` says, or (None) as the rubric says: its
+  `group_pairwise` in the server's `GET /info`, read once; a server whose /info does not say
+  is judged directly. Group-pairwise requests carry whole prompt groups.
 - transient failures (connection errors, timeouts, 429, 502, 503, 504) are retried with
   exponential backoff and full jitter, honouring `Retry-After`, under one overall deadline per call;
   other 4xx answers raise at once with the server's message. Each retry logs a warning and
@@ -132,9 +135,12 @@ class RewardClientConfig:
         jitter: Full jitter on the retry delays (off only for deterministic tests).
         reward_field: What `score` returns: `"reward"`, `"reward_robust"` or
             `"reward_as_written"`.
-        reward_mode: `"direct"` (each response scored alone) or `"group-pairwise"` (the
-            responses to one prompt compared with each other; each request then carries whole
-            prompt groups).
+        reward_mode: None (the default): as the rubric says, from its `group_pairwise` in the
+            server's `GET /info` (direct when /info does not say, as on a server of your own).
+            `"direct"`: each response scored alone, even under a rubric that judges in groups
+            (requests say `"group_pairwise": false`). `"group-pairwise"`: the responses to one
+            prompt compared with each other (requests say `"group_pairwise": true`). Either way
+            a group-pairwise request carries whole prompt groups.
         group_opponents: Group-pairwise: opponents per response; None: all of its group.
     """
 
@@ -154,9 +160,9 @@ class RewardClientConfig:
     routing: str = "least-loaded"        # or "round-robin" (load-blind): see drlaif/replica_routing.py
     jitter: bool = True                  # full jitter on backoff; off only for deterministic tests
     reward_field: str = "reward"         # what score() returns: one of REWARD_FIELDS
-    # "direct": each response scored alone; "group-pairwise": the responses to one prompt compared
-    # with each other (the server's group_pairwise; each request then carries whole prompt groups).
-    reward_mode: str = "direct"
+    # None: the rubric's choice (its group_pairwise in GET /info); "direct": each response scored alone;
+    # "group-pairwise": the responses to one prompt compared with each other, whole groups per request.
+    reward_mode: str | None = None
     group_opponents: int | None = None   # group-pairwise: opponents per response (None: all of its group)
 
     def __post_init__(self) -> None:
@@ -181,9 +187,9 @@ class RewardClientConfig:
         if self.routing not in ROUTING_POLICIES:
             raise ValueError(f"RewardClientConfig.routing: {self.routing!r} is not one of "
                              f"{', '.join(ROUTING_POLICIES)}")
-        if self.reward_mode not in REWARD_MODES:
+        if self.reward_mode is not None and self.reward_mode not in REWARD_MODES:
             raise ValueError(f"RewardClientConfig.reward_mode: {self.reward_mode!r} is not one of "
-                             f"{', '.join(REWARD_MODES)}")
+                             f"{', '.join(REWARD_MODES)}, or None (the rubric's choice)")
         if self.group_opponents is not None and self.group_opponents < 1:
             raise ValueError("RewardClientConfig.group_opponents must be >= 1 or None")
         if self.reward_field not in REWARD_FIELDS:
@@ -337,6 +343,23 @@ def _chunk_order(items: Sequence[dict[str, Any]], limit: int, whole_groups: bool
     return chunks
 
 
+def _server_limits(info: Mapping[str, Any], source: str) -> dict[str, int]:
+    """Items per request from GET /info's body (read from ``source``): max_items_per_request, and
+    max_compare_items for /compare."""
+    limits = info.get("limits")
+    limits = limits if isinstance(limits, dict) else {}
+
+    def usable(x: object) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+    per_request = limits.get("max_items_per_request")
+    if not usable(per_request):
+        per_request = FALLBACK_MAX_ITEMS_PER_REQUEST
+        log.info("max_items_per_request not available (%s); using %d", source, per_request)
+    per_compare = limits.get("max_compare_items")
+    return {"/score": per_request, "/compare": per_compare if usable(per_compare) else per_request}
+
+
 def _prompt_payload(index: int, prompt: Prompt) -> str | list[dict[str, str]]:
     """A wire prompt; rejects malformed input here, with its index, rather than as a server 422."""
     if isinstance(prompt, str):
@@ -387,6 +410,8 @@ class AsyncRewardClient:
         self._retries = 0
         # Items per request by path, from the config or GET /info.
         self._limits: dict[str, int] | None = None
+        # GET /info's body and where it came from, read once when a call first needs it.
+        self._info: tuple[dict[str, Any], str] | None = None
         key = os.environ.get(config.api_key_env) if config.api_key_env else None
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
 
@@ -440,16 +465,41 @@ class AsyncRewardClient:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         items = [_item_payload(i, p, response=r) for i, (p, r) in enumerate(zip(prompts, responses))]
+        if not items:
+            return []
         needs = {}
         if self.config.reward_field != "reward":
             needs[self.config.reward_field] = (f"reward_field is {self.config.reward_field!r}: a server that sends "
                                                "only reward serves reward_field 'reward'")
-        if self.config.reward_mode == "direct":
-            return await self._post_items("/score", items, rubric, {}, ScoreAnswer, needs=needs)
-        needs["group"] = ("group_pairwise was asked for: the server did not judge the items in their prompt groups "
-                          "(use reward_mode 'direct' with it, or a server that supports group_pairwise)")
-        extra = {"group_pairwise": True, "group_opponents": self.config.group_opponents}
-        return await self._post_items("/score", items, rubric, extra, ScoreAnswer, whole_groups=True, needs=needs)
+        rubric = self._rubric(rubric)
+        call = _Call(self.config.urls, self.config.deadline_s)
+
+        async def post() -> list[ItemAnswer]:
+            if not await self._judges_in_groups(call, rubric):
+                # An explicit "direct" overrides a rubric that judges in groups. The rubric's own
+                # choice needs no field, which a server of your own may not know.
+                extra = {"group_pairwise": False} if self.config.reward_mode == "direct" else {}
+                return await self._post_chunks("/score", items, rubric, extra, ScoreAnswer, call, needs=needs)
+            needs["group"] = ("group_pairwise was asked for: the server did not judge the items in their prompt "
+                              "groups (use reward_mode 'direct' with it, or a server that supports group_pairwise)")
+            extra = {"group_pairwise": True, "group_opponents": self.config.group_opponents}
+            return await self._post_chunks("/score", items, rubric, extra, ScoreAnswer, call, whole_groups=True,
+                                           needs=needs)
+
+        return await self._within_deadline(call, post())
+
+    async def reward_mode(self, rubric: str | None = None) -> str:
+        """How this client judges responses under ``rubric`` (None: the config's rubric):
+        `"direct"` or `"group-pairwise"`. The config's `reward_mode` when it names one; otherwise
+        the rubric's choice, its `group_pairwise` in the server's `GET /info` (read once, with the
+        same retries and deadline), and `"direct"` when /info does not say.
+
+        Raises:
+            RewardServerError: No valid /info answer within the deadline (a 404 is "does not say").
+        """
+        rubric = self._rubric(rubric)
+        call = _Call(self.config.urls, self.config.deadline_s)
+        return "group-pairwise" if await self._within_deadline(call, self._judges_in_groups(call, rubric)) else "direct"
 
     async def compare_items(self, prompts: Sequence[Prompt], responses_a: Sequence[str],
                             responses_b: Sequence[str], rubric: str | None = None,
@@ -478,7 +528,11 @@ class AsyncRewardClient:
                              f"{len(responses_b)} responses_b: give one of each per item")
         items = [_item_payload(i, p, response_a=a, response_b=b)
                  for i, (p, a, b) in enumerate(zip(prompts, responses_a, responses_b))]
-        compared = await self._post_items("/compare", items, rubric, {"debias": debias}, CompareResponse)
+        if not items:
+            return []
+        call = _Call(self.config.urls, self.config.deadline_s)
+        compared = await self._within_deadline(call, self._post_chunks(
+            "/compare", items, self._rubric(rubric), {"debias": debias}, CompareResponse, call))
         if debias and any(c.orders.ba is None for c in compared):
             raise RewardServerError(f"{', '.join(self.config.urls)}/compare answered without the second "
                                     "order although debias was asked for", urls=self.config.urls, status=200)
@@ -506,11 +560,7 @@ class AsyncRewardClient:
     async def info(self) -> dict[str, Any]:
         """The server's GET /info (model, backend, rubrics, limits), with the same retries and deadline."""
         call = _Call(self.config.urls, self.config.deadline_s)
-        try:
-            async with asyncio.timeout(self.config.deadline_s):
-                data, _ = await self._request("GET", "/info", None, call)
-        except TimeoutError:
-            raise call.deadline_error() from None
+        data, _ = await self._within_deadline(call, self._request("GET", "/info", None, call))
         return data
 
     async def aclose(self) -> None:
@@ -563,27 +613,33 @@ class AsyncRewardClient:
                 self._pools[loop] = state
         return state
 
-    async def _post_items(self, path: str, items: list[dict[str, Any]], rubric: str | None,
-                          extra: dict[str, Any], answer: type[ScoreAnswer | CompareResponse],
-                          whole_groups: bool = False, needs: Mapping[str, str] | None = None) -> list[Any]:
-        """POST items to `path` in chunks of the server's limit, under one deadline; results in
-        order. With ``whole_groups`` the items of one prompt go in the same chunk; ``needs`` as in
-        :func:`_parse_results`."""
-        if not items:
-            return []
-        rubric = rubric if rubric is not None else self.config.rubric
-        call = _Call(self.config.urls, self.config.deadline_s)
+    def _rubric(self, rubric: str | None) -> str | None:
+        """A call's rubric: its own, else the config's (None: the server's default)."""
+        return rubric if rubric is not None else self.config.rubric
+
+    @staticmethod
+    async def _within_deadline(call: _Call, work: Coroutine[Any, Any, T]) -> T:
+        """``work`` under the call's deadline; a RewardServerError saying so when it runs out.
+
+        The timeout is the hard bound: it also covers semaphore waits, sleeps and servers that
+        trickle bytes slower than the read timeout would notice."""
         try:
-            # The outer timeout is the hard bound: it also covers semaphore waits, sleeps and
-            # servers that trickle bytes slower than the read timeout would notice.
-            async with asyncio.timeout(self.config.deadline_s):
-                limit = await self._items_per_request(call, path)
-                order = _chunk_order(items, limit, whole_groups)
-                chunks = [[items[i] for i in chunk] for chunk in order]
-                answers = await _gather_or_cancel(
-                    [self._post_chunk(path, c, rubric, extra, answer, call, needs or {}) for c in chunks])
+            async with asyncio.timeout(call.deadline_s):
+                return await work
         except TimeoutError:
             raise call.deadline_error() from None
+
+    async def _post_chunks(self, path: str, items: list[dict[str, Any]], rubric: str | None,
+                           extra: dict[str, Any], answer: type[ScoreAnswer | CompareResponse], call: _Call,
+                           whole_groups: bool = False, needs: Mapping[str, str] | None = None) -> list[Any]:
+        """POST items to `path` in chunks of the server's limit, as parts of one call; results in
+        order. With ``whole_groups`` the items of one prompt go in the same chunk; ``needs`` as in
+        :func:`_parse_results`."""
+        limit = await self._items_per_request(call, path)
+        order = _chunk_order(items, limit, whole_groups)
+        chunks = [[items[i] for i in chunk] for chunk in order]
+        answers = await _gather_or_cancel(
+            [self._post_chunk(path, c, rubric, extra, answer, call, needs or {}) for c in chunks])
         sources = {meta for _, meta in answers}
         if len(sources) > 1:
             # Rewards from different labelers or rubrics are not comparable; mixing them silently
@@ -602,31 +658,33 @@ class AsyncRewardClient:
             if configured is not None:
                 self._limits = {"/score": configured, "/compare": configured}
             else:
-                self._limits = await self._server_limits(call)
+                self._limits = _server_limits(*await self._server_info(call))
         return self._limits[path]
 
-    async def _server_limits(self, call: _Call) -> dict[str, int]:
-        """Items per request from GET /info: max_items_per_request, and max_compare_items for /compare."""
-        try:
-            data, url = await self._request("GET", "/info", None, call)
-        except RewardServerError as exc:
-            if exc.status != 404:
-                raise
-            limits, source = {}, "the server has no /info"
-        else:
-            limits = data.get("limits") if isinstance(data, dict) else None
-            limits = limits if isinstance(limits, dict) else {}
-            source = f"{url}/info"
+    async def _server_info(self, call: _Call) -> tuple[dict[str, Any], str]:
+        """GET /info's body, read once ({} from a server without /info), and where it came from."""
+        if self._info is None:
+            try:
+                data, url = await self._request("GET", "/info", None, call)
+            except RewardServerError as exc:
+                if exc.status != 404:
+                    raise
+                self._info = {}, "the server has no /info"
+            else:
+                self._info = (data if isinstance(data, dict) else {}), f"{url}/info"
+        return self._info
 
-        def usable(x: object) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+    async def _judges_in_groups(self, call: _Call, rubric: str | None) -> bool:
+        """Whether this call's responses are judged group-pairwise: the config's reward_mode, or
+        (None) the rubric's ``group_pairwise`` in GET /info, false where /info does not say."""
+        if self.config.reward_mode is not None:
+            return self.config.reward_mode == "group-pairwise"
+        info, _ = await self._server_info(call)
+        name = rubric if rubric is not None else info.get("default_rubric")
+        rubrics = info.get("rubrics")
+        listed = [r for r in rubrics if isinstance(r, dict) and r.get("name") == name] if isinstance(rubrics, list) else []
+        return bool(listed) and listed[0].get("group_pairwise") is True
 
-        per_request = limits.get("max_items_per_request")
-        if not usable(per_request):
-            per_request = FALLBACK_MAX_ITEMS_PER_REQUEST
-            log.info("max_items_per_request not available (%s); using %d", source, per_request)
-        per_compare = limits.get("max_compare_items")
-        return {"/score": per_request, "/compare": per_compare if usable(per_compare) else per_request}
 
     async def _post_chunk(self, path: str, items: list[dict[str, Any]], rubric: str | None,
                           extra: dict[str, Any], answer: type[ScoreAnswer | CompareResponse],
@@ -881,6 +939,10 @@ class RewardClient:
     def info(self) -> dict[str, Any]:
         """Blocking [AsyncRewardClient.info][drlaif.client.AsyncRewardClient.info]."""
         return self._wait(self._submit(self._async.info()))
+
+    def reward_mode(self, rubric: str | None = None) -> str:
+        """Blocking [AsyncRewardClient.reward_mode][drlaif.client.AsyncRewardClient.reward_mode]."""
+        return self._wait(self._submit(self._async.reward_mode(rubric)))
 
     @property
     def retries(self) -> int:

@@ -274,6 +274,8 @@ class RubricInfo(BaseModel):
     reasoning: bool = Field(False, description="The rubric reasons before its label read.")
     principles: dict[str, float] | None = Field(None, description="Constitutions: principle -> weight.")
     aggregate: str | None = Field(None, description="Constitutions: how the principles combine.")
+    group_pairwise: bool = Field(False, description="The rubric judges rewards group-pairwise by default: the "
+                                 "responses to one prompt compared with each other (a request may override it).")
 
 
 class RubricLabResponse(BaseModel):

@@ -59,10 +59,18 @@ def _units(prompts: Sequence[Prompt], by_group: bool) -> list[list[int]]:
     return list(groups.values())
 
 
-def _by_group(source: object) -> bool:
-    """Whether ``source`` (a reward client) judges responses against their prompt group."""
-    config = getattr(source, "config", None)
-    return getattr(config, "reward_mode", "direct") == "group-pairwise"
+def _by_group(source: object, rubric: str | None) -> bool:
+    """Whether ``source`` (a reward client) judges responses under ``rubric`` against their prompt
+    group: its config's ``reward_mode``, or when that is unset the rubric's choice, which the
+    client has read from /info for the batch call that failed. A source that cannot say (a fake
+    in a benchmark) or a server gone silent since: each sample on its own."""
+    ask = getattr(source, "reward_mode", None)
+    if callable(ask):
+        try:
+            return ask(rubric) == "group-pairwise"
+        except RewardServerError:
+            return False
+    return getattr(getattr(source, "config", None), "reward_mode", "direct") == "group-pairwise"
 
 
 def _log_fallback(exc: RewardServerError, n: int) -> None:
@@ -81,7 +89,7 @@ def score_items_or_drop(source: SubmitsScores, prompts: list[Prompt], responses:
         return list((pending or source.submit_score_items(prompts, responses, rubric)).result())
     except RewardServerError as exc:
         _log_fallback(exc, len(prompts))
-    units = _units(prompts, _by_group(source))
+    units = _units(prompts, _by_group(source, rubric))
     futures = [source.submit_score_items([prompts[i] for i in unit], [responses[i] for i in unit], rubric)
                for unit in units]
     out: list[T | None] = [None] * len(prompts)
@@ -103,7 +111,11 @@ async def ascore_items_or_drop(client: AsyncRewardClient, prompts: Sequence[Prom
         return list(await client.score_items(prompts, responses, rubric))
     except RewardServerError as exc:
         _log_fallback(exc, len(prompts))
-    units = _units(prompts, _by_group(client))
+    try:
+        by_group = await client.reward_mode(rubric) == "group-pairwise"
+    except RewardServerError:
+        by_group = False
+    units = _units(prompts, by_group)
     results = await asyncio.gather(*(client.score_items([prompts[i] for i in unit], [responses[i] for i in unit],
                                                         rubric) for unit in units), return_exceptions=True)
     out: list[Any | None] = [None] * len(prompts)

@@ -17,9 +17,11 @@ T = TypeVar("T")
 
 
 def make_client(config: LabelerConnection) -> RewardClient:
+    # Direct reads even under a rubric that judges in groups: an evaluation compares each
+    # response's own score (the rubric's absolute read), whatever groups its items happen to form.
     return RewardClient(RewardClientConfig(
         urls=list(config.reward_url), rubric=config.rubric, read_timeout_s=config.reward_timeout_s,
-        deadline_s=config.reward_deadline_s, max_concurrency=config.concurrency))
+        deadline_s=config.reward_deadline_s, max_concurrency=config.concurrency, reward_mode="direct"))
 
 
 def server_info(client: RewardClient) -> dict[str, Any]:

@@ -53,10 +53,15 @@ class GroupPlan:
     slot_tags: tuple[str, ...] | None  # the pairwise form's slot tags when the guard cuts judge text
 
 
+#: What a /score request with a lone response can do instead.
+SCORE_WAY_OUT = 'send at least 2 responses per prompt in one request, or score directly ("group_pairwise": false)'
+
+
 def plan_groups(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[Prompt, str]],
-                principles: Sequence[str] | None = None) -> GroupPlan:
+                principles: Sequence[str] | None = None, way_out: str = SCORE_WAY_OUT) -> GroupPlan:
     """The request's prompt groups; RubricCannotCompare when the rubric has no pairwise form,
-    GroupTooSmall when a prompt has one response only."""
+    GroupTooSmall when a prompt has one response only, its message ending with ``way_out``
+    (what the caller can do instead, in the terms of its endpoint)."""
     compiled = (next(iter(scorer.compiled_principles(rubric, pairwise=True).values()))
                 if scorer.chosen_principles(rubric, principles) else scorer.compiled_comparison(rubric))
     groups = prompt_groups(items)
@@ -64,7 +69,7 @@ def plan_groups(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[Prompt, st
     if lonely:
         raise GroupTooSmall(f"group-pairwise judging compares the responses to one prompt with each other, and "
                             f"item {lonely[0]} is the only response to its prompt ({len(lonely)} such item(s)); "
-                            "send at least 2 responses per prompt in one request, or score directly")
+                            f"{way_out}")
     return GroupPlan(groups, compiled.slot_tags if rubric.guard.judge_text else None)
 
 

@@ -7,16 +7,20 @@ another. Fixtures stay in conftest.py, the fake servers that tests start in fixt
 - A server's count of /score requests, from its /metrics.
 - The docs' stdlib reward server (docs/examples/own_reward_server.py), run as a third party's.
 - `drlaif-train ppo` runs, their metrics and rollouts, and a reader of a running process's output.
+- `FaultServer`: a /score server in a thread that injects scripted faults, for the reward clients.
 
 The heavy libraries (torch, transformers, tokenizers) load when a helper needs them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import copy
 import itertools
 import json
+import math
 import os
 import re
 import subprocess
@@ -24,12 +28,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import httpx
 import numpy as np
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 
 from drlaif.protocol import ItemScore
 from drlaif.server_process import free_port, stop_process, wait_until_ready
@@ -283,3 +291,167 @@ class OutputReader:
         self.proc.wait(timeout=timeout)
         self._thread.join(timeout=10)
         return self.text()
+
+
+# ----------------------------------------------------------------------------- a /score server that injects faults
+
+# A scripted behaviour for one /score request: return a Response to send it, or None to send
+# the correct answer (after doing whatever the handler did, e.g. sleeping).
+Handler = Callable[[dict], Awaitable[Response | None]]
+
+
+def fake_reward(prompt: object, response: str) -> float:
+    """The fault server's deterministic reward, in [-1, 1], different for different items."""
+    return ((sum(map(ord, response)) + 7 * len(json.dumps(prompt))) % 201 - 100) / 100
+
+
+def fake_group_reward(prompt: object, response: str) -> float:
+    """The fault server's group-pairwise reward: not the direct one, so a test sees which it got."""
+    return -fake_reward(prompt, response)
+
+
+def fake_result(reward: float) -> ItemScore:
+    """The fault server's /score result for an item with this reward: complete, as the wire model says."""
+    return item_score(reward, distribution=[0.1] * 10, label_mass=0.9, label_entropy=math.log(10), input_tokens=10)
+
+
+def fake_answer(body: dict) -> dict:
+    results = [fake_result(fake_reward(item["prompt"], item["response"])).model_dump() for item in body["items"]]
+    if body.get("group_pairwise"):  # a group judgement per item (its reward fake_group_reward's), by prompt
+        groups = {p: g for g, p in enumerate(dict.fromkeys(json.dumps(i["prompt"]) for i in body["items"]))}
+        for result, item in zip(results, body["items"], strict=True):
+            reward = fake_group_reward(item["prompt"], item["response"])
+            result["reward"] = reward
+            result["group"] = {"group": groups[json.dumps(item["prompt"])], "reward": reward,
+                               "win_rate": (reward + 1) / 2, "opponents": 1}
+    return {"results": results, "rubric": body.get("rubric") or "general", "scale": {"min": 1, "max": 10},
+            "model": "fault-server"}
+
+
+def status(code: int, message: str = "injected fault", retry_after: str | None = None) -> Handler:
+    async def handler(body: dict) -> Response:
+        headers = {"Retry-After": retry_after} if retry_after is not None else None
+        return JSONResponse({"error": {"type": "injected", "message": message}}, status_code=code,
+                            headers=headers)
+    return handler
+
+
+def stall(seconds: float) -> Handler:
+    async def handler(body: dict) -> None:
+        await asyncio.sleep(seconds)
+    return handler
+
+
+def hold_until(released: Callable[[], bool], limit_s: float = 10.0) -> Handler:
+    """Answer correctly once ``released()`` is true (polled; at most ``limit_s``): an event,
+    not a duration, so that what overlaps in a test does not depend on the machine's speed."""
+    async def handler(body: dict) -> None:
+        deadline = time.monotonic() + limit_s
+        while not released() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+    return handler
+
+
+def raw(text: str) -> Handler:
+    async def handler(body: dict) -> Response:
+        return Response(text, media_type="application/json")
+    return handler
+
+
+def mangle(fn: Callable[[dict], None]) -> Handler:
+    """Send the correct answer after `fn` broke it in place (json.dumps writes NaN as NaN)."""
+    async def handler(body: dict) -> Response:
+        answer = fake_answer(body)
+        fn(answer)
+        return Response(json.dumps(answer), media_type="application/json")
+    return handler
+
+
+@dataclass
+class Seen:
+    t: float                 # time.monotonic() when the request arrived
+    path: str
+    n_items: int
+    authorization: str | None
+
+
+class FaultServer:
+    """A real uvicorn server in a thread on 127.0.0.1; `plan` scripts the next /score answers."""
+
+    def __init__(self, port: int | None = None, max_items: int = 256, info_status: int = 200):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.max_items = max_items
+        self.info_status = info_status
+        self.ready_status = 200      # what GET /health/ready answers
+        self.probes: list[float] = []  # time.monotonic() of each readiness probe (not in `seen`)
+        self.plan: collections.deque[Handler] = collections.deque()
+        self.default: Handler | None = None      # when the plan is used up; None: correct answers
+        self.seen: list[Seen] = []
+        self.bodies: list[dict] = []  # each /score request's body
+        self.rubrics: list[dict] | None = None  # /info's rubrics (default "general"), when set
+        self.in_flight = 0
+        self.max_in_flight = 0
+        app = FastAPI()
+
+        @app.get("/info")
+        async def info(request: Request) -> Response:
+            self._record(request, 0)
+            if self.info_status != 200:
+                return JSONResponse({"detail": "Not Found"}, status_code=self.info_status)
+            rubrics = {"default_rubric": "general", "rubrics": self.rubrics} if self.rubrics is not None else {}
+            return JSONResponse({"model": "fault-server", "limits": {"max_items_per_request": self.max_items},
+                                 **rubrics})
+
+        @app.get("/health/ready")
+        async def ready() -> Response:
+            self.probes.append(time.monotonic())
+            return JSONResponse({"status": "ready" if self.ready_status == 200 else "loading"},
+                                status_code=self.ready_status)
+
+        @app.post("/score")
+        async def score(request: Request) -> Response:
+            body = await request.json()
+            self._record(request, len(body["items"]))
+            self.bodies.append(body)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                handler = self.plan.popleft() if self.plan else self.default
+                if handler is not None and (resp := await handler(body)) is not None:
+                    return resp
+                return JSONResponse(fake_answer(body))
+            finally:
+                self.in_flight -= 1
+
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                     log_level="warning", lifespan="off",
+                                                     timeout_graceful_shutdown=0.2))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def _record(self, request: Request, n_items: int) -> None:
+        self.seen.append(Seen(time.monotonic(), request.url.path, n_items,
+                              request.headers.get("authorization")))
+
+    def scores(self) -> list[Seen]:
+        return [s for s in self.seen if s.path == "/score"]
+
+    def start(self) -> FaultServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError(f"fault server on port {self.port} did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -226,6 +226,51 @@ def test_max_items_bounds_each_batch():
     run(main())
 
 
+def test_a_small_request_is_not_stuck_behind_a_big_one():
+    # Batches are filled round-robin across submissions: the single item that arrives behind
+    # 40 others rides in the next batch, not after all of them (first come first served: the 6th).
+    async def main():
+        backend = FakeBackend(gate=True)
+        batcher = make(backend, max_items=4)
+        try:
+            big = asyncio.ensure_future(batcher.submit([f"big{i}" for i in range(40)]))
+            await wait(backend.started.wait())  # the first batch runs, holding the backend
+            small = asyncio.ensure_future(batcher.submit(["small"]))
+            await settle()
+            backend.gate.set()
+            assert await wait(small) == ["out:small"]
+            assert await wait(big) == [f"out:big{i}" for i in range(40)]
+            assert backend.batches[0] == ["big0", "big1", "big2", "big3"]
+            assert backend.batches[1] == ["big4", "small", "big5", "big6"]
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
+def test_round_robin_keeps_each_requests_order_and_skips_cancelled_work():
+    async def main():
+        backend = FakeBackend(gate=True)
+        batcher = make(backend, max_items=3)
+        try:
+            first = asyncio.ensure_future(batcher.submit(["block"]))
+            await wait(backend.started.wait())
+            a = asyncio.ensure_future(batcher.submit(["a0", "a1", "a2"]))
+            b = asyncio.ensure_future(batcher.submit(["b0", "b1", "b2"]))
+            gone = asyncio.ensure_future(batcher.submit(["c0", "c1"]))
+            await settle()
+            gone.cancel()  # its client hung up: its sequences are dropped unread
+            await settle()
+            backend.gate.set()
+            assert await wait(a) == ["out:a0", "out:a1", "out:a2"] and await wait(b) == ["out:b0", "out:b1", "out:b2"]
+            await wait(first)
+            assert backend.batches[1:] == [["a0", "b0", "a1"], ["b1", "a2", "b2"]]
+        finally:
+            await batcher.stop()
+
+    run(main())
+
+
 def test_max_tokens_bounds_padded_batch_size():
     async def main():
         backend = FakeBackend()
@@ -314,12 +359,12 @@ def test_backend_error_reaches_every_waiter_of_the_batch_and_worker_survives():
 def test_failure_is_confined_to_its_batch():
     async def main():
         backend = FakeBackend(fail_on="bad")
-        batcher = make(backend, max_items=2, max_wait_s=0.0)
+        batcher = make(backend, max_items=1, max_wait_s=0.0)
         try:
             outcome = await wait(
                 asyncio.gather(batcher.submit(["a", "b"]), batcher.submit(["bad"]), return_exceptions=True)
             )
-            assert backend.batches == [["a", "b"], ["bad"]]
+            assert backend.batches == [["a"], ["bad"], ["b"]]  # round-robin; the failed batch is skipped
             assert outcome[0] == ["out:a", "out:b"]
             assert isinstance(outcome[1], ValueError)
         finally:

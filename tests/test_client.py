@@ -12,7 +12,6 @@ Two kinds of server:
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import json
 import logging
@@ -21,18 +20,24 @@ import random
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from typing import Self
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from support import HELD_OUT, item_score
+from support import (
+    HELD_OUT,
+    FaultServer,
+    Handler,
+    fake_group_reward,
+    fake_result,
+    fake_reward,
+    hold_until,
+    mangle,
+    raw,
+    stall,
+    status,
+)
 
 from drlaif.client import (
     AsyncRewardClient,
@@ -42,157 +47,8 @@ from drlaif.client import (
     backoff_delay,
     parse_retry_after,
 )
-from drlaif.protocol import ItemAnswer, ItemScore
+from drlaif.protocol import ItemAnswer
 from drlaif.server_process import free_port
-
-# ------------------------------------------------------------------------------------------------
-# A real HTTP server that injects faults
-# ------------------------------------------------------------------------------------------------
-
-# A scripted behaviour for one /score request: return a Response to send it, or None to send
-# the correct answer (after doing whatever the handler did, e.g. sleeping).
-Handler = Callable[[dict], Awaitable[Response | None]]
-
-
-def fake_reward(prompt: object, response: str) -> float:
-    """The fault server's deterministic reward, in [-1, 1], different for different items."""
-    return ((sum(map(ord, response)) + 7 * len(json.dumps(prompt))) % 201 - 100) / 100
-
-
-def fake_result(reward: float) -> ItemScore:
-    """The fault server's /score result for an item with this reward: complete, as the wire model says."""
-    return item_score(reward, distribution=[0.1] * 10, label_mass=0.9, label_entropy=math.log(10), input_tokens=10)
-
-
-def fake_answer(body: dict) -> dict:
-    results = [fake_result(fake_reward(item["prompt"], item["response"])).model_dump() for item in body["items"]]
-    return {"results": results, "rubric": body.get("rubric") or "general", "scale": {"min": 1, "max": 10},
-            "model": "fault-server"}
-
-
-def status(code: int, message: str = "injected fault", retry_after: str | None = None) -> Handler:
-    async def handler(body: dict) -> Response:
-        headers = {"Retry-After": retry_after} if retry_after is not None else None
-        return JSONResponse({"error": {"type": "injected", "message": message}}, status_code=code,
-                            headers=headers)
-    return handler
-
-
-def stall(seconds: float) -> Handler:
-    async def handler(body: dict) -> None:
-        await asyncio.sleep(seconds)
-    return handler
-
-
-def hold_until(released: Callable[[], bool], limit_s: float = 10.0) -> Handler:
-    """Answer correctly once ``released()`` is true (polled; at most ``limit_s``): an event,
-    not a duration, so that what overlaps in a test does not depend on the machine's speed."""
-    async def handler(body: dict) -> None:
-        deadline = time.monotonic() + limit_s
-        while not released() and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
-    return handler
-
-
-def raw(text: str) -> Handler:
-    async def handler(body: dict) -> Response:
-        return Response(text, media_type="application/json")
-    return handler
-
-
-def mangle(fn: Callable[[dict], None]) -> Handler:
-    """Send the correct answer after `fn` broke it in place (json.dumps writes NaN as NaN)."""
-    async def handler(body: dict) -> Response:
-        answer = fake_answer(body)
-        fn(answer)
-        return Response(json.dumps(answer), media_type="application/json")
-    return handler
-
-
-@dataclass
-class Seen:
-    t: float                 # time.monotonic() when the request arrived
-    path: str
-    n_items: int
-    authorization: str | None
-
-
-class FaultServer:
-    """A real uvicorn server in a thread on 127.0.0.1; `plan` scripts the next /score answers."""
-
-    def __init__(self, port: int | None = None, max_items: int = 256, info_status: int = 200):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.max_items = max_items
-        self.info_status = info_status
-        self.ready_status = 200      # what GET /health/ready answers
-        self.probes: list[float] = []  # time.monotonic() of each readiness probe (not in `seen`)
-        self.plan: collections.deque[Handler] = collections.deque()
-        self.default: Handler | None = None      # when the plan is used up; None: correct answers
-        self.seen: list[Seen] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-        app = FastAPI()
-
-        @app.get("/info")
-        async def info(request: Request) -> Response:
-            self._record(request, 0)
-            if self.info_status != 200:
-                return JSONResponse({"detail": "Not Found"}, status_code=self.info_status)
-            return JSONResponse({"model": "fault-server",
-                                 "limits": {"max_items_per_request": self.max_items}})
-
-        @app.get("/health/ready")
-        async def ready() -> Response:
-            self.probes.append(time.monotonic())
-            return JSONResponse({"status": "ready" if self.ready_status == 200 else "loading"},
-                                status_code=self.ready_status)
-
-        @app.post("/score")
-        async def score(request: Request) -> Response:
-            body = await request.json()
-            self._record(request, len(body["items"]))
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            try:
-                handler = self.plan.popleft() if self.plan else self.default
-                if handler is not None and (resp := await handler(body)) is not None:
-                    return resp
-                return JSONResponse(fake_answer(body))
-            finally:
-                self.in_flight -= 1
-
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                     log_level="warning", lifespan="off",
-                                                     timeout_graceful_shutdown=0.2))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    def _record(self, request: Request, n_items: int) -> None:
-        self.seen.append(Seen(time.monotonic(), request.url.path, n_items,
-                              request.headers.get("authorization")))
-
-    def scores(self) -> list[Seen]:
-        return [s for s in self.seen if s.path == "/score"]
-
-    def start(self) -> FaultServer:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError(f"fault server on port {self.port} did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread.is_alive():
-            self._thread.join(10)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @pytest.fixture
@@ -413,7 +269,8 @@ def test_max_attempts_is_respected(fault):
 def test_422_raises_at_once_with_the_servers_message(fault, caplog):
     caplog.set_level(logging.WARNING, logger="drlaif.client")
     fault.plan.append(status(422, "items.0.response: Field required"))
-    with (RewardClient(fast(fault.url, max_items_per_request=8)) as client,
+    # Limits and mode given: no GET /info, the one attempt is the /score request.
+    with (RewardClient(fast(fault.url, max_items_per_request=8, reward_mode="direct")) as client,
           pytest.raises(RewardServerError) as info):
         client.score(PROMPTS, RESPONSES)
     assert "422" in str(info.value) and "items.0.response: Field required" in str(info.value)
@@ -425,7 +282,8 @@ def test_422_raises_at_once_with_the_servers_message(fault, caplog):
 def test_first_url_dead_all_requests_succeed_via_the_second(fault, caplog):
     caplog.set_level(logging.INFO, logger="drlaif.client")
     dead = dead_url()
-    config = fast([dead, fault.url], max_items_per_request=2)
+    # Limits and mode given: no GET /info, only /score requests are counted.
+    config = fast([dead, fault.url], max_items_per_request=2, reward_mode="direct")
     with RewardClient(config) as client:
         for _ in range(5):
             assert client.score(PROMPTS, RESPONSES) == EXPECTED
@@ -699,6 +557,52 @@ def test_submit_score_overlaps_with_other_work(fault):
         assert future.result(10) == EXPECTED
     with pytest.raises(RuntimeError, match="closed"):
         client.score(PROMPTS, RESPONSES)
+
+
+# ------------------------------------------------------------------------------------------------
+# The reward mode: the config's, or the rubric's group_pairwise in GET /info
+# ------------------------------------------------------------------------------------------------
+
+GROUP_PROMPTS = ["Question a?", "Question b?", "Question a?", "Question b?", "Question c?", "Question c?"]
+GROUP_RESPONSES = [f"Answer {i}" for i in range(6)]
+
+
+@pytest.mark.parametrize("mode, rubric_in_groups, sent", [
+    (None, True, True),               # the rubric's choice: in groups
+    (None, False, None),              # the rubric's choice: directly, and nothing said about it
+    ("direct", True, False),          # an explicit direct overrides a rubric that judges in groups
+    ("group-pairwise", False, True),  # and an explicit group-pairwise one that does not
+])
+def test_the_reward_mode_is_the_configs_or_else_the_rubrics(mode, rubric_in_groups, sent):
+    with FaultServer(max_items=3) as srv:
+        srv.rubrics = [{"name": "general", "group_pairwise": rubric_in_groups}]
+        with RewardClient(fast(srv.url, reward_mode=mode)) as client:
+            items = client.score_items(GROUP_PROMPTS, GROUP_RESPONSES)
+            assert client.reward_mode() == ("group-pairwise" if sent else "direct")
+        reward = fake_group_reward if sent else fake_reward
+        assert [i.reward for i in items] == [reward(p, r) for p, r in zip(GROUP_PROMPTS, GROUP_RESPONSES)]
+        assert {b.get("group_pairwise", "absent") for b in srv.bodies} == {"absent" if sent is None else sent}
+        requests = sorted([i["prompt"] for i in b["items"]] for b in srv.bodies)
+        if sent:  # whole prompt groups in each request, each result its group's judgement
+            assert requests == [["Question a?"] * 2, ["Question b?"] * 2, ["Question c?"] * 2]
+            assert all(i.group is not None for i in items)
+        else:  # runs of the server's limit, which split groups: fine when each response is read alone
+            assert sorted(map(len, requests)) == [3, 3]
+        assert [s.path for s in srv.seen].count("/info") == 1  # read once, then remembered
+
+
+def test_the_rubrics_choice_is_looked_up_for_each_calls_rubric():
+    with FaultServer() as srv:
+        srv.rubrics = [{"name": "general", "group_pairwise": False}, {"name": "groups", "group_pairwise": True},
+                       {"name": "older"}]  # a /info that does not say: direct
+        with RewardClient(fast(srv.url)) as client:
+            for rubric in (None, "groups", "older", "unlisted"):
+                client.score(GROUP_PROMPTS, GROUP_RESPONSES, rubric=rubric)
+            assert [client.reward_mode(r) for r in (None, "groups", "older")] == ["direct", "group-pairwise", "direct"]
+        assert [b.get("group_pairwise") for b in srv.bodies] == [None, True, None, None]
+        assert [s.path for s in srv.seen].count("/info") == 1
+    with pytest.raises(ValueError, match=r"'groups' is not one of direct, group-pairwise, or None"):
+        RewardClientConfig(urls=["http://127.0.0.1:1"], reward_mode="groups")
 
 
 # ------------------------------------------------------------------------------------------------

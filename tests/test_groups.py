@@ -16,6 +16,7 @@ import httpx
 import pytest
 import yaml
 
+from drlaif.client import RewardClient, RewardClientConfig
 from drlaif.server_process import ServerProcess
 from server.rubrics.judge_text import JudgeSpan, without_spans
 from server.scoring.group import group_rewards, pair_schedule
@@ -181,6 +182,7 @@ def _check_pairs_match_compare(server: ServerProcess, items: list[dict], results
 
 
 @pytest.mark.slow
+@pytest.mark.compat("/score", "group-pairwise", "works")
 def test_group_pairwise_rewards_are_mean_compare_preferences(group_server):
     items = ([{"prompt": SUMS, "response": r} for r in SUMS_ANSWERS]
              + [{"prompt": LOCK, "response": r} for r in LOCK_ANSWERS])
@@ -202,6 +204,7 @@ def test_group_pairwise_rewards_are_mean_compare_preferences(group_server):
 
 
 @pytest.mark.slow
+@pytest.mark.compat("/score", "group-pairwise", "works")
 def test_pairs_are_left_out_unless_asked_and_a_rubric_can_judge_groups_by_default(group_server):
     items = [{"prompt": SUMS, "response": r} for r in SUMS_ANSWERS]
     asked = _post(group_server, "/score", {"items": items, "group_pairwise": True})["results"]
@@ -228,6 +231,7 @@ def test_text_addressed_to_the_judge_is_cut_before_the_response_is_compared(grou
 
 
 @pytest.mark.slow
+@pytest.mark.compat("/score", "group-pairwise", "refused", error="group_too_small")
 def test_a_prompt_with_one_response_is_a_group_too_small(group_server):
     items = [{"prompt": SUMS, "response": r} for r in SUMS_ANSWERS[:2]] + [{"prompt": LOCK, "response": "No."}]
     error = _post(group_server, "/score", {"items": items, "group_pairwise": True}, status=422)["error"]
@@ -268,3 +272,77 @@ def test_items_sharing_a_prompt_score_as_they_do_one_per_request(group_server):
         assert g["score"] == pytest.approx(alone["score"], abs=1e-4)
         assert g["reward"] == pytest.approx(alone["reward"], abs=1e-5)
         assert g["label_mass"] == pytest.approx(alone["label_mass"], abs=1e-5)
+
+
+# --- a rubric that judges in groups, on the other entry points -----------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.compat("/compare", "group-pairwise", "works")
+def test_compare_under_a_rubric_that_judges_in_groups_is_its_pairwise_form(group_server):
+    # A pair is already judged pairwise: group_pairwise changes nothing, the pair reads as under its base.
+    triples = [(SUMS, SUMS_ANSWERS[0], SUMS_ANSWERS[1]), (LOCK, LOCK_ANSWERS[1], LOCK_ANSWERS[2])]
+    assert _compare_p_a(group_server, triples, "general-groups") == pytest.approx(
+        _compare_p_a(group_server, triples), abs=1e-6)
+
+
+def _queries(items: list[tuple[str, str]]) -> dict:
+    """An OpenRLHF /get_reward body: each query its prompt followed by the response."""
+    return {"query": [p + r for p, r in items], "prompts": [p for p, _ in items], "labels": [""] * len(items)}
+
+
+@pytest.mark.slow
+@pytest.mark.compat("/get_reward", "group-pairwise", "works")
+def test_get_reward_under_a_rubric_that_judges_in_groups_judges_each_prompts_queries_together(group_server):
+    # Interleaved, as a rollout batch may hold them: grouped by prompt, not by position.
+    items = [(SUMS, " " + SUMS_ANSWERS[0]), (LOCK, " " + LOCK_ANSWERS[0]), (SUMS, " " + SUMS_ANSWERS[1]),
+             (LOCK, " " + LOCK_ANSWERS[3]), (SUMS, " " + SUMS_ANSWERS[2])]
+    body = _post(group_server, "/get_reward?rubric=general-groups", _queries(items))
+    score_items = [{"prompt": p, "response": r} for p, r in items]
+    scored = _post(group_server, "/score", {"rubric": "general-groups", "items": score_items})["results"]
+    alone = _post(group_server, "/score", {"rubric": "general-groups", "items": score_items,
+                                           "group_pairwise": False})["results"]
+    assert [r["group"]["group"] for r in scored] == [0, 1, 0, 1, 0]
+    assert body["rewards"] == pytest.approx([r["group"]["reward"] for r in scored], abs=1e-6)
+    assert body["scores"] == pytest.approx([(r + 1) / 2 for r in body["rewards"]], abs=1e-12)
+    logs = body["extra_logs"]
+    assert logs["drlaif_group_win_rate"] == pytest.approx([r["group"]["win_rate"] for r in scored], abs=1e-6)
+    # The direct reads stay in the logs; ?group_pairwise=false makes them the rewards.
+    assert logs["drlaif_direct_reward"] == pytest.approx([r["reward"] for r in alone], abs=1e-6)
+    direct = _post(group_server, "/get_reward?rubric=general-groups&group_pairwise=false", _queries(items))
+    assert direct["rewards"] == pytest.approx(logs["drlaif_direct_reward"], abs=1e-6)
+    assert "drlaif_group_win_rate" not in direct["extra_logs"]
+
+
+@pytest.mark.slow
+@pytest.mark.compat("/get_reward", "group-pairwise", "refused", error="group_too_small")
+def test_get_reward_refuses_a_lone_query_under_a_rubric_that_judges_in_groups(group_server):
+    # OpenRLHF's agent sends one query per request: no group to judge it in.
+    error = _post(group_server, "/get_reward?rubric=general-groups", _queries([(SUMS, " 144.")]), status=422)["error"]
+    assert error["type"] == "group_too_small"
+    assert ("rubric 'general-groups' judges group-pairwise" in error["message"]
+            and "/get_reward?group_pairwise=false" in error["message"]
+            and "a rubric without group_pairwise" in error["message"]), error
+    assert len(_post(group_server, "/get_reward?rubric=general-groups&group_pairwise=false",
+                     _queries([(SUMS, " 144.")]))["rewards"]) == 1
+
+
+@pytest.mark.slow
+def test_the_client_follows_the_rubrics_choice_unless_told(group_server):
+    prompts = [SUMS, LOCK, SUMS, LOCK, SUMS]
+    responses = [SUMS_ANSWERS[0], LOCK_ANSWERS[0], SUMS_ANSWERS[1], LOCK_ANSWERS[1], SUMS_ANSWERS[2]]
+    items = [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)]
+    by_rubric = _post(group_server, "/score", {"items": items, "rubric": "general-groups"})["results"]
+    alone = _post(group_server, "/score", {"items": items, "rubric": "general-groups",
+                                           "group_pairwise": False})["results"]
+    config = RewardClientConfig(urls=[group_server.url], rubric="general-groups", max_items_per_request=4)
+    with RewardClient(config) as client:  # 4 per request: the group of 3 in one, the group of 2 in another
+        assert client.reward_mode() == "group-pairwise"
+        got = client.score_items(prompts, responses)
+    assert [i.reward for i in got] == pytest.approx([r["reward"] for r in by_rubric], abs=1e-6)
+    assert [i.group.opponents for i in got] == [2, 1, 2, 1, 2]
+    with RewardClient(RewardClientConfig(urls=[group_server.url], rubric="general-groups",
+                                         reward_mode="direct")) as client:
+        direct = client.score_items(prompts, responses)
+    assert all(i.group is None for i in direct)
+    assert [i.reward for i in direct] == pytest.approx([r["reward"] for r in alone], abs=1e-6)

@@ -147,6 +147,7 @@ def _score_rewards(server, items, rubric=None):
 
 @slow
 @pytest.mark.parametrize("rubric", [None, "harmless"])
+@pytest.mark.compat("/get_reward", "plain", "works")
 def test_openrlhf_request_gets_openrlhf_shaped_rewards_equal_to_score(server, rubric):
     path = "/get_reward" + (f"?rubric={rubric}" if rubric else "")
     r = _post(server, path, _openrlhf_body(SAMPLES))
@@ -351,6 +352,7 @@ class _Engine:
 
 @slow
 @pytest.mark.parametrize("name", CASES)
+@pytest.mark.compat("OpenRLHF", "plain", "works")
 def test_openrlhf_own_client_gets_the_score_reward_of_the_whole_prompt(server, tokenizer, openrlhf_agent,
                                                                         name):
     prompt, response, max_prompt_tokens, labeler_prompt = _case(name, tokenizer)
@@ -368,3 +370,21 @@ def test_openrlhf_own_client_gets_the_score_reward_of_the_whole_prompt(server, t
     assert out["reward"] == pytest.approx(expected, abs=1e-9)
     assert out["scores"] == pytest.approx([(expected[0] + 1) / 2], abs=1e-9)
     assert set(out["extra_logs"]) >= {"drlaif_score", "drlaif_reward_robust"}
+
+
+@slow
+@pytest.mark.compat("OpenRLHF", "group-pairwise", "refused", error="group_too_small")
+def test_openrlhf_own_client_is_refused_group_pairwise_rewards_with_the_way_out(server, tokenizer, openrlhf_agent):
+    # OpenRLHF's agent asks for each sample's reward alone: there is no group to judge it in. (Under a
+    # rubric with group_pairwise: true the same: tests/test_groups.py.)
+    prompt, response, _, _ = _case("plain", tokenizer)
+    response_ids = tokenizer(text=response, add_special_tokens=False)["input_ids"]
+    url = f"{server.url}/get_reward?group_pairwise=true"
+    executor = openrlhf_agent.SingleTurnAgentExecutor(remote_rm_url=url)
+    params = types.SimpleNamespace(max_tokens=MAX_NEW_TOKENS, logprobs=None)
+    engine = _Engine(response_ids + [tokenizer.eos_token_id])
+    out = asyncio.run(executor.execute(prompt, "", params, 100_000, tokenizer, engine))
+    assert out["reward"] is None  # OpenRLHF logs the failure and carries on without a reward
+    r = _post(server, "/get_reward?group_pairwise=true", _openrlhf_body(SAMPLES[1:2]))
+    assert r.status_code == 422 and r.json()["error"]["type"] == "group_too_small"
+    assert "OpenRLHF's agent sends one query per request: score directly" in r.json()["error"]["message"]

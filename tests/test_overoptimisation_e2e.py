@@ -91,6 +91,8 @@ def test_alarm_fires_names_the_monitor_opens_the_report_and_stops_the_run(tiny_p
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+@pytest.mark.compat("drlaif-train ppo", "monitors", "works")
+@pytest.mark.compat("/score", "monitors", "works")
 def test_no_alarm_when_the_monitor_is_the_proxy(server, tiny_policy_dir, tmp_path, algorithm):
     # The real embedded labeler as proxy and monitor: the same reads, so a monitor cannot fall
     # while the proxy rises.
@@ -115,6 +117,7 @@ def test_no_alarm_when_the_monitor_is_the_proxy(server, tiny_policy_dir, tmp_pat
     assert "## Length and reward" in report
 
 
+@pytest.mark.compat("drlaif-train ppo", "drop-on-failure", "works")
 def test_drop_leaves_out_exactly_the_failed_samples_and_the_cap_stops_the_run(tiny_policy_dir, tmp_path):
     share = 0.25
     with Server(ROOT / "bench" / "rule_reward_server.py", "--rule", "shortest", "--fail-share",

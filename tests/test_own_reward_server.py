@@ -212,6 +212,9 @@ def test_metrics_skip_what_a_server_did_not_send():
                                              "reward_robust_gap": 0.5}
     assert principle_means(some) == {"reward_principle_format": 1.0}
     assert batch_metrics(some, 0.25)["truncated_rate"] == 1.0
+    # --disagreement-threshold reaches trl's metrics as PPO's: a 0.5 gap is a disagreement past 0.1, not past 0.6.
+    assert batch_metrics(some, 0.25, 0.1)["reward_disagreement"] == 1.0
+    assert batch_metrics(some, 0.25, 0.6)["reward_disagreement"] == 0.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,6 +261,7 @@ def test_trl_reward_function_on_the_example(own_server):
     assert asyncio.run(dropping(prompts=PROMPTS, completions=RESPONSES)) == EXPECTED
 
 
+@pytest.mark.compat("veRL batch manager", "plain", "works")
 def test_verl_compute_score_on_the_example(own_server, monkeypatch):
     monkeypatch.setenv("DRLAIF_REWARD_URL", own_server)
     monkeypatch.setenv("DRLAIF_COALESCE_MS", "5")

@@ -87,6 +87,7 @@ def test_debias_off_reads_one_order(server, harmless_answers):
         assert single["orders"]["ab"] == pytest.approx(both["orders"]["ab"], abs=1e-5)
 
 
+@pytest.mark.compat("/compare", "plain", "works")
 def test_compare_equals_an_independent_teacher_forced_read(server, reference_model, embedded_model_dir,
                                                            harmless_answers):
     """P(first better) = P("1") / (P("1") + P("2")) at the answer position, from the reference model."""

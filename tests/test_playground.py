@@ -124,6 +124,7 @@ def test_render_slots_locate_the_request_text_and_score_locates_the_judge_text(k
 
 
 @pytest.mark.slow
+@pytest.mark.compat("rubric lab", "plain", "works")
 def test_rubric_lab_scores_as_the_registry_would(keyed_server):
     copy = yaml.safe_dump({"extends": "general", "name": "general-copy"})
     lab = _post(keyed_server, "/ui/rubric-lab/score", {"rubric_yaml": copy, "items": HELD_OUT[:2]})
@@ -136,6 +137,36 @@ def test_rubric_lab_scores_as_the_registry_would(keyed_server):
     assert validated["results"] == [] and validated["rubric"]["name"] == "concise"
     names = [r["name"] for r in httpx.get(f"{keyed_server.url}/info", headers=AUTH, timeout=30).json()["rubrics"]]
     assert "concise" not in names and "general-copy" not in names  # nothing was registered
+
+
+@pytest.mark.slow
+@pytest.mark.compat("rubric lab", "group-pairwise", "works")
+def test_rubric_lab_judges_a_group_pairwise_rubrics_items_in_their_prompt_groups(keyed_server):
+    groups = yaml.safe_dump({"extends": "general", "name": "lab-groups", "group_pairwise": True})
+    items = HELD_OUT[:2]  # two responses to one prompt
+    assert items[0]["prompt"] == items[1]["prompt"]
+    lab = _post(keyed_server, "/ui/rubric-lab/score", {"rubric_yaml": groups, "items": items})
+    preset = _post(keyed_server, "/score", {"items": items, "rubric": "general", "group_pairwise": True,
+                                            "return_pairs": True})
+    assert lab["rubric"]["group_pairwise"] is True
+    for a, b in zip(lab["results"], preset["results"], strict=True):
+        assert a["group"]["opponents"] == 1 and a["reward"] == pytest.approx(a["group"]["reward"], abs=1e-12)
+        assert (a["reward"], a["group"]["win_rate"]) == pytest.approx((b["reward"], b["group"]["win_rate"]), abs=1e-6)
+        assert [p["opponent"] for p in a["group"]["pairs"]] == [p["opponent"] for p in b["group"]["pairs"]]
+        assert a["distribution"] == pytest.approx(b["distribution"], abs=1e-6)  # the direct read beside it
+
+
+@pytest.mark.slow
+@pytest.mark.compat("rubric lab", "group-pairwise", "refused", error="group_too_small")
+def test_rubric_lab_refuses_a_lone_response_under_a_group_pairwise_rubric_with_the_way_out(keyed_server):
+    groups = yaml.safe_dump({"extends": "general", "name": "lab-groups", "group_pairwise": True})
+    r = httpx.post(f"{keyed_server.url}/ui/rubric-lab/score", headers=AUTH, timeout=WAIT_S,
+                   json={"rubric_yaml": groups, "items": [HELD_OUT[0]]})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["type"] == "group_too_small" and "take group_pairwise: true out of the rubric" in error["message"]
+    # Validating it alone needs no group.
+    assert _post(keyed_server, "/ui/rubric-lab/score", {"rubric_yaml": groups})["rubric"]["group_pairwise"] is True
 
 
 @pytest.mark.slow
@@ -422,6 +453,26 @@ def test_rubric_lab_shows_the_servers_message_then_scores_beside_a_preset(browse
         _assert_card_shows(preset_card, before)
         _assert_card_shows(lab_card, after)
     _shoot(browser, shots, "playground-rubric-lab.png")
+
+
+@pytest.mark.slow
+def test_rubric_lab_shows_a_group_pairwise_rubrics_group_judgements(browser, keyed_server):
+    groups = yaml.safe_dump({"extends": "general", "name": "lab-groups", "group_pairwise": True})
+    _open(browser, keyed_server, "lab")
+    _by_css(browser, "#lab-yaml").clear()
+    browser.execute_script("arguments[0].value = arguments[1]", _by_css(browser, "#lab-yaml"), groups)
+    _prompt(browser, "lab", HELD_OUT[0]["prompt"])
+    _responses(browser, "lab-responses", [HELD_OUT[0]["response"], HELD_OUT[1]["response"]])
+    _submit(browser, "lab-form", "lab-results")
+    assert not _by_css(browser, "#lab-error").is_displayed()
+    assert "judged in groups: yes" in _text(_by_css(browser, "#lab-results .valid"))
+    lab = _post(keyed_server, "/ui/rubric-lab/score", {"rubric_yaml": groups, "items": HELD_OUT[:2]})["results"]
+    for row, result in zip(_all_css(browser, "#lab-results .lab-row"), lab, strict=True):
+        _, lab_card = _all_css(row, ".card")
+        assert abs(_number(_by_css(lab_card, "dd.reward")) - result["reward"]) <= ROUNDING
+        assert abs(_number(_by_css(lab_card, "dd.win-rate")) - result["group"]["win_rate"]) <= ROUNDING
+        (p_win,) = _all_css(lab_card, "dd.p-win")
+        assert abs(_number(p_win) - result["group"]["pairs"][0]["p_win"]) <= ROUNDING
 
 
 @pytest.mark.slow

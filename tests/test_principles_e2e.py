@@ -22,6 +22,7 @@ def _post(server, path, body):
     return response.json()
 
 
+@pytest.mark.compat("/score", "constitution", "works")
 def test_each_principle_is_an_exact_read_of_its_own_input_and_the_aggregate_is_the_weighted_mean(
         server, reference_model):
     body = {"items": HELD_OUT[:3], "rubric": "assistant"}
@@ -68,6 +69,7 @@ def test_restricting_to_one_principle_gives_its_numbers_unchanged(server):
         assert t["score"] == pytest.approx(score, abs=1e-9)
 
 
+@pytest.mark.compat("/compare", "constitution", "works")
 def test_compare_gives_one_debiased_preference_per_principle_and_their_weighted_mean(server):
     items = [{"prompt": "What is the capital of France?", "response_a": "Paris.", "response_b": "Berlin."},
              {"prompt": "How do I pick a lock?", "response_a": "Call a locksmith.", "response_b": "Use a pin."}]
@@ -85,6 +87,7 @@ def test_compare_gives_one_debiased_preference_per_principle_and_their_weighted_
         assert result["p_a"] == pytest.approx(1 - other["p_a"], abs=1e-5)
 
 
+@pytest.mark.compat("/get_reward", "constitution", "works")
 def test_get_reward_logs_each_principle(server):
     prompt = "What is the capital of France?"
     logs = httpx.post(f"{server.url}/get_reward?rubric=assistant", timeout=300,

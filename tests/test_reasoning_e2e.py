@@ -34,6 +34,7 @@ def _score(server, body):
     return response.json()["results"]
 
 
+@pytest.mark.compat("/score", "reasoning", "works")
 def test_reasoned_reward_equals_teacher_forcing_after_the_reported_rationale(server, reference_model):
     body = {"items": HELD_OUT[:4], "rubric": "general-reasoned", "reasoning": SHORT, "return_rationale": True}
     rendered = _post(server, "/render", body).json()["results"]
@@ -138,6 +139,7 @@ def test_a_zero_budget_reads_right_after_the_instruction_and_answer_prefix(serve
         np.testing.assert_allclose(result["distribution"], expected, atol=1e-4)
 
 
+@pytest.mark.compat("/compare", "reasoning", "works")
 def test_compare_reasons_in_each_order_then_reads_the_pair_labels(server, reference_model):
     item = {"prompt": "What is the capital of France?", "response_a": "Paris.", "response_b": "Berlin."}
     body = {"items": [item], "rubric": "general-reasoned", "reasoning": {"max_tokens": 24}, "return_rationale": True}
@@ -162,6 +164,7 @@ def test_compare_reasons_in_each_order_then_reads_the_pair_labels(server, refere
     assert labels == ["1", "2"]
 
 
+@pytest.mark.compat("/get_reward", "reasoning", "works")
 def test_get_reward_logs_the_reasoning(server):
     query = "What is the capital of France? Paris."
     response = _post(server, "/get_reward?rubric=general-reasoned",

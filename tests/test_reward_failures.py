@@ -44,6 +44,27 @@ def test_with_group_pairwise_rewards_a_failed_batch_is_rescored_group_by_group()
     assert source.calls == [responses, ["a", "b"], ["x", "c"]]  # a group is judged whole or not at all
 
 
+class RubricGrouping(ItemRefusing):
+    """A client whose mode is unset: the rubric decides, as a real client reads it from /info."""
+
+    def __init__(self, groups: bool):
+        super().__init__()
+        self.groups, self.asked = groups, []
+
+    def reward_mode(self, rubric=None):
+        self.asked.append(rubric)
+        return "group-pairwise" if self.groups else "direct"
+
+
+@pytest.mark.parametrize("groups, calls", [(True, [["a", "b"], ["x", "c"]]), (False, [["a"], ["x"], ["b"], ["c"]])])
+def test_with_the_rubrics_choice_a_failed_batch_is_rescored_as_the_rubric_judges(groups, calls):
+    source = RubricGrouping(groups)
+    prompts, responses = ["p", "q", "p", "q"], ["a", "x", "b", "c"]
+    want = ["item:a", None, "item:b", None] if groups else ["item:a", None, "item:b", "item:c"]
+    assert score_items_or_drop(source, prompts, responses, "general-groups") == want
+    assert source.calls[1:] == calls and source.asked == ["general-groups"]
+
+
 def test_score_items_or_drop_rescores_each_sample_and_drops_only_the_failures():
     source = ItemRefusing()
     assert score_items_or_drop(source, ["p"] * 3, ["a", "x", "b"]) == ["item:a", None, "item:b"]

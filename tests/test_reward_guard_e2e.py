@@ -36,6 +36,7 @@ def _items(attack=""):
     return [{"prompt": p, "response": r + attack} for p, r in CASES]
 
 
+@pytest.mark.compat("/score", "robust reward field", "works")
 def test_attacks_lift_the_read_as_written_but_not_the_reward(server):
     plain = _post(server.url, "/score", {"items": _items()})
     for r in plain:  # an ordinary answer is read once: the three rewards are one read
@@ -74,6 +75,7 @@ def test_render_shows_both_labeler_inputs_and_each_read_is_exact(server, referen
     assert clean["robust"] is None
 
 
+@pytest.mark.compat("/get_reward", "robust reward field", "works")
 def test_get_reward_logs_both_reads(server):
     query = CASES[0][0] + " " + CASES[0][1] + ATTACKS["rating"]
     resp = httpx.post(f"{server.url}/get_reward", json={"query": [query], "prompts": [CASES[0][0]]}, timeout=120)

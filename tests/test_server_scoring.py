@@ -18,6 +18,7 @@ def _post(server, path, body, **kw):
 
 
 @pytest.mark.parametrize("rubric", ["general", "harmless"])
+@pytest.mark.compat("/score", "plain", "works")
 def test_score_equals_independent_teacher_forcing(server, reference_model, rubric):
     body = {"items": HELD_OUT, "rubric": rubric}
     rendered = _post(server, "/render", body).json()["results"]

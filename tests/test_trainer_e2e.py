@@ -53,6 +53,7 @@ def length_server():
     server.stop()
 
 
+@pytest.mark.compat("drlaif-train ppo", "plain", "works")
 def test_ppo_raises_a_deterministic_reward(length_server, tmp_path):
     out = tmp_path / "run"
     # The length rule pays for any distance from the reference, and 8 steps leave no room for a
@@ -261,6 +262,8 @@ def test_resume_restores_step_and_optimizer_state(length_server, tmp_path):
         second.close()
 
 
+@pytest.mark.compat("drlaif-train ppo", "constitution", "works")
+@pytest.mark.compat("drlaif-train ppo", "robust reward field", "works")
 def test_ppo_on_the_real_labeler_logs_the_servers_rewards(server, tiny_policy_dir, tmp_path):
     out = tmp_path / "run"
     # After FAST, so these win (argparse keeps the last value).
@@ -309,7 +312,11 @@ def assert_proxy_is_read_directly(server, out: Path, rubric: str) -> None:
     assert [r["step"] for r in evals(out)] == [0, 2]
 
 
-@pytest.mark.parametrize("algorithm, mode", [("grpo", "direct"), ("rloo", "direct"), ("grpo", "group-pairwise")])
+@pytest.mark.parametrize("algorithm, mode", [
+    pytest.param("grpo", "direct", marks=pytest.mark.compat("drlaif-train grpo", "plain", "works")),
+    pytest.param("rloo", "direct", marks=pytest.mark.compat("drlaif-train rloo", "plain", "works")),
+    pytest.param("grpo", "group-pairwise", marks=pytest.mark.compat("drlaif-train grpo", "group-pairwise", "works")),
+])
 def test_trl_algorithms_run_two_steps_on_the_real_labeler(server, tiny_policy_dir, tmp_path, algorithm, mode):
     out = tmp_path / algorithm
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
@@ -330,6 +337,7 @@ def test_trl_algorithms_run_two_steps_on_the_real_labeler(server, tiny_policy_di
     AutoModelForCausalLM.from_pretrained(out / "final")
 
 
+@pytest.mark.compat("drlaif-train ppo", "group-pairwise", "works")
 def test_ppo_group_pairwise_optimises_each_groups_pairwise_rewards(server, tiny_policy_dir, tmp_path):
     out = tmp_path / "run"
     result = train(server.url, out, "--model", str(tiny_policy_dir), "--steps", "2", "--batch-size", "4",

@@ -13,6 +13,7 @@ from typing import Self
 
 import httpx
 import pytest
+from support import FaultServer, fake_group_reward, fake_reward
 from trl.trainer.utils import (
     get_callable_name,
     is_async_callable,
@@ -117,6 +118,7 @@ def test_message_shapes_are_converted():
 
 
 @pytest.mark.slow
+@pytest.mark.compat("trl reward function", "plain", "works")
 def test_plain_text_rewards_equal_the_clients(server, client_rewards):
     func = make_reward_func(server.url)
     metrics: dict[str, list[float]] = {}
@@ -130,7 +132,8 @@ def test_plain_text_rewards_equal_the_clients(server, client_rewards):
     assert all(isinstance(r, float) and -1 <= r <= 1 for r in rewards)
     logged = metrics
     always = {f"drlaif/{m}" for m in ("label_mass", "label_mass_min", "label_entropy", "truncated_rate",
-                                      "reward_seconds", "judge_text_rate", "dropped")}
+                                      "reward_seconds", "judge_text_rate", "reward_disagreement",
+                                      "reward_robust_gap", "dropped")}
     # The length-reward correlation is logged when it is defined (two lengths, two rewards).
     assert always <= set(logged) <= always | {"drlaif/length_reward_corr"}
     assert logged["drlaif/dropped"] == [0.0] and 0.0 <= logged["drlaif/label_entropy"][0] <= 2.303
@@ -173,6 +176,7 @@ def test_server_errors_reach_trl_instead_of_a_made_up_reward(server):
         trl_loop.run(func.aclose())
 
 
+@pytest.mark.compat("trl reward function", "constitution", "works")
 def test_a_constitution_logs_one_reward_mean_per_principle(server):
     func = make_reward_func(server.url, rubric="assistant")
     metrics: dict[str, list[float]] = {}
@@ -188,3 +192,35 @@ def test_a_constitution_logs_one_reward_mean_per_principle(server):
         (logged,) = metrics[f"{func.__name__}/reward_principle_{name}"]  # drlaif_assistant/...
         want = sum(r["principles"][name]["reward"] for r in results) / len(results)
         assert logged == pytest.approx(want, abs=1e-4)
+
+
+# Two completions per prompt, as GRPO sends them: each prompt's group whole in the call.
+GROUP_PROMPTS = ["What is 12 times 12?", "What is 12 times 12?", PLAIN_PROMPTS[2], PLAIN_PROMPTS[2]]
+GROUP_COMPLETIONS = ["144.", "124.", PLAIN_COMPLETIONS[2], "Call reverse() on it."]
+
+
+@pytest.mark.compat("trl reward function", "group-pairwise", "works")
+def test_a_rubric_that_judges_in_groups_is_followed_and_direct_overrides_it():
+    with FaultServer() as srv:
+        srv.rubrics = [{"name": "general", "group_pairwise": True}]
+        with TrlLoop() as trl_loop:
+            for mode, sent, reward in ((None, True, fake_group_reward), ("direct", False, fake_reward)):
+                func = make_reward_func(srv.url, deadline_s=10, reward_mode=mode)
+                assert trl_loop.run(call_like_grpo(func, GROUP_PROMPTS, GROUP_COMPLETIONS, {})) == [
+                    reward(p, c) for p, c in zip(GROUP_PROMPTS, GROUP_COMPLETIONS, strict=True)]
+                assert srv.bodies[-1]["group_pairwise"] is sent
+                trl_loop.run(func.aclose())
+
+
+@pytest.mark.slow
+@pytest.mark.compat("trl reward function", "group-pairwise", "works")
+def test_group_pairwise_rewards_are_the_servers_group_rewards(server):
+    func = make_reward_func(server.url, reward_mode="group-pairwise")
+    with TrlLoop() as trl_loop:
+        rewards = trl_loop.run(call_like_grpo(func, GROUP_PROMPTS, GROUP_COMPLETIONS, {}))
+        trl_loop.run(func.aclose())
+    direct = httpx.post(f"{server.url}/score", timeout=300, json={"group_pairwise": True, "items": [
+        {"prompt": p, "response": c} for p, c in zip(GROUP_PROMPTS, GROUP_COMPLETIONS, strict=True)]})
+    results = direct.json()["results"]
+    assert all(r["group"]["opponents"] == 1 for r in results)
+    assert rewards == pytest.approx([r["group"]["reward"] for r in results], abs=1e-4)

@@ -187,6 +187,8 @@ def test_rate_limited_reward_manager_gives_score_rewards(server, embedded_model_
     assert_rm_scores_are(batch, rm_scores, score_rewards(server.url, HELD_OUT))
 
 
+@pytest.mark.compat("veRL batch manager", "group-pairwise", "works")
+@pytest.mark.compat("veRL compute_score", "group-pairwise", "refused", error="RuntimeError")
 def test_batch_reward_manager_judges_grpo_groups_pairwise(server, tokenizer, monkeypatch):
     """veRL's batch reward manager passes a whole rollout batch to compute_score_batch: with
     DRLAIF_REWARD_MODE=group-pairwise each prompt's responses are judged against each other,

@@ -15,7 +15,7 @@ import math
 
 import httpx
 import pytest
-from support import score_requests
+from support import FaultServer, fake_group_reward, score_requests
 
 from drlaif.client import RewardServerError
 from trainer.frameworks import verl_reward
@@ -49,6 +49,7 @@ def test_veRL_detects_an_async_function():
     assert not inspect.iscoroutinefunction(verl_reward.compute_score_sync)
 
 
+@pytest.mark.compat("veRL compute_score", "plain", "works")
 def test_64_concurrent_coroutines_coalesce_and_match_score(verl_env):
     items = samples(64)
     expected = direct_rewards(verl_env.url, items)
@@ -106,3 +107,49 @@ def test_an_unreachable_server_raises_instead_of_inventing_a_score(monkeypatch):
     monkeypatch.setenv("DRLAIF_REWARD_DEADLINE_S", "2")
     with pytest.raises(RewardServerError):
         asyncio.run(verl_reward.compute_score("hh", "text", None, {"question": "q"}))
+
+
+# --- group-pairwise rewards: the rubric's choice (its group_pairwise in GET /info) or DRLAIF_REWARD_MODE
+
+GROUP_PROMPTS = ["Question a?", "Question b?", "Question a?", "Question b?"]
+GROUP_RESPONSES = ["Yes.", "No.", "Perhaps.", "Never."]
+
+
+@pytest.fixture
+def group_rubric_server(monkeypatch):
+    """A stand-in server whose default rubric judges group-pairwise."""
+    with FaultServer() as srv:
+        srv.rubrics = [{"name": "general", "group_pairwise": True}]
+        monkeypatch.setenv("DRLAIF_REWARD_URL", srv.url)
+        monkeypatch.delenv("DRLAIF_RUBRIC", raising=False)
+        monkeypatch.delenv("DRLAIF_REWARD_MODE", raising=False)
+        monkeypatch.setenv("DRLAIF_COALESCE_MS", "5")
+        yield srv
+
+
+@pytest.mark.compat("veRL compute_score", "group-pairwise", "refused", error="RuntimeError")
+def test_compute_score_refuses_group_pairwise_rewards_by_name(group_rubric_server, monkeypatch):
+    with pytest.raises(RuntimeError, match=r"the server's default rubric judges group-pairwise .*compute_score "
+                       r"sees one sample at a time: use veRL's batch reward manager with compute_score_batch "
+                       r".*or set DRLAIF_REWARD_MODE=direct"):
+        asyncio.run(verl_reward.compute_score("hh", "Yes.", None, {"question": "Question a?"}))
+    with pytest.raises(RuntimeError, match="the server's default rubric judges group-pairwise"):
+        verl_reward.compute_score_sync("hh", "Yes.", None, {"question": "Question a?"})
+    monkeypatch.setenv("DRLAIF_REWARD_MODE", "group-pairwise")
+    with pytest.raises(RuntimeError, match="DRLAIF_REWARD_MODE=group-pairwise .*compute_score_batch"):
+        asyncio.run(verl_reward.compute_score("hh", "Yes.", None, {"question": "Question a?"}))
+    assert group_rubric_server.bodies == []  # refused before any reward was asked for
+    # An explicit direct scores each response alone under that rubric.
+    monkeypatch.setenv("DRLAIF_REWARD_MODE", "direct")
+    assert asyncio.run(verl_reward.compute_score("hh", "Yes.", None, {"question": "Question a?"}))["score"] == (
+        pytest.approx(-fake_group_reward("Question a?", "Yes.")))
+    assert group_rubric_server.bodies[-1]["group_pairwise"] is False
+
+
+@pytest.mark.compat("veRL batch manager", "group-pairwise", "works")
+def test_the_batch_manager_judges_each_prompts_responses_as_a_group(group_rubric_server):
+    results = verl_reward.compute_score_batch(["hh"] * 4, GROUP_RESPONSES, None,
+                                              [{"question": p} for p in GROUP_PROMPTS])
+    assert [r["score"] for r in results] == [fake_group_reward(p, r) for p, r in zip(GROUP_PROMPTS, GROUP_RESPONSES)]
+    (body,) = group_rubric_server.bodies
+    assert body["group_pairwise"] is True and len(body["items"]) == 4

@@ -67,9 +67,14 @@ def build_router(service: ScoringService, models: protocol.RequestModels) -> API
                           "omitted.",
                           json_schema_extra={"enum": list(models.rubrics)} if models.rubrics else None)
 
+    group_pairwise_in_url = Query(None, description="Judge the queries in their prompt groups, as /score's "
+                                  "group_pairwise (true), or each alone (false); the rubric's default when "
+                                  "omitted. A group needs at least 2 queries of one prompt in the request.")
+
     @router.post("/get_reward", response_model=protocol.RewardResponse, responses=_SCORING_ERRORS, summary="OpenRLHF's remote reward protocol (--remote_rm_url)")
-    async def get_reward(body: RewardRequest, rubric: str = rubric_in_url) -> protocol.RewardResponse:
-        return await service.get_reward(body, rubric)
+    async def get_reward(body: RewardRequest, rubric: str = rubric_in_url,
+                         group_pairwise: bool | None = group_pairwise_in_url) -> protocol.RewardResponse:
+        return await service.get_reward(body, rubric, group_pairwise)
 
     @router.post("/render", response_model=protocol.RenderResponse, responses=_RENDER_ERRORS, summary="The exact labeler input and label tokens for each item")
     async def render(body: ScoreRequest) -> protocol.RenderResponse:

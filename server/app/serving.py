@@ -17,7 +17,7 @@ from server.app.openrlhf import END_MARKERS, labeler_items
 from server.backends import Backend, create_backend
 from server.config import ServerSettings
 from server.errors import DeadlineExceeded, InvalidRubric, NotReady, ShuttingDown
-from server.groups import GroupJudgement, judge_in_groups, plan_groups
+from server.groups import SCORE_WAY_OUT, GroupJudgement, judge_in_groups, plan_groups
 from server.pairwise import compare
 from server.rubrics import RubricRegistry
 from server.rubrics.model import Rubric
@@ -34,6 +34,18 @@ WARMUP_ITEM = ("Say hello.", "Hello!")
 # tokenised and read for every item, its principles each compiled and read.
 LAB_MAX_LABELS = 101
 LAB_MAX_PRINCIPLES = 64
+# What a caller that cannot give a group-pairwise rubric two responses per prompt can do instead.
+LAB_WAY_OUT = ("give the prompt at least 2 responses, or take group_pairwise: true out of the rubric to score "
+               "each response alone")
+
+
+def _get_reward_way_out(rubric: str, from_url: bool) -> str:
+    """What a /get_reward caller whose prompts do not all have 2 queries can do instead."""
+    if from_url:
+        return "OpenRLHF's agent sends one query per request: score directly (no group_pairwise=true in the URL)"
+    return (f"rubric {rubric!r} judges group-pairwise (group_pairwise: true), and OpenRLHF's agent sends one "
+            "query per request: score directly with /get_reward?group_pairwise=false, or name a rubric without "
+            "group_pairwise (/get_reward?rubric=NAME)")
 
 
 def _prompt(item: protocol.ScoreItem | protocol.CompareItem) -> str | list[dict[str, str]]:
@@ -51,7 +63,7 @@ def _rubric_info(r: Rubric) -> protocol.RubricInfo:
                                scale=protocol.ScaleInfo(min=r.scale.min, max=r.scale.max),
                                compare=r.compare is not None, reasoning=r.reasoning is not None,
                                principles={p.name: p.weight for p in r.principles} if r.principles else None,
-                               aggregate=r.aggregate if r.principles else None)
+                               aggregate=r.aggregate if r.principles else None, group_pairwise=r.group_pairwise)
 
 
 def _read(result: ScoreResult) -> dict[str, Any]:
@@ -91,6 +103,15 @@ def _group(judgement: GroupJudgement, return_pairs: bool) -> protocol.GroupJudge
              for p in judgement.pairs] if return_pairs else None
     return protocol.GroupJudgement(group=judgement.group, reward=r.reward, win_rate=r.win_rate,
                                    opponents=r.opponents, pairs=pairs)
+
+
+def _grouped(results: list[protocol.ItemScore], groups: Sequence[GroupJudgement] | None,
+             return_pairs: bool) -> list[protocol.ItemScore]:
+    """Results judged in groups: each reward its group's, with the group judgement beside the direct read."""
+    if groups is None:
+        return results
+    return [r.model_copy(update={"reward": g.reward.reward, "group": _group(g, return_pairs)})
+            for r, g in zip(results, groups, strict=True)]
 
 
 def _slots(encoded: EncodedItem) -> list[protocol.RenderedSlot]:
@@ -240,6 +261,27 @@ class ScoringService:
         self.metrics.judge_text.labels(rubric).inc(sum(s.judge_spans > 0 for s in scored))
         self.metrics.reasoning_tokens.labels(rubric).inc(sum(s.reasoning_tokens for s in scored))
 
+    def _count_pairs(self, rubric: str, groups: Sequence[GroupJudgement] | None) -> None:
+        if groups is not None:  # each pair is in the judgements of both its responses
+            self.metrics.pairs.labels(rubric).inc(sum(len(g.pairs) for g in groups) // 2)
+
+    @staticmethod
+    async def _judge(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[protocol.Prompt, str]],
+                     in_groups: bool, *, way_out: str = SCORE_WAY_OUT, opponents: int | None = None,
+                     seed: int | None = None, principles: Sequence[str] | None = None,
+                     ) -> tuple[list[ScoredItem], list[GroupJudgement] | None]:
+        """Each item's direct read and, ``in_groups``, its judgement in its prompt group (None
+        otherwise). A request that cannot be judged in groups (GroupTooSmall, its message
+        ending with ``way_out``) is refused before any read starts."""
+        plan = plan_groups(scorer, rubric, items, principles, way_out) if in_groups else None
+        direct = scorer.score(rubric, items, seed=seed, principles=principles)
+        if plan is None:
+            return await direct, None
+        # Direct reads and pairs go through the batcher together.
+        scored, groups = await asyncio.gather(direct, judge_in_groups(
+            scorer, rubric, items, plan, opponents=opponents, seed=seed, principles=principles))
+        return scored, groups
+
     async def score(self, request: protocol.ScoreRequest) -> protocol.ScoreResponse:
         return await self._serve(lambda scorer: self._score(scorer, request), len(request.items))
 
@@ -248,24 +290,14 @@ class ScoringService:
         self.metrics.queue_depth.set(scorer.batcher.depth)
         rubric = scorer.rubric(request.rubric, _reasoning(request))
         in_groups = request.group_pairwise if request.group_pairwise is not None else rubric.group_pairwise
-        # A request that cannot be judged in groups is refused before any read starts.
-        plan = plan_groups(scorer, rubric, items, request.principles) if in_groups else None
-        direct = scorer.score(rubric, items, seed=request.seed, principles=request.principles)
-        if plan is not None:  # direct reads and pairs go through the batcher together
-            scored, groups = await asyncio.gather(direct, judge_in_groups(
-                scorer, rubric, items, plan, opponents=request.group_opponents, seed=request.seed,
-                principles=request.principles))
-        else:
-            scored, groups = await direct, None
+        scored, groups = await self._judge(scorer, rubric, items, in_groups, opponents=request.group_opponents,
+                                           seed=request.seed, principles=request.principles)
         compiled = scorer.compiled(rubric)
         self._count(compiled.rubric.name, scored)
-        results = _item_scores(scorer, rubric, scored, request.return_rationale)
-        if groups is not None:
-            self.metrics.pairs.labels(compiled.rubric.name).inc(sum(len(g.pairs) for g in groups) // 2)
-            results = [r.model_copy(update={"reward": g.reward.reward, "group": _group(g, request.return_pairs)})
-                       for r, g in zip(results, groups, strict=True)]
+        self._count_pairs(compiled.rubric.name, groups)
         return protocol.ScoreResponse(
-            results=results,
+            results=_grouped(_item_scores(scorer, rubric, scored, request.return_rationale), groups,
+                             request.return_pairs),
             rubric=compiled.rubric.name,
             scale=protocol.ScaleInfo(min=compiled.scale.lo, max=compiled.scale.hi),
             model=scorer.backend.info.model,
@@ -274,18 +306,21 @@ class ScoringService:
     async def rubric_lab(self, request: protocol.RubricLabRequest) -> protocol.RubricLabResponse:
         """The playground's rubric lab: a rubric from the request's YAML, validated and compiled
         as the registry's are at startup but never registered, and the request's items (if any)
-        scored under it."""
+        scored under it; judged in their prompt groups, pairs included, when the rubric says
+        ``group_pairwise: true``."""
         return await self._serve(lambda scorer: self._rubric_lab(scorer, request), max(1, len(request.items)))
 
     async def _rubric_lab(self, scorer: Scorer, request: protocol.RubricLabRequest) -> protocol.RubricLabResponse:
         # Parsing and compiling (tokenising) a rubric of up to --max-field-chars: off the event loop.
         rubric, forms = await asyncio.to_thread(self._lab_rubric, scorer, request.rubric_yaml)
-        scored = await scorer.score(rubric, _items(request), seed=request.seed) if request.items else []
+        scored, groups = await self._judge(scorer, rubric, _items(request), rubric.group_pairwise,
+                                           way_out=LAB_WAY_OUT, seed=request.seed) if request.items else ([], None)
         # Not counted in the per-rubric metrics: the rubric's name is whatever the request says.
         return protocol.RubricLabResponse(
             rubric=_rubric_info(rubric),
             trusted_tokens=max(f.fixed_tokens for f in forms if isinstance(f, CompiledRubric)),
-            results=_item_scores(scorer, rubric, scored, request.return_rationale),
+            results=_grouped(_item_scores(scorer, rubric, scored, request.return_rationale), groups,
+                             return_pairs=True),
             model=scorer.backend.info.model,
         )
 
@@ -347,18 +382,25 @@ class ScoringService:
             model=scorer.backend.info.model,
         )
 
-    async def get_reward(self, request: protocol.RewardRequest, rubric: str | None) -> protocol.RewardResponse:
+    async def get_reward(self, request: protocol.RewardRequest, rubric: str | None,
+                         group_pairwise: bool | None = None) -> protocol.RewardResponse:
         """OpenRLHF's remote reward: each query split into (prompt, response) and scored as /score does
-        (a chat-templated prompt as its messages)."""
-        return await self._serve(lambda scorer: self._get_reward(scorer, request, rubric), len(request.query))
+        (a chat-templated prompt as its messages); judged in prompt groups as /score judges them when
+        ``group_pairwise`` says so, or (None) the rubric does."""
+        return await self._serve(lambda scorer: self._get_reward(scorer, request, rubric, group_pairwise),
+                                 len(request.query))
 
-    async def _get_reward(self, scorer: Scorer, request: protocol.RewardRequest, rubric: str | None) -> protocol.RewardResponse:
+    async def _get_reward(self, scorer: Scorer, request: protocol.RewardRequest, rubric: str | None,
+                          group_pairwise: bool | None) -> protocol.RewardResponse:
         markers = (*END_MARKERS, *getattr(scorer.backend.tokenizer, "all_special_tokens", ()))
         items = labeler_items(request.query, request.prompts, markers)
         chosen = scorer.rubric(rubric)
-        scored = await scorer.score(chosen, items)
+        in_groups = group_pairwise if group_pairwise is not None else chosen.group_pairwise
+        scored, groups = await self._judge(scorer, chosen, items, in_groups,
+                                           way_out=_get_reward_way_out(chosen.name, group_pairwise is not None))
         self._count(chosen.name, scored)
-        rewards = [s.result.reward for s in scored]
+        self._count_pairs(chosen.name, groups)
+        rewards = [s.result.reward for s in scored] if groups is None else [g.reward.reward for g in groups]
         extra_logs = {"drlaif_score": [s.result.score for s in scored],
                       "drlaif_label_mass": [s.result.label_mass for s in scored],
                       "drlaif_reward_as_written": [s.as_written.reward for s in scored],
@@ -368,6 +410,9 @@ class ScoringService:
         if chosen.reasoning is not None:
             extra_logs["drlaif_reasoning_tokens"] = [float(s.reasoning_tokens) for s in scored]
             extra_logs["drlaif_score_spread"] = [score_spread([r for _, r in s.samples]) for s in scored]
+        if groups is not None:  # the rewards are the groups': the direct reads' stay in the logs
+            extra_logs["drlaif_direct_reward"] = [s.result.reward for s in scored]
+            extra_logs["drlaif_group_win_rate"] = [g.reward.win_rate for g in groups]
         return protocol.RewardResponse(rewards=rewards, scores=[(r + 1.0) / 2.0 for r in rewards],
                                        extra_logs=extra_logs)
 

@@ -35,6 +35,11 @@ out of its group's baseline and its advantage is 0. Combined with other reward f
 others' rewards still count for that sample. More than ``max_dropped_fraction`` of a call
 dropped raises :class:`drlaif.reward_failures.TooManyDropped`.
 
+Rewards are judged as the rubric says: group-pairwise (each completion compared with the others
+of its prompt) when its ``group_pairwise`` is true in the server's ``GET /info``, else directly;
+``reward_mode="direct"`` or ``"group-pairwise"`` decides instead. trl passes its whole generation
+batch, every prompt's ``num_generations`` completions, to one call, so groups are whole.
+
 Each call also logs (``log_metric``) the label entropy and mass, the within-group correlation of
 completion length (tokens) and reward, and the dropped count; ``length_control=True`` returns
 length-controlled rewards (trainer/analysis/judge_signals.py).
@@ -57,7 +62,13 @@ from drlaif.client import (
 )
 from drlaif.protocol import ItemAnswer
 from drlaif.reward_failures import ascore_items_or_drop, check_dropped
-from trainer.analysis.judge_signals import groups_by_key, label_metrics, length_controlled, length_reward_corr
+from trainer.analysis.judge_signals import (
+    groups_by_key,
+    judge_text_metrics,
+    label_metrics,
+    length_controlled,
+    length_reward_corr,
+)
 
 
 def _text(content: object, where: str) -> str:
@@ -101,17 +112,17 @@ def completion_text(completion: object) -> str:
     raise TypeError(f"completion must be a str or a list of chat messages, got {type(completion).__name__}")
 
 
-def batch_metrics(items: Sequence[ItemAnswer], seconds: float) -> dict[str, float]:
+def batch_metrics(items: Sequence[ItemAnswer], seconds: float,
+                  disagreement_threshold: float = 0.1) -> dict[str, float]:
     """What a dashboard should show of one scored batch: a falling label mass means the labeler
-    stopped answering on the scale, a rising judge-text rate that the policy is learning to
-    talk to the judge; under a constitution, which principle the policy improves or sacrifices."""
+    stopped answering on the scale, a rising judge-text rate or reward disagreement (PPO's
+    guard signals, ``disagreement_threshold`` as its) that the policy is learning to talk to the
+    judge; under a constitution, which principle the policy improves or sacrifices."""
     metrics = {**label_metrics(items), "reward_seconds": seconds}
     truncated = [i.truncated for i in items if i.truncated is not None]  # absent from another server's
     if truncated:
         metrics["truncated_rate"] = sum(truncated) / len(truncated)
-    spans = [i.judge_spans for i in items if i.judge_spans is not None]
-    if spans:
-        metrics["judge_text_rate"] = sum(n > 0 for n in spans) / len(spans)
+    metrics.update(judge_text_metrics(items, disagreement_threshold))
     metrics.update(principle_means(items))  # a constitution: one reward curve per principle
     return metrics
 
@@ -132,10 +143,13 @@ class DrlaifRewardFunc:
             samples are dropped.
         length_control: Return length-controlled rewards (a within-group least-squares fit of
             reward on completion length taken out).
+        disagreement_threshold: A sample counts towards the logged `reward_disagreement` when
+            its reward as written and its robust reward differ by more than this.
     """
 
     def __init__(self, config: RewardClientConfig, name: str, on_failure: str = "stop",
-                 max_dropped_fraction: float = 0.1, length_control: bool = False):
+                 max_dropped_fraction: float = 0.1, length_control: bool = False,
+                 disagreement_threshold: float = 0.1):
         if on_failure not in ("stop", "drop"):
             raise ValueError(f"on_failure must be 'stop' or 'drop', got {on_failure!r}")
         self.config = config
@@ -143,6 +157,7 @@ class DrlaifRewardFunc:
         self.on_failure = on_failure
         self.max_dropped_fraction = max_dropped_fraction
         self.length_control = length_control
+        self.disagreement_threshold = disagreement_threshold
         self._client: AsyncRewardClient | None = None
         self._lock = threading.Lock()
 
@@ -197,7 +212,7 @@ class DrlaifRewardFunc:
         if callable(log_metric) and items:
             extra = {"dropped": float(len(scored) - len(items)),
                      **({"length_reward_corr": corr} if corr is not None else {})}
-            for name, value in {**batch_metrics(items, time.perf_counter() - started), **extra}.items():
+            for name, value in {**batch_metrics(items, time.perf_counter() - started, self.disagreement_threshold), **extra}.items():
                 log_metric(f"{self.__name__}/{name}", value)
         return rewards
 
@@ -240,7 +255,7 @@ class DrlaifRewardFunc:
 
 def make_reward_func(urls: str | list[str], rubric: str | None = None, *, name: str | None = None,
                      on_failure: str = "stop", max_dropped_fraction: float = 0.1, length_control: bool = False,
-                     **client_kwargs: Any) -> DrlaifRewardFunc:
+                     disagreement_threshold: float = 0.1, **client_kwargs: Any) -> DrlaifRewardFunc:
     """A trl reward function on a drlaif server, for `GRPOTrainer` and `RLOOTrainer`.
 
     Args:
@@ -250,8 +265,10 @@ def make_reward_func(urls: str | list[str], rubric: str | None = None, *, name: 
         on_failure: `"stop"` or `"drop"`, as `drlaif-train --on-reward-failure`.
         max_dropped_fraction: As `drlaif-train --max-dropped-fraction`.
         length_control: As `drlaif-train --length-control`.
+        disagreement_threshold: As `drlaif-train --disagreement-threshold`.
         **client_kwargs: Any other [RewardClientConfig][drlaif.client.RewardClientConfig]
-            field, such as `deadline_s=300` or `max_concurrency=8`.
+            field, such as `deadline_s=300`, `max_concurrency=8` or `reward_mode="direct"`
+            (unset: group-pairwise when the rubric's `group_pairwise` says so, else direct).
 
     Returns:
         An async callable `(prompts, completions, **kwargs) -> list[float | None]`.
@@ -269,4 +286,4 @@ def make_reward_func(urls: str | list[str], rubric: str | None = None, *, name: 
     config = RewardClientConfig(urls=[urls] if isinstance(urls, str) else list(urls), rubric=rubric,
                                 **client_kwargs)
     return DrlaifRewardFunc(config, name or (f"drlaif_{rubric}" if rubric else "drlaif"), on_failure,
-                            max_dropped_fraction, length_control)
+                            max_dropped_fraction, length_control, disagreement_threshold)

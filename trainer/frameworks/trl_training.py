@@ -30,7 +30,9 @@ def _metrics_callback(metrics: MetricsLog):
             signals = {name: next((v for k, v in logs.items() if k.endswith(f"/{key}")), None)
                        for name, key in (("length_reward_corr", "length_reward_corr"),
                                          ("label_entropy", "label_entropy"), ("label_mass", "label_mass"),
-                                         ("reward_dropped", "dropped"))}
+                                         ("reward_dropped", "dropped"), ("judge_text_rate", "judge_text_rate"),
+                                         ("reward_disagreement", "reward_disagreement"),
+                                         ("reward_robust_gap", "reward_robust_gap"))}
             metrics.write({
                 **signals,
                 "step": state.global_step,
@@ -90,7 +92,8 @@ def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Pro
                               deadline_s=config.reward_deadline_s, reward_field=config.reward_field,
                               reward_mode=config.reward_mode, group_opponents=config.group_opponents,
                               on_failure=config.on_reward_failure, max_dropped_fraction=config.max_dropped_fraction,
-                              length_control=config.length_control)
+                              length_control=config.length_control,
+                              disagreement_threshold=config.disagreement_threshold)
     callbacks = [_metrics_callback(metrics)] + ([heldout] if heldout else [])
     trainer = trainer_cls(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
                           peft_config=peft_config, callbacks=callbacks)

@@ -33,10 +33,12 @@ Set, in the environment of the workers (fixed names):
 - ``DRLAIF_API_KEY``: the server's API key, if it has one;
 - ``DRLAIF_PROMPT_KEY``: the ``extra_info`` key that holds the prompt (default ``question``);
   a string or chat messages ``[{"role": ..., "content": ...}]``;
-- ``DRLAIF_REWARD_MODE``: ``direct`` (default) or ``group-pairwise``, each response compared with
-  the others given for its prompt (``DRLAIF_GROUP_OPPONENTS`` bounds how many). A group must be
-  seen whole, so group-pairwise needs veRL's ``batch`` reward manager, which passes the whole
-  rollout batch to ``compute_score_batch`` in one call; ``compute_score`` refuses it.
+- ``DRLAIF_REWARD_MODE``: unset (default): as the rubric says (its ``group_pairwise`` in the
+  server's ``GET /info``); ``direct``: each response scored alone, whatever the rubric says;
+  ``group-pairwise``: each response compared with the others given for its prompt
+  (``DRLAIF_GROUP_OPPONENTS`` bounds how many). A group must be seen whole, so group-pairwise
+  (asked for, or the rubric's choice) needs veRL's ``batch`` reward manager, which passes the
+  whole rollout batch to ``compute_score_batch`` in one call; ``compute_score`` refuses it.
 
 Calls in one process are coalesced: each lands on a micro-batcher (the server's own, on a
 background event loop shared by every thread and loop of the process) that waits up to
@@ -70,7 +72,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from drlaif.batching import MicroBatcher
-from drlaif.client import AsyncRewardClient, Prompt, RewardClientConfig, rewards_of
+from drlaif.client import REWARD_MODES, AsyncRewardClient, Prompt, RewardClientConfig, rewards_of
 from drlaif.protocol import ItemAnswer
 from trainer.frameworks.trl_reward import prompt_for_server
 
@@ -85,18 +87,29 @@ class VerlRewardSettings(BaseSettings):
     prompt_key: str = Field("question", description="extra_info key that holds the prompt.")
     reward_field: str = Field("reward", description="Which reward to return: reward, reward_robust or "
                               "reward_as_written.")
-    reward_mode: str = Field("direct", description="direct, or group-pairwise (the responses to one prompt "
-                             "compared with each other; compute_score_batch only).")
+    # Not a Literal: veRL loads this file as a module outside sys.modules, where pydantic cannot
+    # resolve the name (builtins it can).
+    reward_mode: str | None = Field(
+        None, description="Unset: the rubric's choice (its group_pairwise in GET /info); direct; or group-pairwise "
+        "(the responses to one prompt compared with each other; compute_score_batch only).")
     group_opponents: int | None = Field(None, ge=1, description="group-pairwise: opponents per response (unset: "
                                         "all of its group).")
     reward_deadline_s: float = Field(600.0, gt=0, description="Seconds a call may take, retries included.")
     coalesce_ms: float = Field(20.0, ge=0, description="How long an idle batcher waits for more samples.")
     coalesce_items: int = Field(256, ge=1, description="Most samples in one scoring call.")
 
-    @field_validator("rubric")
+    @field_validator("rubric", "reward_mode")
     @classmethod
     def _blank_is_default(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("reward_mode")
+    @classmethod
+    def _known_mode(cls, value: str | None) -> str | None:
+        if value is not None and value not in REWARD_MODES:
+            raise ValueError(f"DRLAIF_REWARD_MODE: {value!r} is not one of {', '.join(REWARD_MODES)}, or unset "
+                             "(the rubric's choice)")
+        return value
 
     def urls(self) -> list[str]:
         urls = [u.strip() for u in self.reward_url.split(",") if u.strip()]
@@ -104,6 +117,10 @@ class VerlRewardSettings(BaseSettings):
             raise RuntimeError("DRLAIF_REWARD_URL is not set: export the drlaif server's URL "
                                "(e.g. http://reward-server:8000) in the environment of veRL's reward workers")
         return urls
+
+
+_PER_SAMPLE_WAY_OUT = ("use veRL's batch reward manager with compute_score_batch "
+                       "(reward.reward_manager.name=batch), which sees each prompt's responses together")
 
 
 class _Coalescer:
@@ -120,6 +137,7 @@ class _Coalescer:
         self.loop = loop
         self.client = client
         self.batcher = batcher
+        self._mode: asyncio.Future[str] | None = None  # the reward mode, once read; on the loop
 
     @classmethod
     def start(cls, settings: VerlRewardSettings) -> _Coalescer:
@@ -150,13 +168,27 @@ class _Coalescer:
         # A server other than drlaif's may send only the reward: what it did not send is not logged.
         return {"score": reward, **{k: v for k, v in logged.items() if v is not None}, **extra}
 
+    async def _reward_mode(self) -> str:
+        """The client's reward mode, read once (on the loop: concurrent first calls share one
+        GET /info, and a failed read is tried again by the next call)."""
+        mode = self._mode
+        if mode is None or (mode.done() and (mode.cancelled() or mode.exception() is not None)):
+            mode = self._mode = asyncio.ensure_future(self.client.reward_mode())
+        return await asyncio.shield(mode)
+
     def submit(self, prompt: Prompt, response: str) -> concurrent.futures.Future[dict[str, float]]:
-        if self.settings.reward_mode != "direct":
+        """One sample's result, scored directly; a RuntimeError when its rewards are group-pairwise."""
+        if self.settings.reward_mode == "group-pairwise":
             raise RuntimeError("DRLAIF_REWARD_MODE=group-pairwise judges a prompt's responses together, and "
-                               "compute_score sees one sample at a time: use veRL's batch reward manager with "
-                               "compute_score_batch (reward.reward_manager.name=batch)")
+                               f"compute_score sees one sample at a time: {_PER_SAMPLE_WAY_OUT}")
 
         async def one() -> dict[str, float]:
+            if self.settings.reward_mode is None and await self._reward_mode() == "group-pairwise":
+                rubric = repr(self.settings.rubric) if self.settings.rubric else "the server's default rubric"
+                raise RuntimeError(f"{rubric} judges group-pairwise (group_pairwise: true, and DRLAIF_REWARD_MODE "
+                                   "is unset), and compute_score sees one sample at a time: "
+                                   f"{_PER_SAMPLE_WAY_OUT}, or set DRLAIF_REWARD_MODE=direct to score each "
+                                   "response alone under it")
             (item,) = await self.batcher.submit([(prompt, response)])
             return self.result(item)
 
@@ -245,7 +277,8 @@ async def compute_score(data_source: Any, solution_str: str, ground_truth: Any =
         RewardServerError: No valid reward within `DRLAIF_REWARD_DEADLINE_S`.
         KeyError: The prompt is missing from `extra_info`.
         TypeError: `solution_str` is not a string.
-        RuntimeError: `DRLAIF_REWARD_MODE` is `group-pairwise`, which needs
+        RuntimeError: The rewards are group-pairwise (`DRLAIF_REWARD_MODE=group-pairwise`, or
+            unset under a rubric with `group_pairwise: true`), which needs
             [compute_score_batch][trainer.frameworks.verl_reward.compute_score_batch].
     """
     return await asyncio.wrap_future(_submit(solution_str, extra_info))
@@ -258,7 +291,8 @@ def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str
     """veRL's batch reward manager's function: the drlaif rewards of a whole rollout batch.
 
     One client call for the batch, so that each prompt's responses (a GRPO group) are judged
-    together; with `DRLAIF_REWARD_MODE=group-pairwise`, against each other.
+    together; with `DRLAIF_REWARD_MODE=group-pairwise`, or unset under a rubric with
+    `group_pairwise: true`, against each other.
 
     Args:
         data_sources: Ignored.

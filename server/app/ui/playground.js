@@ -460,6 +460,18 @@ function scoreCard(title, response, result, scale, rubric, options = {}) {
     stat("Truncated", yesNo(result.truncated), "truncated", result.truncated ? "cut to fit the labeler's budget" : null),
     stat("Cached", yesNo(result.cached), "cached")));
   card.append(distributionChart(result.distribution, scale, result.score, title));
+  if (result.group) {
+    const g = result.group;
+    card.append(h("section", { class: "group", "aria-label": "The response against its group" },
+      h("h4", { text: "Judged in its group" }),
+      h("p", { text: `Compared with ${g.opponents} other response${g.opponents === 1 ? "" : "s"} to its prompt, ` +
+        "in both orders; the reward is 2 × its mean win probability − 1. The score and chart above are its " +
+        "own direct read." }),
+      h("dl", { class: "stats" },
+        stat("Win rate", fixed(g.win_rate), "win-rate"),
+        ...(g.pairs || []).map((p) => stat(`P(better than response ${p.opponent + 1})`, fixed(p.p_win),
+          "p-win", p.consistent ? null : "the two orders disagree")))));
+  }
   if (result.judge_spans > 0) {
     card.append(h("section", { class: "guard", "aria-label": "The guard's two reads" },
       h("h4", { text: "The guard read it twice" }),
@@ -594,7 +606,7 @@ function labSummary(answer) {
   return h("p", { class: "valid" },
     h("strong", { text: `Valid: rubric ${r.name}` }),
     ` · scale ${r.scale.min}–${r.scale.max} · ${answer.trusted_tokens} trusted tokens · pairwise form: ` +
-    `${yesNo(r.compare)} · reasons first: ${yesNo(r.reasoning)}` +
+    `${yesNo(r.compare)} · reasons first: ${yesNo(r.reasoning)} · judged in groups: ${yesNo(r.group_pairwise)}` +
     (r.principles ? ` · principles: ${Object.keys(r.principles).join(", ")}` : ""));
 }
 
