@@ -3,7 +3,7 @@
 Every error leaves as ``{"error": {"type": ..., "message": ...}}``. :data:`ERRORS` declares
 each ``type`` once: its HTTP status, whether a client may retry it and the ``Retry-After`` it
 is sent with, whether it belongs to the request rather than to the server, and a line for the
-docs. The server's exceptions (server/errors.py), its handlers, auth, the body limit,
+docs. The server's exceptions (server/errors.py), its handlers, auth, the Host check, the body limit,
 readiness, group judging and the Ray ingress answer with these entries; the OpenAPI error
 descriptions and the table in docs/api.md are generated from them; the reward client
 (drlaif/client.py) reads them to tell a request's failure from a server's. tests/test_docs.py
@@ -71,6 +71,10 @@ UNAUTHORIZED = ErrorType(
     "unauthorized", (401,),
     "the server has an API key and the request has no valid `Authorization: Bearer <key>`",
     headers=(("WWW-Authenticate", "Bearer"),))
+HOST_NOT_ALLOWED = ErrorType(
+    "host_not_allowed", (421,),
+    "the request's `Host` is not one of `--allowed-hosts` (unset: on a loopback address without an API key, "
+    "only localhost names are)")
 HTTP_ERROR = ErrorType("http_error", (404, 405),
                        "a path or method the server does not have (the `/ui` routes with `--no-ui`)")
 BODY_TOO_LARGE = ErrorType("body_too_large", (413,), "the body is larger than `--max-body-bytes`")
@@ -93,6 +97,10 @@ QUERY_MISMATCH = ErrorType("query_mismatch", (422,), "a `/get_reward` query that
 OVERLOADED = ErrorType("overloaded", (429,),
                        "the request's items do not fit beside the items in flight (`--max-queue-items`)",
                        retryable=True, retry_after_s=ESTIMATED)
+INGRESS_FULL = ErrorType(
+    "ingress_full", (429,),
+    "on Ray Serve: the request's body does not fit beside the bodies the ingress holds (`ingress_bytes_in_flight`)",
+    retryable=True, retry_after_s=1)
 INTERNAL_ERROR = ErrorType(
     "internal_error", (500,),
     "an unexpected error in the server; the message names the exception, and the log has its traceback")
@@ -121,8 +129,9 @@ DEADLINE_EXCEEDED = ErrorType(
     request_scoped=True)
 
 ERRORS: tuple[ErrorType, ...] = (
-    INVALID_JSON, UNAUTHORIZED, HTTP_ERROR, BODY_TOO_LARGE, INPUT_TOO_LONG, INVALID_REQUEST, UNKNOWN_RUBRIC,
-    INVALID_RUBRIC, RUBRIC_CANNOT_COMPARE, GROUP_TOO_SMALL, QUERY_MISMATCH, OVERLOADED, INTERNAL_ERROR,
+    INVALID_JSON, UNAUTHORIZED, HTTP_ERROR, HOST_NOT_ALLOWED, BODY_TOO_LARGE, INPUT_TOO_LONG, INVALID_REQUEST,
+    UNKNOWN_RUBRIC, INVALID_RUBRIC, RUBRIC_CANNOT_COMPARE, GROUP_TOO_SMALL, QUERY_MISMATCH, OVERLOADED,
+    INGRESS_FULL, INTERNAL_ERROR,
     NOT_READY, SHUTTING_DOWN, BACKEND_ERROR, BACKEND_STUCK, REPLICA_UNAVAILABLE, DEADLINE_EXCEEDED,
 )
 

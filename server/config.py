@@ -5,13 +5,20 @@ Precedence: command-line flag, then environment variable (or `.env`), then defau
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict
 
 from drlaif.embedded_model import default_cache_dir
+
+# The names a browser on this machine uses for a server on a loopback address.
+LOCALHOST_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+ANY_HOST = "*"
+_HOST_NAME = re.compile(r"[a-z0-9._:-]+")
 
 
 class ServerSettings(BaseSettings):
@@ -74,6 +81,12 @@ class ServerSettings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="Require 'Authorization: Bearer <key>' on all but /health/*.")
     api_key_file: Path | None = Field(None, description="Read the API key from this file instead.")
+    allowed_hosts: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="Host names (or addresses) the server answers to, comma-separated or the flag "
+        "repeated; a request whose Host header (port ignored) names another gets 421, so that a web page "
+        "cannot reach the server through DNS rebinding. /health/* answer any (probes send the pod's "
+        "address). Unset: localhost, 127.0.0.1 and ::1 when --host is a loopback address and there is no "
+        "API key, any name otherwise. '*': any name.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Logging verbosity.")
     ui: bool = Field(
         True, description="Serve the judge playground, a page at /ui for trying rubrics in a browser, and its "
@@ -134,6 +147,28 @@ class ServerSettings(BaseSettings):
         60.0, ge=0, description="On SIGTERM: new scoring requests get 503 and readiness turns 503; requests "
         "in flight get this long to finish, then the server exits 0.")
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        # DRLAIF_ALLOWED_HOSTS=a,b and a Ray Serve argument arrive as one string.
+        return [part for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str] | None) -> list[str] | None:
+        if hosts is None:
+            return None
+        names = [normalize_host(h) for h in hosts]
+        bad = [host for host, name in zip(hosts, names, strict=True)
+               if name != ANY_HOST and not _HOST_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"not a host name or address: {', '.join(map(repr, bad))}")
+        if not names:
+            raise ValueError(f"name at least one host, or {ANY_HOST} for any")
+        if ANY_HOST in names and len(names) > 1:
+            raise ValueError(f"{ANY_HOST} allows any host: give it alone")
+        return names
+
     @model_validator(mode="after")
     def _consistent(self) -> ServerSettings:
         if self.max_items_per_request > self.max_queue_items:
@@ -148,6 +183,30 @@ class ServerSettings(BaseSettings):
                 raise ValueError(f"api key file {self.api_key_file} is empty")
             return key
         return self.api_key.get_secret_value() if self.api_key else None
+
+    def allowed_host_names(self) -> frozenset[str] | None:
+        """The Host names the server answers to; None for any (see ``allowed_hosts``). Without a
+        key, a server on a loopback address is open to any page a local browser opens that
+        rebinds its own name to that address: only localhost names reach it then."""
+        if self.allowed_hosts is not None:
+            return None if self.allowed_hosts == [ANY_HOST] else frozenset(self.allowed_hosts)
+        if self.api_key is None and self.api_key_file is None and _is_loopback(self.host):
+            return LOCALHOST_NAMES
+        return None
+
+
+def normalize_host(host: str) -> str:
+    """A host as it is compared: lower case, without the brackets of an IPv6 address or a
+    trailing dot."""
+    host = host.strip().lower().rstrip(".")
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
 
 
 def parse_settings(argv: list[str] | None = None) -> ServerSettings:

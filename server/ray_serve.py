@@ -6,8 +6,9 @@ places it (``num_cpus``, ``num_gpus``; a tensor-parallel vLLM replica gets a pla
 group of one bundle per GPU), scales it on ongoing requests, and replaces a replica that
 dies or whose labeler can never serve again (its health check fails). A replica takes
 traffic only once its labeler has loaded and warmed up. A small ingress deployment behind
-Ray's HTTP proxy hands each request to a replica through Ray's router and moves it to
-another when its replica dies under it.
+Ray's HTTP proxy checks the Host and the API key before it reads a body, bounds the bodies
+it holds, hands each request to a replica through Ray's router and moves it to another when
+its replica dies under it.
 
 Start it with Ray's own CLI and this module's application builder; every argument that is
 not a deployment setting (see :class:`FleetSettings`) is a server setting, as
@@ -34,10 +35,13 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from drlaif.errors import BODY_TOO_LARGE, REPLICA_UNAVAILABLE
-from server.app import create_app
-from server.app.errors import error_response
+from drlaif.errors import INGRESS_FULL, REPLICA_UNAVAILABLE
+from server.app import add_access_checks, create_app
+from server.app.body_limit import BodyLimitMiddleware
+from server.app.errors import error_response, install_error_handlers
 from server.config import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,11 @@ class FleetSettings(BaseModel):
     max_replicas: int | None = Field(None, ge=1, description="Autoscaling: the most replicas.")
     target_ongoing_requests: float = Field(16.0, gt=0, description="Autoscaling: ongoing requests per replica "
                                            "that Ray aims for.")
+    ingress_bytes_in_flight: int = Field(
+        1 << 30, ge=1024, description="Request-body bytes the ingress holds at once, over all its requests "
+        "(a body is held until its replica answers; one sent without Content-Length counts as max_body_bytes); "
+        "a body that does not fit beside them gets 429 with Retry-After. At least max_body_bytes. The default, "
+        "1 GiB, holds 16 bodies of the default max_body_bytes, or thousands of ordinary /score requests.")
 
     @model_validator(mode="after")
     def _autoscaling_pair(self) -> FleetSettings:
@@ -72,6 +81,13 @@ class FleetSettings(BaseModel):
         if self.min_replicas is not None and self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must not exceed max_replicas")
         return self
+
+    def ingress_options(self) -> dict[str, Any]:
+        """Ray Serve options of the ingress deployment. It takes as many requests at once as the
+        replicas can (at their most, when autoscaling): a request it took past them could only
+        wait in it for a replica, its body held against ingress_bytes_in_flight, and refuse
+        another that a replica is about to have room for; past it, requests wait in Ray's proxy."""
+        return {"max_ongoing_requests": (self.max_replicas or self.replicas) * self.max_ongoing_requests}
 
     def deployment_options(self, settings: ServerSettings) -> dict[str, Any]:
         """Ray Serve options of the replica deployment."""
@@ -126,7 +142,8 @@ class DrlaifReplica:
             import torch
 
             torch.set_num_threads(torch_threads)
-        app = create_app(ServerSettings(**settings), load_before_serving=True)
+        # The ingress checks the Host; a replica sees the one its in-process client sends.
+        app = create_app(ServerSettings(**settings), load_before_serving=True, check_hosts=False)
         self._service = app.state.service
         self._service.replica_count = self._replica_count
         self._count, self._counted_at = 1, -_COUNT_TTL_S
@@ -169,39 +186,79 @@ class DrlaifReplica:
         return self._count
 
 
-# Its routes are copied when the ingress class is defined (Ray pickles the app), so
-# everything they use is defined above this line.
-ingress_app = FastAPI(title="drlaif on Ray Serve", docs_url=None, redoc_url=None, openapi_url=None)
+class BodyBudget:
+    """ASGI middleware of the ingress: the request bodies it holds at once stay within
+    ``max_bytes``, each counted from its headers before a byte of it is read (its
+    Content-Length; ``max_body_bytes`` when it is sent without one, chunked) until its answer
+    is sent, since the ingress keeps the body to send it again if its replica dies. A body
+    that does not fit is refused with 429 and Retry-After at once rather than made to wait:
+    Ray's proxy reads a body as it arrives whoever waits for it, so a waiting request would
+    pile its body up there instead. A request without a body passes free (the probes)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_body_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_body_bytes = max_body_bytes
+        self.held = 0  # only the ingress's event loop changes it, with no await in between
+
+    def _size(self, headers: Headers) -> int:
+        """The bytes a request's body is counted as (an oversized one: the limit, and the body
+        limit behind refuses it)."""
+        declared = headers.get("content-length", "")
+        if declared.isdigit():
+            return min(int(declared), self.max_body_bytes)
+        return self.max_body_bytes if declared or "transfer-encoding" in headers else 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        size = self._size(Headers(scope=scope)) if scope["type"] == "http" else 0
+        if self.held + size > self.max_bytes:
+            message = (f"the ingress holds {self.held} bytes of request bodies and this one counts {size} "
+                       f"(ingress_bytes_in_flight={self.max_bytes}); retry shortly")
+            await error_response(INGRESS_FULL, message)(scope, receive, send)
+            return
+        self.held += size
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.held -= size
 
 
-@serve.deployment(name="drlaif", max_ongoing_requests=4096)
-@serve.ingress(ingress_app)
+@serve.deployment(name="drlaif")
+@serve.ingress()
 class DrlaifIngress:
     """Ray Serve's HTTP proxy answers a request whose replica died under it with a plain 500;
     this ingress moves such a request to another replica instead (Ray's handle routes to the
-    less loaded of two), and answers 503 with Retry-After only when none can take it."""
+    less loaded of two), and answers 503 with Retry-After only when none can take it.
 
-    def __init__(self, replicas: DeploymentHandle, max_body_bytes: int, attempts: int = 3):
+    In front of that it makes the server's own checks before it reads a body: the Host
+    (``allowed_hosts``, only when set: Ray's proxy, not ``host``, binds the address here), the
+    API key (the playground's files served here, as by a replica), then the body budget
+    (:class:`BodyBudget`) and the body limit. The replicas check the key and the size again."""
+
+    def __init__(self, replicas: DeploymentHandle, settings: dict[str, Any], bytes_in_flight: int,
+                 attempts: int = 3):
         self._replicas = replicas
-        self._max_body_bytes = max_body_bytes
+        self._settings = ServerSettings(**settings)
+        self._bytes_in_flight = bytes_in_flight
         self._attempts = attempts
 
-    @ingress_app.api_route("/{path:path}", methods=["GET", "POST", "HEAD"], include_in_schema=False)
-    async def forward(self, path: str, request: Request) -> Response:
-        # The replica checks the key and the size too; this copy of the body must not grow past it.
-        limit = self._max_body_bytes
-        too_large = error_response(BODY_TOO_LARGE, f"the body is over {limit} bytes (--max-body-bytes)")
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            return too_large
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                return too_large
-        forwarded = ForwardedRequest(request.method, "/" + path, list(request.query_params.multi_items()),
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """The ingress's app, which Ray Serve runs once this replica is constructed."""
+        settings = self._settings
+        app = FastAPI(title="drlaif on Ray Serve", docs_url=None, redoc_url=None, openapi_url=None)
+        install_error_handlers(app)
+        # A Starlette route: Ray copies this class by value, without the names its annotations use.
+        app.add_route("/{path:path}", self._forward, methods=["GET", "POST", "HEAD"], include_in_schema=False)
+        app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+        app.add_middleware(BodyBudget, max_bytes=self._bytes_in_flight, max_body_bytes=settings.max_body_bytes)
+        add_access_checks(app, settings, settings.allowed_host_names() if settings.allowed_hosts else None)
+        return app
+
+    async def _forward(self, request: Request) -> Response:
+        forwarded = ForwardedRequest(request.method, "/" + request.path_params["path"],
+                                     list(request.query_params.multi_items()),
                                      [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS],
-                                     bytes(body))
+                                     await request.body())
         for attempt in range(1, self._attempts + 1):
             try:
                 answer: ForwardedResponse = await self._replicas.handle.remote(forwarded)
@@ -227,5 +284,8 @@ def build(args: dict[str, Any]) -> Application:
                          f"({', '.join(sorted(fleet_keys))}) or server settings (drlaif-server's flags, "
                          "with underscores)")
     settings = ServerSettings(**server)  # raises on a bad setting, naming it
+    if fleet.ingress_bytes_in_flight < settings.max_body_bytes:
+        raise ValueError(f"ingress_bytes_in_flight ({fleet.ingress_bytes_in_flight}) must be at least "
+                         f"max_body_bytes ({settings.max_body_bytes}): a body of that size could never pass the ingress")
     replicas = DrlaifReplica.options(**fleet.deployment_options(settings)).bind(server, fleet.torch_threads)
-    return DrlaifIngress.bind(replicas, settings.max_body_bytes)
+    return DrlaifIngress.options(**fleet.ingress_options()).bind(replicas, server, fleet.ingress_bytes_in_flight)

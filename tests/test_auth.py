@@ -1,5 +1,7 @@
 """The API key guards every route but /health/*, and an oversized body is refused with 413
-before it is parsed; a real drlaif-server with a key and a small body limit.
+before it is parsed; a real drlaif-server with a key and a small body limit. Without a key,
+a server on 127.0.0.1 answers only localhost names in its Host header (DNS rebinding), and
+--allowed-hosts replaces them.
 
 The route walk enumerates the routes of the app itself (``create_app``, built in-process
 without its lifespan, so nothing loads), so that a route added later without the key's
@@ -225,3 +227,63 @@ def test_refused_as_soon_as_the_limit_is_passed(keyed_server, framing):
     assert status.startswith("HTTP/1.1 413"), status
     assert body["error"]["type"] == "body_too_large"
     _still_serving(keyed_server)
+
+
+# ------------------------------------------------------------------------------------------------
+# Allowed hosts (DNS rebinding)
+# ------------------------------------------------------------------------------------------------
+
+FOREIGN = {"Host": "rebound.example"}  # what a page that rebinds its own name to 127.0.0.1 sends
+
+
+def _assert_host_refused(r: httpx.Response) -> None:
+    assert r.status_code == 421, (r.request.url, r.request.headers["host"], r.status_code, r.text)
+    error = r.json()["error"]
+    assert error["type"] == "host_not_allowed" and "--allowed-hosts" in error["message"], error
+
+
+def _host_refusals(url: str) -> float:
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith('drlaif_rejections_total{reason="host_not_allowed"}'))
+
+
+@pytest.mark.slow
+def test_a_server_on_localhost_without_a_key_answers_only_localhost_names(server):
+    """The default server (127.0.0.1, no key): a foreign Host is refused on every route but the
+    probes, before the body is read; the names of this machine are served, with any port."""
+    url, port = server.url, server.port
+    refused = _host_refusals(url)
+    _assert_host_refused(httpx.get(f"{url}/info", headers=FOREIGN, timeout=10))
+    _assert_host_refused(httpx.get(f"{url}/ui/", headers=FOREIGN, timeout=10))
+    # Not JSON: a 421, not a 400, so the body was never parsed.
+    _assert_host_refused(httpx.post(f"{url}/score", content=b"{", headers=FOREIGN, timeout=10))
+    lookalike = {"Host": f"127.0.0.1.rebound.example:{port}"}
+    _assert_host_refused(httpx.get(f"{url}/info", headers=lookalike, timeout=10))
+    assert _host_refusals(url) == refused + 4
+    for probe in ("/health/live", "/health/ready"):  # Kubernetes probes send the pod's address
+        assert httpx.get(f"{url}{probe}", headers=FOREIGN, timeout=10).status_code == 200, probe
+    for host in (f"localhost:{port}", "LOCALHOST", f"127.0.0.1:{port}", f"[::1]:{port}", "localhost.:9999"):
+        r = httpx.get(f"{url}/info", headers={"Host": host}, timeout=10)
+        assert r.status_code == 200, (host, r.text)
+    r = httpx.post(f"{url}/render", json=GOOD, headers={"Host": f"localhost:{port}"}, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.slow
+def test_with_an_api_key_any_host_is_served(keyed_server):
+    """Off by default with a key: a rebinding page cannot send it."""
+    r = httpx.get(f"{keyed_server.url}/info", headers={**FOREIGN, **AUTH}, timeout=10)
+    assert r.status_code == 200, r.text
+    _assert_unauthorized(httpx.get(f"{keyed_server.url}/info", headers=FOREIGN, timeout=10))
+
+
+@pytest.mark.slow
+def test_allowed_hosts_replace_the_localhost_names(embedded_model_dir):
+    with ServerProcess("--model", str(embedded_model_dir), "--log-level", "warning",
+                       env={"DRLAIF_ALLOWED_HOSTS": "judge.internal,127.0.0.1"}) as proc:
+        for host in (f"judge.internal:{proc.port}", "JUDGE.internal", f"127.0.0.1:{proc.port}"):
+            assert httpx.get(f"{proc.url}/info", headers={"Host": host}, timeout=10).status_code == 200, host
+        for host in (f"localhost:{proc.port}", "rebound.example", "internal"):
+            _assert_host_refused(httpx.get(f"{proc.url}/info", headers={"Host": host}, timeout=10))
+        assert httpx.get(f"{proc.url}/health/ready", headers=FOREIGN, timeout=10).status_code == 200

@@ -69,7 +69,7 @@ def test_the_page_loads_without_the_key_and_nothing_else_does():
 
 def test_no_ui_serves_neither_the_page_nor_the_rubric_lab():
     app = create_app(ServerSettings(ui=False))
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://localhost")  # a keyless local server answers local names only
     for path in ("/ui", "/ui/", "/ui/playground.js"):
         assert client.get(path, follow_redirects=False).status_code == 404, path
     assert client.post("/ui/rubric-lab/score", json={"rubric_yaml": LAB_RUBRIC}).status_code == 404
@@ -301,6 +301,15 @@ def _responses(driver, list_id: str, responses: list[str]) -> None:
         field.send_keys(text)
 
 
+def _lab_scores(driver, rubric_yaml: str, items: list[dict]) -> None:
+    """Paste a rubric into the open rubric lab and score the items (responses to the first one's prompt)."""
+    _by_css(driver, "#lab-yaml").clear()
+    driver.execute_script("arguments[0].value = arguments[1]", _by_css(driver, "#lab-yaml"), rubric_yaml)
+    _prompt(driver, "lab", items[0]["prompt"])
+    _responses(driver, "lab-responses", [item["response"] for item in items])
+    _submit(driver, "lab-form", "lab-results")
+
+
 def _submit(driver, form: str, results: str, button: str = "[type=submit]") -> None:
     box = _by_css(driver, f"#{results}")
     driver.execute_script("arguments[0].dataset.state = 'empty'", box)
@@ -437,11 +446,7 @@ def test_rubric_lab_shows_the_servers_message_then_scores_beside_a_preset(browse
     assert _text(_by_css(browser, "#lab-error .error-message")) == r.json()["error"]["message"]
     assert _text(_by_css(browser, "#lab-error .error-type")) == "invalid_rubric"
 
-    _by_css(browser, "#lab-yaml").clear()
-    browser.execute_script("arguments[0].value = arguments[1]", _by_css(browser, "#lab-yaml"), LAB_RUBRIC)
-    _prompt(browser, "lab", HELD_OUT[0]["prompt"])
-    _responses(browser, "lab-responses", [HELD_OUT[0]["response"], HELD_OUT[1]["response"]])
-    _submit(browser, "lab-form", "lab-results")
+    _lab_scores(browser, LAB_RUBRIC, HELD_OUT[:2])
     assert not _by_css(browser, "#lab-error").is_displayed()
     items = HELD_OUT[:2]
     lab = _post(keyed_server, "/ui/rubric-lab/score", {"rubric_yaml": LAB_RUBRIC, "items": items})["results"]
@@ -459,11 +464,7 @@ def test_rubric_lab_shows_the_servers_message_then_scores_beside_a_preset(browse
 def test_rubric_lab_shows_a_group_pairwise_rubrics_group_judgements(browser, keyed_server):
     groups = yaml.safe_dump({"extends": "general", "name": "lab-groups", "group_pairwise": True})
     _open(browser, keyed_server, "lab")
-    _by_css(browser, "#lab-yaml").clear()
-    browser.execute_script("arguments[0].value = arguments[1]", _by_css(browser, "#lab-yaml"), groups)
-    _prompt(browser, "lab", HELD_OUT[0]["prompt"])
-    _responses(browser, "lab-responses", [HELD_OUT[0]["response"], HELD_OUT[1]["response"]])
-    _submit(browser, "lab-form", "lab-results")
+    _lab_scores(browser, groups, HELD_OUT[:2])
     assert not _by_css(browser, "#lab-error").is_displayed()
     assert "judged in groups: yes" in _text(_by_css(browser, "#lab-results .valid"))
     lab = _post(keyed_server, "/ui/rubric-lab/score", {"rubric_yaml": groups, "items": HELD_OUT[:2]})["results"]

@@ -4,12 +4,17 @@ the embedded labeler behind Ray Serve's HTTP proxy at one URL, started as the do
 
 The same items score as on a single drlaif-server; a replica actor killed (as a crashed node
 or an OOM kill would) while 64 requests are in flight loses none of them, and Ray brings the
-replica back; a PPO run pointed at the Ray URL finishes while a replica is killed.
+replica back; a PPO run pointed at the Ray URL finishes while a replica is killed. A second
+application on the same Ray instance, with an API key, allowed hosts and a small body budget,
+shows the ingress refusing what it must before it reads a body, and bounding the bodies it holds.
 """
 
 from __future__ import annotations
 
+import json
+import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -52,19 +57,81 @@ def wait_for_replicas(n: int, gone: str, timeout: float = 120) -> None:
 
 
 @pytest.fixture(scope="module")
-def fleet():
-    from server.ray_serve import build
-
+def ray_proxy() -> int:
+    """A local Ray instance with Serve's HTTP proxy on 127.0.0.1; its port."""
     ray.init(num_cpus=4, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build({"replicas": 2, "num_cpus": 0.5, "torch_threads": 1, "reward_cache_items": 0}),
-                  name=APP, route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
+        yield port
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fleet(ray_proxy):
+    from server.ray_serve import build
+
+    serve.run(build({"replicas": 2, "num_cpus": 0.5, "torch_threads": 1, "reward_cache_items": 0}),
+              name=APP, route_prefix="/")
+    return f"http://127.0.0.1:{ray_proxy}"
+
+
+KEY = "s3cret-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+LIMIT = 64 * 1024  # max_body_bytes of the guarded fleet; its ingress holds two such bodies at most
+GUARDED = "/guarded"
+
+
+@pytest.fixture(scope="module")
+def guarded_fleet(ray_proxy):
+    """One replica behind an ingress with an API key, allowed hosts and a budget of 2 bodies,
+    as its arguments come from `serve run` (strings) or a config file; (port, path prefix)."""
+    from server.ray_serve import build
+
+    serve.run(build({"replicas": 1, "num_cpus": 0.5, "torch_threads": 1, "reward_cache_items": 0,
+                     "api_key": KEY, "allowed_hosts": "127.0.0.1,localhost", "max_body_bytes": LIMIT,
+                     "ingress_bytes_in_flight": 2 * LIMIT}),
+              name="guarded", route_prefix=GUARDED)
+    return ray_proxy, GUARDED
+
+
+def _stalled_upload(port: int, path: str, headers: dict[str, str], length: int = LIMIT) -> socket.socket:
+    """A POST that announces ``length`` bytes of body and sends 10 of them, then stalls."""
+    head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": f"127.0.0.1:{port}", **headers}.items())
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(f"POST {path} HTTP/1.1\r\n{head}Content-Length: {length}\r\n\r\n".encode() + b'{"items": ')
+    return sock
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
+    """Status, headers and JSON body of the response to a stalled upload, which must come
+    while the body is still unsent."""
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"the connection closed after {data!r}"
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        while len(body) < int(headers["content-length"]):
+            body += sock.recv(65536)
+    except TimeoutError:
+        pytest.fail(f"no answer within 30 s while the body was unsent (got {data!r}): the ingress waited for it")
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def _until(send: Callable[[], httpx.Response], wanted: Callable[[httpx.Response], bool], what: str,
+           timeout: float = 60) -> httpx.Response:
+    """The first answer of ``send()`` that is ``wanted`` (sent again until then)."""
+    deadline = time.monotonic() + timeout
+    while not wanted(answer := send()):
+        assert time.monotonic() < deadline, f"not {what} within {timeout}s: {answer.status_code} {answer.text}"
+        time.sleep(0.2)
+    return answer
 
 
 def test_two_replicas_serve_the_whole_api_with_a_single_servers_rewards(fleet, server):
@@ -126,6 +193,58 @@ def test_a_ppo_run_against_the_ray_url_finishes_while_a_replica_is_killed(fleet,
     wait_for_replicas(2, killed)
 
 
+def test_the_ingress_refuses_a_foreign_host_or_a_missing_key_before_it_reads_the_body(guarded_fleet):
+    """Each request announces a body within the limit and sends 10 bytes of it: the refusal,
+    the server's own (type, message, header), comes while the client still owes the rest."""
+    from server.app.auth import MESSAGE
+
+    port, prefix = guarded_fleet
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        with _stalled_upload(port, f"{prefix}/score", headers) as sock:
+            status, answer_headers, body = _answer(sock)
+        assert status == 401, (headers, body)
+        assert answer_headers["www-authenticate"] == "Bearer"
+        assert body == {"error": {"type": "unauthorized", "message": MESSAGE}}
+    with _stalled_upload(port, f"{prefix}/score", {**AUTH, "Host": "rebound.example"}) as sock:
+        status, _, body = _answer(sock)
+    assert status == 421 and body["error"]["type"] == "host_not_allowed", body
+    # What passes: the key and an allowed name; the probes with neither; the playground's page.
+    url = f"http://127.0.0.1:{port}{prefix}"
+    r = httpx.post(f"{url}/score", json={"items": HELD_OUT[:1]}, headers={**AUTH, "Host": f"localhost:{port}"},
+                   timeout=120)
+    assert r.status_code == 200 and r.headers["x-drlaif-replica"], r.text
+    assert httpx.get(f"{url}/health/ready", headers={"Host": "10.1.2.3:8000"}, timeout=30).status_code == 200
+    assert httpx.get(f"{url}/ui/", timeout=30).status_code == 200
+    # A body over the limit: the server's 413, from its Content-Length.
+    with _stalled_upload(port, f"{prefix}/score", AUTH, length=LIMIT + 1) as sock:
+        status, _, body = _answer(sock)
+    assert status == 413 and body["error"]["type"] == "body_too_large", body
+
+
+def test_the_ingress_holds_at_most_ingress_bytes_in_flight_of_bodies(guarded_fleet):
+    """Two stalled uploads of a full body each hold the whole budget: another body is refused
+    with 429 and Retry-After at once, a request without a body still passes, and each upload
+    that ends gives its bytes back."""
+    port, prefix = guarded_fleet
+    url = f"http://127.0.0.1:{port}{prefix}"
+
+    def small_post() -> httpx.Response:
+        return httpx.post(f"{url}/render", json={"items": HELD_OUT[:1]}, headers=AUTH, timeout=60)
+
+    uploads = [_stalled_upload(port, f"{prefix}/score", AUTH) for _ in range(2)]
+    try:
+        refused = _until(small_post, lambda r: r.status_code == 429, "refused with 429")
+        assert refused.json()["error"]["type"] == "ingress_full" and refused.headers["retry-after"] == "1"
+        assert httpx.get(f"{url}/info", headers=AUTH, timeout=30).status_code == 200
+        uploads.pop().close()
+        served = _until(small_post, lambda r: r.status_code != 429, "served again")
+        assert served.status_code == 200, served.text
+        assert small_post().status_code == 200  # one body's room: the other upload still holds its own
+    finally:
+        for sock in uploads:
+            sock.close()
+
+
 def test_deployment_options_fixed_autoscaled_and_tensor_parallel():
     from server.config import ServerSettings
     from server.ray_serve import FleetSettings, build
@@ -144,6 +263,18 @@ def test_deployment_options_fixed_autoscaled_and_tensor_parallel():
         build({"max_items_per_request": 10, "max_queue_items": 5})
     with pytest.raises(ValueError, match="unknown setting.*replica"):
         build({"replica": 2})
+
+
+def test_the_ingress_takes_what_the_replicas_can_and_its_budget_fits_the_largest_body():
+    from server.ray_serve import FleetSettings, build
+
+    assert FleetSettings().ingress_options() == {"max_ongoing_requests": 64}
+    assert FleetSettings(replicas=3, max_ongoing_requests=8).ingress_options() == {"max_ongoing_requests": 24}
+    assert FleetSettings(min_replicas=1, max_replicas=4).ingress_options() == {"max_ongoing_requests": 256}
+    assert FleetSettings().ingress_bytes_in_flight == 2**30
+    with pytest.raises(ValueError, match="ingress_bytes_in_flight.*at least max_body_bytes"):
+        build({"ingress_bytes_in_flight": 2**20, "max_body_bytes": 2**20 + 1})
+    build({"ingress_bytes_in_flight": 2**20, "max_body_bytes": 2**20})
 
 
 def test_the_shipped_serve_config_is_valid_and_builds():

@@ -61,3 +61,28 @@ def test_vllm_backend_and_engine_options(monkeypatch):
                 {"max_num_seqs": 0}):
         with pytest.raises(ValidationError):
             ServerSettings(**bad)
+
+
+def test_allowed_hosts_flag_env_and_defaults(monkeypatch):
+    localhost = frozenset({"localhost", "127.0.0.1", "::1"})
+    # Unset: localhost names on a loopback address without a key (DNS rebinding), else any host.
+    assert parse_settings([]).allowed_host_names() == localhost
+    assert parse_settings(["--host", "::1"]).allowed_host_names() == localhost
+    assert parse_settings(["--host", "localhost"]).allowed_host_names() == localhost
+    assert parse_settings(["--host", "0.0.0.0"]).allowed_host_names() is None
+    assert parse_settings(["--api-key", "k"]).allowed_host_names() is None
+    assert ServerSettings(api_key_file="/nonexistent").allowed_host_names() is None  # the file is not read
+    # Given: as given (lower case, IPv6 brackets dropped), in place of the localhost names; * for any.
+    for argv in (["--allowed-hosts", "Judge.Internal,[::1]"],
+                 ["--allowed-hosts", "judge.internal", "--allowed-hosts", "::1"]):
+        assert parse_settings(argv).allowed_host_names() == {"judge.internal", "::1"}, argv
+    assert parse_settings(["--allowed-hosts", "*"]).allowed_host_names() is None
+    assert parse_settings(["--allowed-hosts", "judge.internal", "--api-key", "k"]).allowed_host_names() == {
+        "judge.internal"}
+    monkeypatch.setenv("DRLAIF_ALLOWED_HOSTS", "judge.internal, 10.0.0.7")
+    assert parse_settings([]).allowed_host_names() == {"judge.internal", "10.0.0.7"}
+    assert parse_settings(["--allowed-hosts", "other"]).allowed_hosts == ["other"]  # the flag wins
+    for bad, message in (('["a","b"]', "not a host name"), ("*,a", "give it alone"), (",", "at least one"),
+                         ("a b", "not a host name")):
+        with pytest.raises(ValidationError, match=message):
+            ServerSettings(allowed_hosts=bad)

@@ -33,9 +33,9 @@ def _errors(*statuses: int, only: tuple[ErrorType, ...] | None = None) -> dict[i
     return responses
 
 
-_SCORING_ERRORS = _errors(400, 401, 413, 422, 429, 503, 504)
-_RENDER_ERRORS = _errors(400, 401, 413, 422, 503, 504)
-_GUARDED_ERRORS = _errors(401)
+_SCORING_ERRORS = _errors(400, 401, 413, 421, 422, 429, 503, 504)
+_RENDER_ERRORS = _errors(400, 401, 413, 421, 422, 503, 504)
+_GUARDED_ERRORS = _errors(401, 421)
 _NOT_READY = _errors(503, only=(NOT_READY,))
 _METRICS = {200: {"description": "Prometheus text exposition format.",
                   "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
