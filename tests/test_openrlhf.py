@@ -388,3 +388,54 @@ def test_openrlhf_own_client_is_refused_group_pairwise_rewards_with_the_way_out(
     r = _post(server, "/get_reward?group_pairwise=true", _openrlhf_body(SAMPLES[1:2]))
     assert r.status_code == 422 and r.json()["error"]["type"] == "group_too_small"
     assert "OpenRLHF's agent sends one query per request: score directly" in r.json()["error"]["message"]
+
+
+@slow
+@pytest.mark.compat("/get_reward", "drop-on-failure", "refused", error="invalid_request")
+def test_the_url_names_the_read_and_nothing_else(server):
+    samples = SAMPLES[1:3]
+    items = [(p, r) for p, r, _ in samples]
+    body = {"items": [{"prompt": p, "response": r} for p, r in items]}
+    reads = _post(server, "/score", body).json()["results"]
+    for field in ("reward_robust", "reward_as_written"):
+        r = _post(server, f"/get_reward?reward_field={field}", _openrlhf_body(samples))
+        assert r.status_code == 200, r.text
+        assert r.json()["rewards"] == pytest.approx([x[field] for x in reads], abs=1e-6)
+    # A trainer's setting in the URL is not /get_reward's: refused, never dropped without a word.
+    for query in ("on_reward_failure=drop", "reward_feild=reward_robust", "reward_field=robust"):
+        r = _post(server, f"/get_reward?{query}", _openrlhf_body(samples))
+        assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request", (query, r.text)
+        assert query.split("=")[0] in r.json()["error"]["message"]
+
+
+@slow
+@pytest.mark.parametrize("query, field", [
+    pytest.param("rubric=general-reasoned", "reward", id="reasoning",
+                 marks=pytest.mark.compat("OpenRLHF", "reasoning", "works")),
+    pytest.param("rubric=assistant", "reward", id="constitution",
+                 marks=pytest.mark.compat("OpenRLHF", "constitution", "works")),
+    pytest.param("reward_field=reward_robust", "reward_robust", id="robust",
+                 marks=pytest.mark.compat("OpenRLHF", "robust reward field", "works")),
+    pytest.param("on_reward_failure=drop", None, id="drop",
+                 marks=pytest.mark.compat("OpenRLHF", "drop-on-failure", "refused", error="invalid_request")),
+])
+def test_openrlhf_own_client_in_each_mode_the_url_names(server, tokenizer, openrlhf_agent, query, field):
+    prompt, response, _, labeler_prompt = _case("plain", tokenizer)
+    response_ids = tokenizer(text=response, add_special_tokens=False)["input_ids"]
+    executor = openrlhf_agent.SingleTurnAgentExecutor(remote_rm_url=f"{server.url}/get_reward?{query}")
+    params = types.SimpleNamespace(max_tokens=MAX_NEW_TOKENS, logprobs=None)
+    out = asyncio.run(executor.execute(prompt, "", params, 100_000, tokenizer,
+                                       _Engine(response_ids + [tokenizer.eos_token_id])))
+    if field is None:  # OpenRLHF logs the 422 and carries on without a reward: nothing made up
+        assert out["reward"] is None
+        return
+    rubric = dict([query.split("=")]).get("rubric")
+    body = {"items": [{"prompt": labeler_prompt, "response": response}], **({"rubric": rubric} if rubric else {})}
+    (read,) = _post(server, "/score", body).json()["results"]
+    logs = out["extra_logs"]
+    if rubric == "general-reasoned":  # a rationale is sampled per call: the reward is this call's own read
+        assert logs["drlaif_reasoning_tokens"][0] > 0 and -1.0 <= out["reward"][0] <= 1.0
+    else:
+        assert out["reward"] == pytest.approx([read[field]], abs=1e-6)
+    if rubric == "assistant":
+        assert {f"drlaif_{name}_reward" for name in read["principles"]} <= set(logs)

@@ -109,6 +109,20 @@ def test_an_unreachable_server_raises_instead_of_inventing_a_score(monkeypatch):
         asyncio.run(verl_reward.compute_score("hh", "text", None, {"question": "q"}))
 
 
+@pytest.mark.compat("veRL compute_score", "drop-on-failure", "refused", error="ValueError")
+@pytest.mark.compat("veRL batch manager", "drop-on-failure", "refused", error="ValueError")
+def test_drop_on_failure_is_refused_not_ignored(monkeypatch):
+    # veRL's reward managers need a number for every sample: a dropped one has nowhere to go.
+    monkeypatch.setenv("DRLAIF_REWARD_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("DRLAIF_ON_REWARD_FAILURE", "drop")
+    with pytest.raises(ValueError, match="DRLAIF_ON_REWARD_FAILURE='drop'.*drlaif-train --on-reward-failure drop"):
+        verl_reward.compute_score_sync("hh", "text", None, {"question": "q"})
+    with pytest.raises(ValueError, match="DRLAIF_ON_REWARD_FAILURE='drop'"):
+        verl_reward.compute_score_batch(["hh"], ["text"], None, [{"question": "q"}])
+    monkeypatch.setenv("DRLAIF_ON_REWARD_FAILURE", "stop")
+    assert verl_reward.VerlRewardSettings().on_reward_failure == "stop"
+
+
 # --- group-pairwise rewards: the rubric's choice (its group_pairwise in GET /info) or DRLAIF_REWARD_MODE
 
 GROUP_PROMPTS = ["Question a?", "Question b?", "Question a?", "Question b?"]

@@ -5,7 +5,10 @@ model classes, which are closure variables, as real objects.
 """
 
 
-from fastapi import APIRouter, Query, Response
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -71,10 +74,23 @@ def build_router(service: ScoringService, models: protocol.RequestModels) -> API
                                   "group_pairwise (true), or each alone (false); the rubric's default when "
                                   "omitted. A group needs at least 2 queries of one prompt in the request.")
 
+    reward_field_in_url = Query("reward", description="Which read the rewards are: reward (the guarded read), "
+                                "reward_robust (the read without text that addresses the judge) or "
+                                "reward_as_written (undefended, for ablations); as drlaif-train --reward-field.")
+
     @router.post("/get_reward", response_model=protocol.RewardResponse, responses=_SCORING_ERRORS, summary="OpenRLHF's remote reward protocol (--remote_rm_url)")
-    async def get_reward(body: RewardRequest, rubric: str = rubric_in_url,
-                         group_pairwise: bool | None = group_pairwise_in_url) -> protocol.RewardResponse:
-        return await service.get_reward(body, rubric, group_pairwise)
+    async def get_reward(request: Request, body: RewardRequest, rubric: str = rubric_in_url,
+                         group_pairwise: bool | None = group_pairwise_in_url,
+                         reward_field: Literal["reward", "reward_robust", "reward_as_written"] = reward_field_in_url,
+                         ) -> protocol.RewardResponse:
+        # The URL is the only place OpenRLHF lets a user say anything: a parameter that is not one
+        # of these (a misspelling, or a trainer's setting such as on_reward_failure) would
+        # otherwise be dropped without a word.
+        unknown = sorted(set(request.query_params) - {"rubric", "group_pairwise", "reward_field"})
+        if unknown:
+            raise RequestValidationError([{"loc": ("query", name), "msg": "not a parameter of /get_reward (it "
+                                           "takes rubric, group_pairwise and reward_field)"} for name in unknown])
+        return await service.get_reward(body, rubric, group_pairwise, reward_field)
 
     @router.post("/render", response_model=protocol.RenderResponse, responses=_RENDER_ERRORS, summary="The exact labeler input and label tokens for each item")
     async def render(body: ScoreRequest) -> protocol.RenderResponse:

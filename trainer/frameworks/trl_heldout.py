@@ -5,11 +5,31 @@ A trl ``TrainerCallback`` runs the evaluation that PPO runs between its steps
 the last, on the same held-out prompts and sampling seed. It writes evals.jsonl, checks the
 over-optimisation alarm (stopping trl when ``stop_on_overoptimisation`` is set), and at the end
 writes curves.png, overoptimisation.png, report.md and summary.json as PPO does.
+
+``drlaif-train grpo`` and ``rloo`` attach it (trainer/frameworks/trl_training.py); a trl script
+of your own can too, with the reward function of trainer/frameworks/trl_reward.py::
+
+    config = TRLConfig(reward_url=[url], rubric="helpful", output_dir="runs/grpo", steps=100,
+                       eval_prompts=32, eval_every=10, monitor=["http://other-judge:8000"])
+    heldout = HeldOutCallback(config, eval_prompts)
+    trainer = GRPOTrainer(model=..., reward_funcs=make_reward_func(url, rubric="helpful"),
+                          args=GRPOConfig(output_dir="runs/grpo", max_steps=100), train_dataset=dataset,
+                          callbacks=[heldout])
+    heldout.attach(trainer)  # before training: the KL's reference is the policy as it starts
+    trainer.train()
+    heldout.close()
+
+``config`` says what the evaluation reads: the proxy (``reward_url``, ``rubric``,
+``reward_field``), the monitors, the held-out sampling (``eval_samples``, ``temperature``,
+``max_new_tokens``, ``seed``), when (``eval_every``; ``steps`` should be trl's ``max_steps``, the
+alarm's count of checks) and where (``output_dir``). Its training fields are not read here.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
@@ -19,7 +39,6 @@ from trainer.analysis.metrics_log import MetricsLog
 from trainer.analysis.run_report import write_run_files
 from trainer.config import TRLConfig
 from trainer.data.prompt_datasets import Prompt
-from trainer.ppo.models import load_policy, resolve_policy
 from trainer.ppo.sampling import Sampler
 
 if TYPE_CHECKING:
@@ -32,12 +51,23 @@ log = logging.getLogger(__name__)
 class HeldOutCallback(TrainerCallback):
     """Evaluates a trl trainer's policy on held-out prompts and writes the run's report.
 
-    ``attach`` it to the trainer once that is built: the callback needs its model, reference and
-    accelerator, which trl creates.
+    Pass it in the trainer's ``callbacks`` and ``attach`` it to the trainer once that is built,
+    before training: the callback needs its model, reference and accelerator, which trl creates.
+
+    Args:
+        config: What to evaluate with (see the module's docstring).
+        eval_prompts: The held-out prompts (strings or chat messages); the first
+            ``config.eval_prompts`` are used.
+        metrics: Where evals.jsonl (and the report's per-step curves, from metrics.jsonl) go;
+            default: ``config.output_dir``.
+        tokenizer: The policy's tokenizer; default: the trainer's ``processing_class``.
     """
 
-    def __init__(self, config: TRLConfig, eval_prompts: list[Prompt], metrics: MetricsLog,
-                 tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, config: TRLConfig, eval_prompts: list[Prompt], metrics: MetricsLog | None = None,
+                 tokenizer: PreTrainedTokenizerBase | None = None):
+        if metrics is None:
+            Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+            metrics = MetricsLog(Path(config.output_dir))
         self.config, self.metrics, self.tokenizer = config, metrics, tokenizer
         self.heldout = HeldOutEval(config, eval_prompts, metrics) if config.eval_prompts else None
         self.summary: dict = {}
@@ -49,13 +79,18 @@ class HeldOutCallback(TrainerCallback):
     def attach(self, trainer: Trainer) -> None:
         """Read the policy and its reference from ``trainer`` (trl's GRPOTrainer or RLOOTrainer)."""
         self._trainer = trainer
+        if self.tokenizer is None:
+            self.tokenizer = trainer.processing_class
         ref = getattr(trainer, "ref_model", None)
+        policy = trainer.accelerator.unwrap_model(trainer.model)
         if ref is not None:
             self._reference = trainer.accelerator.unwrap_model(ref)
-        elif not hasattr(trainer.accelerator.unwrap_model(trainer.model), "disable_adapter"):
-            # With beta 0 trl keeps no reference; the KL to the starting policy is still the
-            # number the report and the plot are read against.
-            self._reference = load_policy(resolve_policy(self.config.model)).eval().requires_grad_(False)
+        elif not hasattr(policy, "disable_adapter"):
+            # With beta 0 (trl's default) trl keeps no reference; the KL to the starting policy is
+            # still the number the report and the plot are read against. A copy of the policy trl
+            # is about to train is that policy, wherever it came from (a hub id, a directory, a
+            # model object built in a script).
+            self._reference = copy.deepcopy(policy).eval().requires_grad_(False)
             self._reference.to(trainer.accelerator.device)
 
     def _evaluate(self, step: int) -> list:

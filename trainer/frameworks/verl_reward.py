@@ -92,11 +92,15 @@ class VerlRewardSettings(BaseSettings):
     reward_mode: str | None = Field(
         None, description="Unset: the rubric's choice (its group_pairwise in GET /info); direct; or group-pairwise "
         "(the responses to one prompt compared with each other; compute_score_batch only).")
-    group_opponents: int | None = Field(None, ge=1, description="group-pairwise: opponents per response (unset: "
+    group_opponents: int | None = Field(None, ge=1, description="group-pairwise: opponents per response (unset: the server's default; "
                                         "all of its group).")
     reward_deadline_s: float = Field(600.0, gt=0, description="Seconds a call may take, retries included.")
     coalesce_ms: float = Field(20.0, ge=0, description="How long an idle batcher waits for more samples.")
     coalesce_items: int = Field(256, ge=1, description="Most samples in one scoring call.")
+    on_reward_failure: str = Field(
+        "stop", description="Only 'stop': a reward the server cannot give raises, and veRL's step fails. veRL's "
+        "reward managers put a number in every sample's slot, so drlaif-train's 'drop' (a sample left without "
+        "reward) has nothing to become here; it is refused rather than ignored.")
 
     @field_validator("rubric", "reward_mode")
     @classmethod
@@ -109,6 +113,15 @@ class VerlRewardSettings(BaseSettings):
         if value is not None and value not in REWARD_MODES:
             raise ValueError(f"DRLAIF_REWARD_MODE: {value!r} is not one of {', '.join(REWARD_MODES)}, or unset "
                              "(the rubric's choice)")
+        return value
+
+    @field_validator("on_reward_failure")
+    @classmethod
+    def _stop_only(cls, value: str) -> str:
+        if value != "stop":
+            raise ValueError(f"DRLAIF_ON_REWARD_FAILURE={value!r}: veRL's reward managers need a reward for every "
+                             "sample, so a failed reward stops the step ('stop'); unset it, or train with "
+                             "drlaif-train --on-reward-failure drop")
         return value
 
     def urls(self) -> list[str]:
