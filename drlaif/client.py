@@ -141,7 +141,7 @@ class RewardClientConfig:
             (requests say `"group_pairwise": false`). `"group-pairwise"`: the responses to one
             prompt compared with each other (requests say `"group_pairwise": true`). Either way
             a group-pairwise request carries whole prompt groups.
-        group_opponents: Group-pairwise: opponents per response; None: all of its group.
+        group_opponents: Group-pairwise: opponents per response; None: the server's default.
     """
 
     urls: list[str]                      # one or more server base URLs (replicas of one service)
@@ -163,7 +163,7 @@ class RewardClientConfig:
     # None: the rubric's choice (its group_pairwise in GET /info); "direct": each response scored alone;
     # "group-pairwise": the responses to one prompt compared with each other, whole groups per request.
     reward_mode: str | None = None
-    group_opponents: int | None = None   # group-pairwise: opponents per response (None: all of its group)
+    group_opponents: int | None = None   # group-pairwise: opponents per response (None: the server's default)
 
     def __post_init__(self) -> None:
         # A bare string would otherwise be iterated as a list of one-character "URLs".

@@ -441,6 +441,11 @@ class ScoreItem(BaseModel):
     response: str
 
 
+#: The most opponents per response a group-pairwise request may ask for (its labeler work per
+#: response grows with them): every pair of groups of up to 17, a sample of larger ones.
+MAX_GROUP_OPPONENTS = 16
+
+
 class ScoreRequest(BaseModel):
     """/score (and /render): items to judge, each on its own."""
 
@@ -457,8 +462,11 @@ class ScoreRequest(BaseModel):
         "to [-1, 1] (see group in the results). Null: the rubric's default. Needs a rubric with a compare "
         "section and at least 2 responses per prompt.")
     group_opponents: int | None = Field(
-        None, ge=1, le=1024, description="Group-pairwise: opponents per response; null: every other response of "
-        "its group. Fewer: each response meets its ceil(k/2) neighbours either side of a circle of its group.")
+        None, ge=1, le=MAX_GROUP_OPPONENTS, description="Group-pairwise: opponents per response; null: the server's "
+        "--group-opponents (4 by default). Each response meets its ceil(k/2) neighbours either side of a circle of "
+        "its group, so a response costs about k pair reads whatever the group's size; k >= n - 1 compares every "
+        f"pair of a group of n. At most {MAX_GROUP_OPPONENTS}: every pair of a larger group costs more per response "
+        "than one request may ask.")
     return_pairs: bool = Field(False, description="Group-pairwise: return each response's pairs.")
 
 

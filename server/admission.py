@@ -1,10 +1,12 @@
-"""The backpressure in front of the batcher: a bound on the items of requests admitted and not
-yet answered, counted as the API's schema counts them (a /score item, a /compare pair, a
-/get_reward query). Past the bound a request is refused at once (429), never blocked.
+"""The backpressure in front of the batcher: bounds on the requests admitted and not yet answered,
+in items as the API's schema counts them (a /score item, a /compare pair, a /get_reward query)
+and in labeler work (tokens read and generated, estimated by server/request_work.py). Past
+either bound a request is refused at once (429 with Retry-After), never blocked.
 
-It does not count reads: how many reads an item needs (the guard's second read, a
-constitution's principles, reasoning samples) depends on what it says, and a request the
-schema accepts must never be refused for that.
+The work bound is what keeps the server's queue to a length it can serve: one item may cost a
+hundred tokens or a hundred thousand. A request is always admitted when nothing else is in
+flight, whatever its estimate, so a request the schema accepts is never refused for its size
+alone; its work is bounded by the schema's own limits (items, characters, group opponents).
 """
 
 from __future__ import annotations
@@ -15,25 +17,37 @@ from collections.abc import Callable, Iterator
 from server.errors import Overloaded
 
 
-class ItemAdmission:
-    """The bound on requests' items in flight (admitted and not yet answered); see the module
-    docstring. ``max_items`` is at least the largest request the schema allows, so such a
-    request is always admitted when nothing else is in flight."""
+class Admission:
+    """The bounds on requests' items and labeler work in flight; see the module docstring.
+    ``max_items`` is at least the largest request the schema allows."""
 
-    def __init__(self, max_items: int):
+    def __init__(self, max_items: int, max_work: int):
         self.max_items = max_items
-        self.in_flight = 0
+        self.max_work = max_work
+        self.in_flight = 0  # items
+        self.work_in_flight = 0  # estimated labeler tokens
+        self.requests = 0
 
     @contextlib.contextmanager
-    def admit(self, items: int, retry_after_s: Callable[[], int]) -> Iterator[None]:
-        """Hold ``items`` slots for the duration; raises Overloaded (429, with Retry-After
+    def admit(self, items: int, work: int, retry_after_s: Callable[[], int]) -> Iterator[None]:
+        """Hold ``items`` and ``work`` for the duration; raises Overloaded (429, with Retry-After
         from ``retry_after_s``) at once when they do not fit beside those in flight."""
         if self.in_flight + items > self.max_items:
             retry = retry_after_s()
             raise Overloaded(f"the scoring queue is full ({self.in_flight} of {self.max_items} items in flight, "
                              f"--max-queue-items); retry in about {retry}s", retry_after_s=retry)
+        if self.requests and self.work_in_flight + work > self.max_work:
+            retry = retry_after_s()
+            raise Overloaded(f"the labeler's queue is full: this request's work (about {work:,} tokens) does not "
+                             f"fit beside the {self.work_in_flight:,} in flight (--max-queue-tokens "
+                             f"{self.max_work:,}); retry in about {retry}s, or send smaller requests",
+                             retry_after_s=retry)
         self.in_flight += items
+        self.work_in_flight += work
+        self.requests += 1
         try:
             yield
         finally:
             self.in_flight -= items
+            self.work_in_flight -= work
+            self.requests -= 1

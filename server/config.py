@@ -123,6 +123,16 @@ class ServerSettings(BaseSettings):
         "as the request schema counts, never in reads: the reads an item needs (the guard's second read, "
         "a constitution's principles, reasoning samples) never make a request too large. Also the most "
         "queries one /get_reward request may carry.")
+    max_queue_tokens: int = Field(
+        4_000_000, ge=1, description="Labeler work of requests in flight, in tokens read and generated (estimated "
+        "before any read starts: each input's characters / 3 plus the rubric's own tokens, a constitution once "
+        "per principle, a reasoning rubric's full rationales, a group's pairs in both orders), before requests "
+        "are refused with 429 and a Retry-After. A request alone is always admitted. The default holds "
+        "thousands of short items or a few maximum-size requests.")
+    group_opponents: int = Field(
+        4, ge=1, le=16, description="Group-pairwise judging: opponents per response when a request does not say "
+        "(its group_opponents), so a response costs about this many pair reads plus its own whatever the "
+        "group's size. Every pair of a group of n: group_opponents >= n - 1 (at most 16 in a request).")
     reward_cache_items: int = Field(
         65_536, ge=0, description="Exact reward cache: label reads kept, keyed on the model and the exact "
         "labeler token ids (a few hundred bytes each; least recently used out first). 0 turns it off.")

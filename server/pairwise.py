@@ -29,6 +29,7 @@ from server.scoring import (
 )
 
 OrderSamples = tuple[tuple[SampleRead, OrderRead], ...]
+ENCODE_CHUNK = 64  # pairs tokenised per thread-pool job
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,12 @@ def _order(read: ItemRead) -> tuple[OrderRead, OrderSamples]:
 
 async def _compare_form(scorer: Scorer, compiled: CompiledComparison, items: Sequence[tuple[Prompt, str, str]],
                         debias: bool, seed: int | None, fixed_tokens: int | None = None) -> list[ComparedItem]:
-    encoded = await asyncio.to_thread(encode_pairs, scorer, compiled, items, debias, fixed_tokens)
+    # Off the event loop, and in chunks: a request of thousands of pairs releases the tokenizer
+    # between chunks, and stops there when it is cancelled (a thread cannot be stopped mid-chunk).
+    encoded = []
+    for start in range(0, len(items), ENCODE_CHUNK):
+        encoded += await asyncio.to_thread(encode_pairs, scorer, compiled, items[start:start + ENCODE_CHUNK],
+                                           debias, fixed_tokens)
     step = 2 if debias else 1  # encoded inputs per item
     if scorer.group_prefix_reuse:  # the pairs of one prompt (a group's, in group judging) share it
         encoded = share_prefixes(encoded, [[step * i + o for i in group for o in range(step)]

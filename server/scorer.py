@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from drlaif.batching import AdmissionGate, BatchStats, MicroBatcher, Submitter
 from drlaif.prompt_text import prompt_text, same_prompt_key
 from drlaif.protocol import Prompt
-from server.admission import ItemAdmission
+from server.admission import Admission
 from server.backends import Backend
 from server.backends.base import BadRead, Generation, GenerationRequest, bad_read, common_prefix_length
 from server.errors import BackendFailed, BackendStuck, DrlaifError, InvalidRubric
@@ -113,7 +113,8 @@ class BatchingLimits:
     max_items: int
     max_tokens: int | None  # None: chosen by device
     max_wait_s: float
-    max_queue_items: int  # items of requests in flight (see ItemAdmission)
+    max_queue_items: int  # items of requests in flight (see server/admission.py)
+    max_queue_tokens: int = 4_000_000  # estimated labeler work of requests in flight
 
     def tokens_per_batch(self, device: str, longest_item: int) -> int:
         """The padded-token budget of one forward pass; always room for the longest item."""
@@ -153,7 +154,7 @@ class Scorer:
             # Each form was checked against the configured limit: check it against the one that holds.
             for form in forms:
                 self.encoder.check_budget(form, f" (the labeler's context of {context} tokens)")
-        self.admission = ItemAdmission(batching.max_queue_items)
+        self.admission = Admission(batching.max_queue_items, batching.max_queue_tokens)
         self.batcher: Submitter[TokenReads, list]
         self.generator: Submitter[GenerationRequest, Generation]
         if backend.info.continuous_batching:
@@ -202,10 +203,10 @@ class Scorer:
     def batchers(self) -> tuple[Submitter, Submitter]:
         return self.batcher, self.generator
 
-    def admit(self, items: int) -> contextlib.AbstractContextManager[None]:
-        """Hold ``items`` of the bound on items in flight while a request is served (429 at
-        once when they do not fit; see ItemAdmission)."""
-        return self.admission.admit(items, lambda: max(b.retry_after_s for b in self.batchers))
+    def admit(self, items: int, work: int) -> contextlib.AbstractContextManager[None]:
+        """Hold ``items`` and ``work`` (estimated labeler tokens) of the bounds on what is in flight
+        while a request is served (429 at once when they do not fit; see server/admission.py)."""
+        return self.admission.admit(items, work, lambda: max(b.retry_after_s for b in self.batchers))
 
     def start(self) -> None:
         for batcher in self.batchers:

@@ -188,6 +188,53 @@ def test_rubric_lab_refuses_an_invalid_rubric_with_the_servers_reason(keyed_serv
     assert error["type"] == "invalid_rubric" and needle in error["message"], error
 
 
+def _principles(n: int) -> list[dict[str, str]]:
+    return [{"name": f"p{i}", "instruction": "Is it right?"} for i in range(n)]
+
+
+_DERIVED = "extends: general\nname: x\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rubric_yaml, needle", [
+    pytest.param(_DERIVED + "scale: {min: 1, max: 0x" + "f" * 5000 + "}\n", "an integer of 5002 characters",
+                 id="hex-scale-bound"),
+    pytest.param(_DERIVED + "scale: {min: 1, max: 1" + "0" * 5000 + "}\n", "an integer of 5001 characters",
+                 id="5000-digit-scale-bound"),
+    pytest.param(_DERIVED + "scale: {min: false, max: true}\n", "false is a boolean", id="boolean-scale"),
+    pytest.param(yaml.safe_dump({"extends": "general", "name": "x", "principles": [
+        {"name": "a", "instruction": "q", "weight": 1e308}, {"name": "b", "instruction": "q", "weight": 1e308}]}),
+        "weights must be positive and at most", id="weights-summing-to-inf"),
+    pytest.param(_DERIVED + 'description: "\\ud800"\n', "lone surrogate", id="lone-surrogate"),
+    pytest.param(yaml.safe_dump({"extends": "general", "name": "x", "reasoning": {"stop": ["x" * 20_000]}}),
+                 "at most 200 characters", id="long-stop-string"),
+    pytest.param(_DERIVED + "compare: " + "[" * 5000 + "]" * 5000 + "\n", "nests deeper than a rubric does",
+                 id="deep-nesting"),
+    pytest.param(_DERIVED + "name: y\n", "found key 'name' twice", id="duplicate-key"),
+    pytest.param("!!python/object/apply:os.system ['true']\n", "could not determine a constructor",
+                 id="python-tag"),
+    pytest.param(yaml.safe_dump({"extends": "general", "name": "x", "principles": _principles(64),
+                                 "reasoning": {"samples": 16, "temperature": 1.0, "max_tokens": 8}}),
+                 "reads each item 1024 times (64 principles x 16 reasoning samples); the rubric lab takes at "
+                 "most 64: use fewer principles", id="principles-times-samples"),
+    pytest.param(yaml.safe_dump({"extends": "general", "name": "x", "group_pairwise": True, "principles": _principles(8),
+                                 "compare": {"reasoning": {"samples": 16, "temperature": 1.0, "max_tokens": 8}}}),
+                 "reads each item 128 times", id="pairwise-form-samples"),
+    pytest.param(yaml.safe_dump({"extends": "general", "name": "x",
+                                 "reasoning": {"samples": 4, "temperature": 1.0, "max_tokens": 3000}}),
+                 "asks for up to 12000 rationale tokens per item (1 principles x 4 samples x 3000 max_tokens); "
+                 "the rubric lab takes at most 8192", id="rationale-tokens"),
+])
+def test_rubric_lab_answers_a_pathological_rubric_with_a_422_and_keeps_serving(keyed_server, rubric_yaml, needle):
+    # A timeout of seconds: every one of these is refused before any labeler work.
+    r = httpx.post(f"{keyed_server.url}/ui/rubric-lab/score", headers=AUTH, timeout=30,
+                   json={"rubric_yaml": rubric_yaml, "items": [HELD_OUT[0]]})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_rubric" and needle in error["message"], error
+    assert httpx.get(f"{keyed_server.url}/health/live", timeout=30).status_code == 200
+
+
 @pytest.mark.slow
 def test_rubric_lab_words_a_bad_rubric_as_startup_does_and_keeps_the_request_limits(keyed_server, tmp_path):
     rubrics = tmp_path / "rubrics.yaml"

@@ -11,7 +11,7 @@ from support import CHATML, chatml_tokenizer, plain_tokenizer
 
 from server.errors import InputTooLong, UnknownRubric
 from server.rubrics import Rubric, RubricRegistry
-from server.rubrics.registry import load_file, load_presets
+from server.rubrics.registry import load_file, load_presets, parse_rubric
 from server.rubrics.render import MIN_SLOT_BUDGET, TRUNCATION_MARKER, PromptEncoder
 
 BASE_PRESETS = ("general", "harmless", "helpful", "summary")
@@ -216,6 +216,51 @@ def test_missing_user_file(tmp_path):
 def test_empty_user_file_is_invalid(tmp_path):
     with pytest.raises(ValueError, match=r"rubric #1 is invalid"):
         load_file(_write(tmp_path, ""))
+
+
+# Rubrics that once passed, crashed the server or took unbounded work, and the reason each is
+# now refused with, alike in the rubric lab (parse_rubric) and in a rubrics file at startup.
+_DERIVED = "extends: general\nname: x\n"
+PATHOLOGICAL_RUBRICS = [
+    pytest.param(_DERIVED + "scale: {min: 1, max: 0x" + "f" * 5000 + "}\n", "an integer of 5002 characters",
+                 id="hex-scale-bound"),
+    pytest.param(_DERIVED + "scale: {min: 1, max: 1" + "0" * 5000 + "}\n", "an integer of 5001 characters",
+                 id="5000-digit-scale-bound"),
+    pytest.param(_DERIVED + "scale: {min: 0, max: 1000000000000}\n", "less than or equal to 1000000",
+                 id="trillion-label-scale"),
+    pytest.param(_DERIVED + "scale: {min: 0, max: 5000}\n", "has 5001 labels; a scale has at most 1001",
+                 id="5001-label-scale"),
+    pytest.param(_DERIVED + "scale: {min: false, max: true}\n", "false is a boolean; give a number",
+                 id="boolean-scale"),
+    pytest.param(_DERIVED + "principles: [{name: a, instruction: q, weight: true}]\n",
+                 "true is a boolean; give a number", id="boolean-weight"),
+    pytest.param(_DERIVED + "principles: [{name: a, instruction: q, weight: 1e308}, "
+                 "{name: b, instruction: q, weight: 1e308}]\n", "weights must be positive and at most 1e+06",
+                 id="weights-summing-to-inf"),
+    pytest.param(_DERIVED + 'description: "\\ud800"\n', "lone surrogate", id="lone-surrogate"),
+    pytest.param(_DERIVED + 'compare: {labels: ["\\udfff", "2"]}\n', "lone surrogate",
+                 id="lone-surrogate-label"),
+    pytest.param(_DERIVED + "reasoning: {stop: [" + "x" * 201 + "]}\n", "at most 200 characters",
+                 id="long-stop-string"),
+    pytest.param(_DERIVED + "compare: " + "[" * 5000 + "]" * 5000 + "\n", "nests deeper than a rubric does",
+                 id="deep-nesting"),
+    pytest.param(_DERIVED + "name: y\n", "found key 'name' twice", id="duplicate-key"),
+    pytest.param(_DERIVED + "scale: {min: 1, max: 10, max: 5}\n", "found key 'max' twice",
+                 id="duplicate-nested-key"),
+    pytest.param(_DERIVED + "description: 2024-13-01\n", "month must be in 1..12", id="impossible-date"),
+    pytest.param("!!python/object/apply:os.system ['true']\n", "could not determine a constructor",
+                 id="python-tag"),
+]
+
+
+@pytest.mark.parametrize(("text", "reason"), PATHOLOGICAL_RUBRICS)
+def test_pathological_rubric_is_refused_with_its_reason_in_the_lab_and_at_startup(tmp_path, text, reason):
+    with pytest.raises(ValueError) as pasted:
+        parse_rubric(text, load_presets())
+    assert reason in str(pasted.value)
+    with pytest.raises(ValueError) as at_startup:
+        RubricRegistry.load(_write(tmp_path, text))
+    assert reason in str(at_startup.value) and "bad.yaml" in str(at_startup.value)
 
 
 # --------------------------------------------------------------------------- compile

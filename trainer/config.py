@@ -72,10 +72,11 @@ class TrainConfig:
         "rubric's scale. "
         "'group-pairwise': the responses to one prompt (samples_per_prompt / num_generations of them) compared "
         "with each other in both orders, each one's reward its mean win probability mapped to [-1, 1] (the "
-        "rubric needs a compare section; costs group_opponents reads per response, all of its group by default).")
+        "rubric needs a compare section; costs about group_opponents pair reads per response).")
     group_opponents: int | None = documented(
-        None, "group-pairwise: opponents per response (unset: every other response of its group). Fewer bound "
-        "the cost for large groups: each response meets its ceil(k/2) neighbours either side of a circle.")
+        None, "group-pairwise: opponents per response (unset: the server's --group-opponents, 4 by default). Each "
+        "response meets its ceil(k/2) neighbours either side of a circle of its group, so its cost does not grow "
+        "with the group; k >= group size - 1 compares every pair (at most 16).")
     disagreement_threshold: float = documented(
         0.1, "Metrics count a rollout as a disagreement when its reward as written and its robust reward differ "
         "by more than this (logged as reward_disagreement: the share of such rollouts).")

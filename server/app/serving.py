@@ -19,12 +19,14 @@ from server.config import ServerSettings
 from server.errors import DeadlineExceeded, InvalidRubric, NotReady, ShuttingDown
 from server.groups import SCORE_WAY_OUT, GroupJudgement, judge_in_groups, plan_groups
 from server.pairwise import compare
+from server.request_work import ReadShape, direct_work, pair_work, tokenising_work
 from server.rubrics import RubricRegistry
 from server.rubrics.model import Rubric
 from server.rubrics.registry import parse_rubric
 from server.rubrics.render import CompiledRubric, CompiledTemplate, EncodedItem
-from server.scorer import BatchingLimits, ScoredItem, Scorer
+from server.scorer import BatchingLimits, ScoredItem, Scorer, prompt_groups
 from server.scoring import ScoreResult, score_spread
+from server.scoring.group import pair_schedule
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,15 @@ WARMUP_ITEM = ("Say hello.", "Hello!")
 # tokenised and read for every item, its principles each compiled and read.
 LAB_MAX_LABELS = 101
 LAB_MAX_PRINCIPLES = 64
+# Each item (and its guard's second read, and each group pair) is read once per principle and
+# reasoning sample: a pasted rubric may ask for 64 such reads (64 principles, or 4 principles
+# of 16 samples), and for as many rationale tokens as one read of the longest rationale a
+# rubric may have (reasoning.max_tokens at most 8192), so that one lab request costs about
+# what a preset's does rather than 64 x 16 reads of 8192 tokens each.
+LAB_MAX_READS = 64
+LAB_MAX_RATIONALE_TOKENS = 8192
+# What a caller whose pasted rubric is over those bounds can do instead.
+LAB_WORK_WAY_OUT = "use fewer principles, reasoning samples or max_tokens, or serve it from a --rubrics file"
 # What a caller that cannot give a group-pairwise rubric two responses per prompt can do instead.
 LAB_WAY_OUT = ("give the prompt at least 2 responses, or take group_pairwise: true out of the rubric to score "
                "each response alone")
@@ -46,6 +57,22 @@ def _get_reward_way_out(rubric: str, from_url: bool) -> str:
     return (f"rubric {rubric!r} judges group-pairwise (group_pairwise: true), and OpenRLHF's agent sends one "
             "query per request: score directly with /get_reward?group_pairwise=false, or name a rubric without "
             "group_pairwise (/get_reward?rubric=NAME)")
+
+
+def _in_groups(asked: bool | None, rubric: Rubric) -> bool:
+    """Whether a request is judged in prompt groups: as it asks, else as its rubric says."""
+    return asked if asked is not None else rubric.group_pairwise
+
+
+def _read_shape(scorer: Scorer, rubric: Rubric, principles: Sequence[str] | None, pairwise: bool = False) -> ReadShape:
+    """What one read under ``rubric`` (its rating form, or its pairwise form) costs beside its text."""
+    chosen = scorer.chosen_principles(rubric, principles)
+    if chosen:
+        fixed = max(form.fixed_tokens for form in scorer.compiled_principles(rubric, pairwise=pairwise).values())
+    else:
+        fixed = (scorer.compiled_comparison(rubric) if pairwise else scorer.compiled(rubric)).fixed_tokens
+    spec = (rubric.compare.reasoning or rubric.reasoning) if pairwise and rubric.compare else rubric.reasoning
+    return ReadShape(fixed, max(1, len(chosen)), spec.samples if spec else 0, spec.max_tokens if spec else 0)
 
 
 def _prompt(item: protocol.ScoreItem | protocol.CompareItem) -> str | list[dict[str, str]]:
@@ -160,7 +187,7 @@ class ScoringService:
             self.scorer = Scorer(
                 backend, self.rubrics, max_input_tokens=s.max_input_tokens, truncate=s.truncate,
                 batching=BatchingLimits(s.max_batch_items, s.max_batch_tokens, s.max_wait_ms / 1000,
-                                        s.max_queue_items),
+                                        s.max_queue_items, s.max_queue_tokens),
                 cache_items=s.reward_cache_items, rationale_cache_tokens=s.rationale_cache_tokens,
                 group_prefix_reuse=s.group_prefix_reuse, on_batch=self.metrics.observe_batch,
                 on_cache=self.metrics.observe_cache,
@@ -238,17 +265,19 @@ class ScoringService:
             raise NotReady()
         return self.scorer
 
-    async def _serve(self, work: Callable[[Scorer], Awaitable[T]], items: int = 0) -> T:
-        """Run one scoring request of ``items`` items: refused while shutting down or when its
-        items do not fit the bound on items in flight (429), counted while in flight, and
-        bounded by --request-timeout-s (its queued work is dropped when it runs out)."""
+    async def _serve(self, work: Callable[[Scorer], Awaitable[T]], items: int,
+                     labeler_work: Callable[[Scorer], int]) -> T:
+        """Run one scoring request of ``items`` items and ``labeler_work(scorer)`` estimated labeler
+        tokens (server/request_work.py): refused while shutting down or when it does not fit the
+        bounds on what is in flight (429), counted while in flight, and bounded by
+        --request-timeout-s (its queued work is dropped when it runs out)."""
         if self.draining:
             raise ShuttingDown()
         scorer = self._scorer()
         self.in_flight += 1
         timeout = self.settings.request_timeout_s
         try:
-            with scorer.admit(items):
+            with scorer.admit(items, labeler_work(scorer)):
                 return await asyncio.wait_for(work(scorer), timeout)
         except TimeoutError:
             raise DeadlineExceeded(f"the request was not answered within {timeout:g}s (--request-timeout-s); "
@@ -265,6 +294,21 @@ class ScoringService:
         if groups is not None:  # each pair is in the judgements of both its responses
             self.metrics.pairs.labels(rubric).inc(sum(len(g.pairs) for g in groups) // 2)
 
+    def _opponents(self, asked: int | None) -> int:
+        """Opponents per response in group-pairwise judging: the request's, else --group-opponents."""
+        return asked if asked is not None else self.settings.group_opponents
+
+    def _judging_work(self, scorer: Scorer, rubric: Rubric, items: Sequence[tuple[protocol.Prompt, str]],
+                      in_groups: bool, opponents: int, principles: Sequence[str] | None = None) -> int:
+        """The labeler work of :meth:`_judge` on the same arguments (server/request_work.py)."""
+        limit = scorer.encoder.max_input_tokens
+        work = direct_work(items, _read_shape(scorer, rubric, principles), limit)
+        if in_groups:
+            pairs = [(items[group[a]][0], items[group[a]][1], items[group[b]][1]) for group in prompt_groups(items)
+                     for a, b in pair_schedule(len(group), opponents)]
+            work += pair_work(pairs, _read_shape(scorer, rubric, principles, pairwise=True), limit)
+        return work
+
     @staticmethod
     async def _judge(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[protocol.Prompt, str]],
                      in_groups: bool, *, way_out: str = SCORE_WAY_OUT, opponents: int | None = None,
@@ -277,20 +321,32 @@ class ScoringService:
         direct = scorer.score(rubric, items, seed=seed, principles=principles)
         if plan is None:
             return await direct, None
-        # Direct reads and pairs go through the batcher together.
-        scored, groups = await asyncio.gather(direct, judge_in_groups(
-            scorer, rubric, items, plan, opponents=opponents, seed=seed, principles=principles))
-        return scored, groups
+        # Direct reads and pairs go through the batcher together; when one part fails, the
+        # other is cancelled at once, its queued reads dropped, instead of reading on for a
+        # request that has already failed.
+        try:
+            async with asyncio.TaskGroup() as parts:
+                scored = parts.create_task(direct)
+                groups = parts.create_task(judge_in_groups(scorer, rubric, items, plan, opponents=opponents,
+                                                           seed=seed, principles=principles))
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        return scored.result(), groups.result()
 
     async def score(self, request: protocol.ScoreRequest) -> protocol.ScoreResponse:
-        return await self._serve(lambda scorer: self._score(scorer, request), len(request.items))
+        def work(scorer: Scorer) -> int:
+            rubric = scorer.rubric(request.rubric, _reasoning(request))
+            return self._judging_work(scorer, rubric, _items(request), _in_groups(request.group_pairwise, rubric),
+                                      self._opponents(request.group_opponents), request.principles)
+
+        return await self._serve(lambda scorer: self._score(scorer, request), len(request.items), work)
 
     async def _score(self, scorer: Scorer, request: protocol.ScoreRequest) -> protocol.ScoreResponse:
         items = _items(request)
         self.metrics.queue_depth.set(scorer.batcher.depth)
         rubric = scorer.rubric(request.rubric, _reasoning(request))
-        in_groups = request.group_pairwise if request.group_pairwise is not None else rubric.group_pairwise
-        scored, groups = await self._judge(scorer, rubric, items, in_groups, opponents=request.group_opponents,
+        scored, groups = await self._judge(scorer, rubric, items, _in_groups(request.group_pairwise, rubric),
+                                           opponents=self._opponents(request.group_opponents),
                                            seed=request.seed, principles=request.principles)
         compiled = scorer.compiled(rubric)
         self._count(compiled.rubric.name, scored)
@@ -308,13 +364,20 @@ class ScoringService:
         as the registry's are at startup but never registered, and the request's items (if any)
         scored under it; judged in their prompt groups, pairs included, when the rubric says
         ``group_pairwise: true``."""
-        return await self._serve(lambda scorer: self._rubric_lab(scorer, request), max(1, len(request.items)))
+        # The pasted rubric is parsed off the event loop once admitted, so its work is estimated
+        # at the most the lab lets one item cost (LAB_MAX_READS reads of it and of a pair).
+        items = _items(request)
+        pairs = [(p, r, r) for p, r in items]
+        return await self._serve(lambda scorer: self._rubric_lab(scorer, request), max(1, len(items)),
+                                 lambda scorer: LAB_MAX_READS * (direct_work(items, ReadShape(0), 10**9)
+                                                                 + pair_work(pairs, ReadShape(0), 10**9)))
 
     async def _rubric_lab(self, scorer: Scorer, request: protocol.RubricLabRequest) -> protocol.RubricLabResponse:
         # Parsing and compiling (tokenising) a rubric of up to --max-field-chars: off the event loop.
         rubric, forms = await asyncio.to_thread(self._lab_rubric, scorer, request.rubric_yaml)
         scored, groups = await self._judge(scorer, rubric, _items(request), rubric.group_pairwise,
-                                           way_out=LAB_WAY_OUT, seed=request.seed) if request.items else ([], None)
+                                           way_out=LAB_WAY_OUT, opponents=self._opponents(None),
+                                           seed=request.seed) if request.items else ([], None)
         # Not counted in the per-rubric metrics: the rubric's name is whatever the request says.
         return protocol.RubricLabResponse(
             rubric=_rubric_info(rubric),
@@ -337,10 +400,30 @@ class ScoringService:
         if len(rubric.principles or ()) > LAB_MAX_PRINCIPLES:
             raise InvalidRubric(f"rubric {rubric.name!r} has {len(rubric.principles)} principles; the rubric "
                                 f"lab takes at most {LAB_MAX_PRINCIPLES} (a rubrics file may have more)")
+        principles = len(rubric.principles or ()) or 1
+        # The rating form's reasoning and the pairwise form's (its own, or the rating form's).
+        forms = [rubric.reasoning, rubric.compare and (rubric.compare.reasoning or rubric.reasoning)]
+        for spec in filter(None, forms):
+            reads, tokens = principles * spec.samples, principles * spec.samples * spec.max_tokens
+            if reads > LAB_MAX_READS:
+                raise InvalidRubric(f"rubric {rubric.name!r} reads each item {reads} times ({principles} "
+                                    f"principles x {spec.samples} reasoning samples); the rubric lab takes at "
+                                    f"most {LAB_MAX_READS}: {LAB_WORK_WAY_OUT}")
+            if tokens > LAB_MAX_RATIONALE_TOKENS:
+                raise InvalidRubric(f"rubric {rubric.name!r} asks for up to {tokens} rationale tokens per item "
+                                    f"({principles} principles x {spec.samples} samples x {spec.max_tokens} "
+                                    f"max_tokens); the rubric lab takes at most {LAB_MAX_RATIONALE_TOKENS}: "
+                                    f"{LAB_WORK_WAY_OUT}")
         return rubric, scorer.compile_unregistered(rubric)
 
     async def compare(self, request: protocol.CompareRequest) -> protocol.CompareResponse:
-        return await self._serve(lambda scorer: self._compare(scorer, request), len(request.items))
+        def work(scorer: Scorer) -> int:
+            rubric = scorer.rubric(request.rubric, _reasoning(request))
+            pairs = [(_prompt(item), item.response_a, item.response_b) for item in request.items]
+            return pair_work(pairs, _read_shape(scorer, rubric, request.principles, pairwise=True),
+                             scorer.encoder.max_input_tokens, both_orders=request.debias)
+
+        return await self._serve(lambda scorer: self._compare(scorer, request), len(request.items), work)
 
     async def _compare(self, scorer: Scorer, request: protocol.CompareRequest) -> protocol.CompareResponse:
         items = [(_prompt(item), item.response_a, item.response_b) for item in request.items]
@@ -383,24 +466,33 @@ class ScoringService:
         )
 
     async def get_reward(self, request: protocol.RewardRequest, rubric: str | None,
-                         group_pairwise: bool | None = None) -> protocol.RewardResponse:
+                         group_pairwise: bool | None = None, reward_field: str = "reward") -> protocol.RewardResponse:
         """OpenRLHF's remote reward: each query split into (prompt, response) and scored as /score does
         (a chat-templated prompt as its messages); judged in prompt groups as /score judges them when
-        ``group_pairwise`` says so, or (None) the rubric does."""
-        return await self._serve(lambda scorer: self._get_reward(scorer, request, rubric, group_pairwise),
-                                 len(request.query))
+        ``group_pairwise`` says so, or (None) the rubric does. The rewards are ``reward_field``'s read
+        (in groups: the group rewards, whatever the field)."""
+        def work(scorer: Scorer) -> int:
+            # Estimated from the queries (a prompt and its response): parsing them is the request's work.
+            chosen = scorer.rubric(rubric)
+            return self._judging_work(scorer, chosen, [("", q) for q in request.query],
+                                      _in_groups(group_pairwise, chosen), self._opponents(None))
+
+        return await self._serve(lambda scorer: self._get_reward(scorer, request, rubric, group_pairwise,
+                                                                 reward_field), len(request.query), work)
 
     async def _get_reward(self, scorer: Scorer, request: protocol.RewardRequest, rubric: str | None,
-                          group_pairwise: bool | None) -> protocol.RewardResponse:
+                          group_pairwise: bool | None, reward_field: str) -> protocol.RewardResponse:
         markers = (*END_MARKERS, *getattr(scorer.backend.tokenizer, "all_special_tokens", ()))
         items = labeler_items(request.query, request.prompts, markers)
         chosen = scorer.rubric(rubric)
-        in_groups = group_pairwise if group_pairwise is not None else chosen.group_pairwise
-        scored, groups = await self._judge(scorer, chosen, items, in_groups,
+        in_groups = _in_groups(group_pairwise, chosen)
+        scored, groups = await self._judge(scorer, chosen, items, in_groups, opponents=self._opponents(None),
                                            way_out=_get_reward_way_out(chosen.name, group_pairwise is not None))
         self._count(chosen.name, scored)
         self._count_pairs(chosen.name, groups)
-        rewards = [s.result.reward for s in scored] if groups is None else [g.reward.reward for g in groups]
+        reads = {"reward": lambda s: s.result, "reward_robust": lambda s: s.robust,
+                 "reward_as_written": lambda s: s.as_written}[reward_field]
+        rewards = [reads(s).reward for s in scored] if groups is None else [g.reward.reward for g in groups]
         extra_logs = {"drlaif_score": [s.result.score for s in scored],
                       "drlaif_label_mass": [s.result.label_mass for s in scored],
                       "drlaif_reward_as_written": [s.as_written.reward for s in scored],
@@ -417,7 +509,10 @@ class ScoringService:
                                        extra_logs=extra_logs)
 
     async def render(self, request: protocol.ScoreRequest) -> protocol.RenderResponse:
-        return await self._serve(lambda scorer: self._render(scorer, request))
+        # No read, but each item is tokenised (and a constitution's once per principle): admitted
+        # like the reads it prepares, so a flood of renders cannot crowd out the scoring.
+        return await self._serve(lambda scorer: self._render(scorer, request), len(request.items),
+                                 lambda scorer: tokenising_work(_items(request)))
 
     async def _render(self, scorer: Scorer, request: protocol.ScoreRequest) -> protocol.RenderResponse:
         items = _items(request)
@@ -468,6 +563,8 @@ class ScoringService:
                 "truncate": s.truncate,
                 "max_batch_items": s.max_batch_items,
                 "max_queue_items": s.max_queue_items,
+                "max_queue_tokens": s.max_queue_tokens,
+                "group_opponents": s.group_opponents,
             },
             ready=self.ready,
             replicas=self.replica_count(),

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Iterator, Sequence
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from server.scoring import Scale
 
@@ -15,6 +22,14 @@ log = logging.getLogger(__name__)
 
 SLOTS = ("{prompt}", "{response}")
 PAIR_SLOTS = ("{prompt}", "{response_a}", "{response_b}")
+# A scale's labels are its decimal numbers, each tokenised and read for every item: the
+# bounds keep each label a few tokens long and the label set a rating scale (0..1000 at most)
+# rather than work that grows with whatever number a rubric file or the rubric lab holds.
+MAX_SCALE_VALUE = 1_000_000
+MAX_SCALE_LABELS = 1001
+# Principle weights are relative shares, normalised to sum to 1: bounded so that their sum
+# stays finite (two weights of 1e308 would sum to inf and normalise to 0).
+MAX_WEIGHT = 1e6
 
 
 def check_slots(template: str, slots: Sequence[str]) -> str:
@@ -28,22 +43,62 @@ def check_slots(template: str, slots: Sequence[str]) -> str:
     return template
 
 
-class ScaleSpec(BaseModel):
+def _strings(value: object) -> Iterator[str]:
+    """The text in a validated field's value (a string, or strings in a list or tuple)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _strings(v)
+
+
+class _Part(BaseModel):
+    """A block of a rubric: unknown keys refused, numbers not booleans, text encodable as UTF-8."""
+
     model_config = ConfigDict(extra="forbid")
-    min: int = Field(1, ge=0, description="lowest score label")
-    max: int = Field(10, description="highest score label")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: object, info: ValidationInfo) -> object:
+        # Pydantic reads true as 1 and false as 0: YAML's booleans would pass as numbers
+        # (scale: {min: false, max: true} as the scale 0..1).
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+            raise ValueError(f"{str(value).lower()} is a boolean; give a number")
+        return value
+
+    @field_validator("*")
+    @classmethod
+    def _utf8(cls, value: object) -> object:
+        # YAML's "\ud800" escape makes a lone surrogate, which no tokenizer takes and no
+        # answer can carry (JSON goes out as UTF-8): refused here, where the rubric is read.
+        for text in _strings(value):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"text with a lone surrogate ({text[exc.start]!r} at character {exc.start}); "
+                                 "write the character itself, not a \\ud800-style escape") from None
+        return value
+
+
+class ScaleSpec(_Part):
+    min: int = Field(1, ge=0, le=MAX_SCALE_VALUE, description="lowest score label")
+    max: int = Field(10, le=MAX_SCALE_VALUE, description="highest score label")
 
     @model_validator(mode="after")
     def _ordered(self) -> ScaleSpec:
         if self.max <= self.min:
             raise ValueError(f"scale max ({self.max}) must be above min ({self.min})")
+        labels = self.max - self.min + 1
+        if labels > MAX_SCALE_LABELS:
+            raise ValueError(f"scale {self.min}..{self.max} has {labels} labels; a scale has at most "
+                             f"{MAX_SCALE_LABELS} (each label is read for every item)")
         return self
 
     def to_scale(self) -> Scale:
         return Scale(self.min, self.max)
 
 
-class ReasoningSpec(BaseModel):
+class ReasoningSpec(_Part):
     """Reasoned judgements: the labeler writes a rationale first, then the label is read.
 
     The rendered input ends where the labeler's answer begins (the user message carries
@@ -54,8 +109,6 @@ class ReasoningSpec(BaseModel):
     from the rationale's text. With ``samples`` > 1 that many rationales are sampled and
     their exact distributions averaged.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     instruction: str = Field(
         "First explain briefly what the reply does well and badly, then give the rating.",
@@ -68,7 +121,7 @@ class ReasoningSpec(BaseModel):
                          "averaged. More than 1 needs temperature > 0.")
     temperature: float = Field(0.0, ge=0.0, le=4.0, description="0: greedy (deterministic); above 0: sampled "
                                "with a seed derived from the item and the request's seed.")
-    stop: list[str] | None = Field(
+    stop: list[Annotated[str, StringConstraints(max_length=200)]] | None = Field(
         None, max_length=8, description="Where the rationale ends (the stop text is not part of it); default: "
         "the form's answer prefix without trailing spaces (\"Rating:\"), or \"</think>\" with thinking.")
     close: str | None = Field(
@@ -101,7 +154,7 @@ class ReasoningSpec(BaseModel):
         return "</think>\n\n" if self.thinking else "\n"
 
 
-class CompareSpec(BaseModel):
+class CompareSpec(_Part):
     """The pairwise form of a rubric: which of two responses is better by the same criteria.
 
     ``user_template`` holds ``{prompt}``, ``{response_a}`` and ``{response_b}`` exactly once
@@ -109,8 +162,6 @@ class CompareSpec(BaseModel):
     answer after ``answer_prefix`` is read as the probabilities of the two ``labels``: the
     first label means "the response shown first is better", the second the other one.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     system: str = Field(description="system preamble: the comparison task and what 'better' means")
     user_template: str
@@ -132,7 +183,7 @@ class CompareSpec(BaseModel):
         return labels
 
 
-class GuardSpec(BaseModel):
+class GuardSpec(_Part):
     """How a rubric keeps text inside the response from setting its score (reward hacking).
 
     Measured with ``bench/injection.py``: on small labelers no wording of the instructions
@@ -140,8 +191,6 @@ class GuardSpec(BaseModel):
     second exact read of the response without the text that addresses the judge
     (``server.rubrics.judge_text``) and taking the lower of the two rewards.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     judge_text: bool = Field(
         True, description="Find the segments of a response that talk to the judge (ratings, instructions "
@@ -165,19 +214,18 @@ class GuardSpec(BaseModel):
 Aggregate = Literal["weighted_mean", "min", "geometric_mean", "sample"]
 
 
-class PrincipleSpec(BaseModel):
+class PrincipleSpec(_Part):
     """One principle of a constitution: its own question after the shared item text, read exactly."""
 
-    model_config = ConfigDict(extra="forbid")
-
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="how results and logs name it")
-    weight: float = Field(1.0, description="its share of the aggregate (normalised to sum to 1)")
+    weight: float = Field(1.0, description="its share of the aggregate (normalised to sum to 1); "
+                          f"positive, at most {MAX_WEIGHT:g}")
     instruction: str = Field("", description="the question for this principle, asked after the item")
     compare_instruction: str | None = Field(
         None, description="the pairwise form's question for this principle; default: the instruction")
 
 
-class Rubric(BaseModel):
+class Rubric(_Part):
     """One constitution, as loaded from YAML.
 
     ``user_template`` holds the slots ``{prompt}`` and ``{response}`` exactly once each;
@@ -188,8 +236,6 @@ class Rubric(BaseModel):
     to the judge; it is on by default for every rubric. ``reasoning``, when present, has
     the labeler write a rationale before the label is read.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     description: str = ""
@@ -238,9 +284,9 @@ class Rubric(BaseModel):
             seen.add(p.name)
             if not p.instruction.strip():
                 raise ValueError(f"rubric {self.name!r}: principle {p.name!r} has no instruction")
-            if not (p.weight > 0 and math.isfinite(p.weight)):
+            if not (0 < p.weight <= MAX_WEIGHT):  # also refuses nan
                 raise ValueError(f"rubric {self.name!r}: principle {p.name!r} has weight {p.weight}; "
-                                 "weights must be positive")
+                                 f"weights must be positive and at most {MAX_WEIGHT:g} (they are relative shares)")
         total = sum(p.weight for p in self.principles)
         if abs(total - 1.0) > 1e-6:
             log.warning("rubric %r: principle weights sum to %g; normalised to sum to 1", self.name, total)

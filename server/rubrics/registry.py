@@ -53,8 +53,53 @@ def _parse(data: object, source: str, known: Mapping[str, Rubric] | None = None)
     return rubrics
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """YAML's safe loader without aliases (``*name``, ``<<: *name``): text that anyone may send
+# No number in a rubric needs more characters; a longer integer is refused where it is written
+# (with its line) rather than parsed: Python refuses decimal ones past 4300 digits with advice
+# about sys.set_int_max_str_digits, and hexadecimal ones of any length would parse.
+MAX_INT_CHARS = 100
+
+
+class _RubricLoader(yaml.SafeLoader):
+    """YAML's safe loader (plain data only) for rubrics, refusing what would otherwise pass
+    silently or fail without a line: a key given twice in one mapping (the second would
+    replace the first) and an integer longer than MAX_INT_CHARS."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, _ in node.value:
+                # A merge key (<<) may repeat keys it merges in; those the entry writes may not.
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found key {key_node.value!r} twice; give each key once", key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        if len(node.value) > MAX_INT_CHARS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(node.value)} characters; a rubric's numbers have at most "
+                f"{MAX_INT_CHARS}", node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+_RubricLoader.add_constructor("tag:yaml.org,2002:int", _RubricLoader.construct_yaml_int)
+
+
+def _load_yaml(text: str, loader: type[_RubricLoader] = _RubricLoader) -> object:
+    """YAML text as plain data; yaml.YAMLError (with its line) or ValueError when it is not a
+    rubric's YAML."""
+    try:
+        return yaml.load(text, Loader=loader)  # a SafeLoader: builds plain data only
+    except RecursionError:  # nesting deeper than the parser's stack
+        raise ValueError("it nests deeper than a rubric does") from None
+
+
+class _NoAliasLoader(_RubricLoader):
+    """The rubric loader without aliases (``*name``, ``<<: *name``): text that anyone may send
     must not expand, as a few hundred characters of nested aliases do, into a structure whose
     validation takes exponential time."""
 
@@ -71,8 +116,8 @@ def parse_rubric(text: str, known: Mapping[str, Rubric], source: str = "rubric_y
     reason in the words the server uses at startup, when the text is not YAML (or uses
     aliases), holds other than one rubric, or does not validate."""
     try:
-        data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: builds plain data only
-    except (yaml.YAMLError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser's stack
+        data = _load_yaml(text, _NoAliasLoader)
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a value YAML cannot build (a date 2024-13-01)
         raise ValueError(f"{source} is not valid YAML: {exc}") from None
     rubrics = _parse(data, source, known)
     if len(rubrics) != 1:
@@ -86,7 +131,7 @@ def load_presets() -> dict[str, Rubric]:
     presets: dict[str, Rubric] = {}
     files = [f for f in resources.files("server.rubrics.presets").iterdir() if f.name.endswith(".yaml")]
     for file in sorted(files, key=lambda f: (f.name.endswith("-reasoned.yaml"), f.name)):
-        for rubric in _parse(yaml.safe_load(file.read_text()), f"preset {file.name}", presets):
+        for rubric in _parse(_load_yaml(file.read_text()), f"preset {file.name}", presets):
             presets[rubric.name] = rubric
     return presets
 
@@ -94,8 +139,8 @@ def load_presets() -> dict[str, Rubric]:
 def load_file(path: Path, known: Mapping[str, Rubric] | None = None) -> list[Rubric]:
     """A user's rubrics; an entry may extend one of ``known`` (the presets) by name."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        data = _load_yaml(Path(path).read_text())
+    except (OSError, yaml.YAMLError, ValueError) as exc:  # ValueError: not UTF-8, or a value YAML cannot build
         raise ValueError(f"cannot read rubrics file {path}: {exc}") from exc
     return _parse(data, str(path), known)
 
