@@ -390,3 +390,5 @@ def test_a_trl_script_of_your_own_gets_held_out_monitors(server, tiny_policy_dir
         assert row["monitors"][name] == pytest.approx(want, abs=1e-4), row
         assert [e["monitors"][name] for e in examples] == pytest.approx(want, abs=1e-4)
     assert row["alarms"] == [] and (out / "report.md").exists()
+    (step,) = metrics(out)  # trl's logged values, under drlaif's names, for the report's curves
+    assert step["step"] == 1 and -1.0 <= step["reward_mean"] <= 1.0 and "label_mass" in step

@@ -11,6 +11,7 @@ import pytest
 
 from trainer.analysis.metrics_log import MetricsLog
 from trainer.config import TRLConfig
+from trainer.frameworks.trl_heldout import HeldOutCallback
 from trainer.frameworks.trl_training import build_trl_trainer
 from trainer.ppo.models import encode_prompts, load_tokenizer, resolve_policy
 
@@ -37,7 +38,7 @@ def test_trl_renders_the_prompt_ids_ppo_renders(algorithm, tmp_path, fresh_accel
     # HH transcripts are parsed into messages on load, as the CLI does.
     prompts = [to_prompt({"prompt": p}, "prompt") for p in PROMPTS]
     config = TRLConfig(output_dir=str(tmp_path), steps=1, batch_size=4, num_generations=4, eval_prompts=0)
-    trainer = build_trl_trainer(algorithm, config, prompts, MetricsLog(tmp_path))
+    trainer = build_trl_trainer(algorithm, config, prompts, HeldOutCallback(config, [], MetricsLog(tmp_path)))
     dataset_prompts = list(trainer.train_dataset["prompt"])
     trl_ids, _, _ = trainer._tokenize_prompts(dataset_prompts)
     expected = ppo_prompt_ids(prompts)

@@ -1,6 +1,7 @@
 """Held-out evaluation, monitors, the alarm and the run report for trl's GRPO and RLOO.
 
-A trl ``TrainerCallback`` runs the evaluation that PPO runs between its steps
+A trl ``TrainerCallback`` mirrors trl's logged values into metrics.jsonl under drlaif's names
+and runs the evaluation that PPO runs between its steps
 (trainer/analysis/heldout_eval.py): before the first step, every ``eval_every`` steps and after
 the last, on the same held-out prompts and sampling seed. It writes evals.jsonl, checks the
 over-optimisation alarm (stopping trl when ``stop_on_overoptimisation`` is set), and at the end
@@ -46,6 +47,24 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, Trainer
 
 log = logging.getLogger(__name__)
+
+# trl's names for what drlaif's metrics.jsonl calls otherwise; the reward function's own metrics
+# are logged as "<its name>/<metric>".
+_TRL_NAMES = {"reward_mean": "reward", "reward_std": "reward_std", "kl": "kl", "entropy": "entropy",
+              "response_length_mean": "completions/mean_length", "step_seconds": "step_time"}
+_REWARD_FUNC_NAMES = {"length_reward_corr": "length_reward_corr", "label_entropy": "label_entropy",
+                      "label_mass": "label_mass", "reward_dropped": "dropped", "judge_text_rate": "judge_text_rate",
+                      "reward_disagreement": "reward_disagreement", "reward_robust_gap": "reward_robust_gap"}
+
+
+def metrics_row(logs: dict, step: int) -> dict:
+    """One metrics.jsonl row from trl's logged values: drlaif's names (as PPO's rows have them)
+    beside every number trl logged. A reward-function metric trl did not log is None (the
+    length correlation, say, when no group had two lengths and two rewards)."""
+    return {**{name: next((v for k, v in logs.items() if k.endswith(f"/{key}")), None)
+               for name, key in _REWARD_FUNC_NAMES.items()},
+            "step": step, **{name: logs.get(key, 0.0) for name, key in _TRL_NAMES.items()},
+            **{k: v for k, v in logs.items() if isinstance(v, int | float)}}
 
 
 class HeldOutCallback(TrainerCallback):
@@ -106,6 +125,11 @@ class HeldOutCallback(TrainerCallback):
             log.info("held-out reward at step %d: %+.4f (%d prompts)", step, evaluation["reward_mean"] or 0.0,
                      evaluation["n"])
         return alarms
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # Each process logs the same gathered values: the main one writes them.
+        if state.is_world_process_zero and logs and "reward" in logs:
+            self.metrics.write(metrics_row(logs, state.global_step))
 
     def on_step_begin(self, args, state, control, **kwargs):
         # Not on_train_begin: trl's Trainer restores a resumed run's step only after that event.

@@ -16,42 +16,9 @@ from trainer.ppo.models import load_tokenizer, policy_prompt, resolve_policy
 log = logging.getLogger(__name__)
 
 
-def _metrics_callback(metrics: MetricsLog):
-    """Mirror trl's logged rewards into metrics.jsonl under drlaif's names (from the main process:
-    every process logs the same gathered values)."""
-    from transformers import TrainerCallback
-
-    class Mirror(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs or "reward" not in logs:
-                return
-            # The reward function's own metrics, logged as "<its name>/<metric>", under drlaif's names;
-            # the correlation is None (undefined) when no group had two lengths and two rewards.
-            signals = {name: next((v for k, v in logs.items() if k.endswith(f"/{key}")), None)
-                       for name, key in (("length_reward_corr", "length_reward_corr"),
-                                         ("label_entropy", "label_entropy"), ("label_mass", "label_mass"),
-                                         ("reward_dropped", "dropped"), ("judge_text_rate", "judge_text_rate"),
-                                         ("reward_disagreement", "reward_disagreement"),
-                                         ("reward_robust_gap", "reward_robust_gap"))}
-            metrics.write({
-                **signals,
-                "step": state.global_step,
-                "reward_mean": logs["reward"],
-                "reward_std": logs.get("reward_std", 0.0),
-                "kl": logs.get("kl", 0.0),
-                "entropy": logs.get("entropy", 0.0),
-                "response_length_mean": logs.get("completions/mean_length", 0.0),
-                "step_seconds": logs.get("step_time", 0.0),
-                **{k: v for k, v in logs.items() if isinstance(v, int | float)},
-            })
-
-    return Mirror()
-
-
-def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Prompt], metrics: MetricsLog,
-                      heldout: HeldOutCallback | None = None):
+def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Prompt], heldout: HeldOutCallback):
     """trl's GRPOTrainer or RLOOTrainer, set up with drlaif's reward function and prompts, and
-    ``heldout`` (evaluation, monitors, alarm, report) attached when given."""
+    ``heldout`` (metrics.jsonl, evaluation, monitors, alarm, report) attached."""
     import datasets
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -94,12 +61,10 @@ def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Pro
                               on_failure=config.on_reward_failure, max_dropped_fraction=config.max_dropped_fraction,
                               length_control=config.length_control,
                               disagreement_threshold=config.disagreement_threshold)
-    callbacks = [_metrics_callback(metrics)] + ([heldout] if heldout else [])
     trainer = trainer_cls(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
-                          peft_config=peft_config, callbacks=callbacks)
+                          peft_config=peft_config, callbacks=[heldout])
     check_world(trainer.accelerator.num_processes)
-    if heldout:
-        heldout.attach(trainer)
+    heldout.attach(trainer)
     return trainer
 
 
@@ -112,7 +77,7 @@ def train_with_trl(algorithm: str, config: TRLConfig, train_prompts: list[Prompt
     heldout = HeldOutCallback(config, eval_prompts, metrics, load_tokenizer(resolve_policy(config.model)))
     heldout.summary["final_model"] = str(output_dir / "final")
     try:
-        trainer = build_trl_trainer(algorithm, config, train_prompts, metrics, heldout)
+        trainer = build_trl_trainer(algorithm, config, train_prompts, heldout)
         # One writer: every process evaluates (and logs) the same numbers. The world is known only
         # now that trl has set up accelerate.
         metrics.enabled = trainer.is_world_process_zero()
