@@ -7,6 +7,11 @@ The work bound is what keeps the server's queue to a length it can serve: one it
 hundred tokens or a hundred thousand. A request is always admitted when nothing else is in
 flight, whatever its estimate, so a request the schema accepts is never refused for its size
 alone; its work is bounded by the schema's own limits (items, characters, group opponents).
+
+A tenth of each bound is held back for small requests (those that fit in it): large ones are
+admitted only up to nine tenths. So a flood of maximum-size requests cannot fill the queue to
+the last item, and a single-item call still gets in, where the batcher's round-robin serves it
+within a batch or two (drlaif/batching.py).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 from server.errors import Overloaded
+
+RESERVED = 10  # 1 / RESERVED of each bound is kept for requests that fit in it
 
 
 class Admission:
@@ -32,11 +39,16 @@ class Admission:
     def admit(self, items: int, work: int, retry_after_s: Callable[[], int]) -> Iterator[None]:
         """Hold ``items`` and ``work`` for the duration; raises Overloaded (429, with Retry-After
         from ``retry_after_s``) at once when they do not fit beside those in flight."""
-        if self.in_flight + items > self.max_items:
+        # The share held back for small requests (none where the bound is too small to split).
+        small = items <= self.max_items // RESERVED and work <= self.max_work // RESERVED
+        item_room = self.max_items if small else self.max_items - self.max_items // RESERVED
+        work_room = self.max_work if small else self.max_work - self.max_work // RESERVED
+        if self.requests and self.in_flight + items > item_room:
             retry = retry_after_s()
             raise Overloaded(f"the scoring queue is full ({self.in_flight} of {self.max_items} items in flight, "
-                             f"--max-queue-items); retry in about {retry}s", retry_after_s=retry)
-        if self.requests and self.work_in_flight + work > self.max_work:
+                             f"--max-queue-items; a tenth is kept for small requests); retry in about {retry}s",
+                             retry_after_s=retry)
+        if self.requests and self.work_in_flight + work > work_room:
             retry = retry_after_s()
             raise Overloaded(f"the labeler's queue is full: this request's work (about {work:,} tokens) does not "
                              f"fit beside the {self.work_in_flight:,} in flight (--max-queue-tokens "

@@ -40,7 +40,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from drlaif.protocol import ItemScore
-from drlaif.server_process import free_port, stop_process, wait_until_ready
+from drlaif.server_process import ServerProcess, free_port, stop_process, wait_until_ready
 from server.rubrics.registry import load_presets
 
 if TYPE_CHECKING:
@@ -455,3 +455,41 @@ class FaultServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# ----------------------------------------------------------------------------- a server whose backend fails
+
+FAULTY_FIXTURE = Path(__file__).parent / "fixtures" / "faulty_server.py"
+_FAULTY_ITEM = {"prompt": "What is the capital of France?", "response": "Paris."}
+
+
+class FaultyServer(ServerProcess):
+    """A real drlaif-server whose backend calls can be made to fail: tests/fixtures/faulty_server.py
+    in place of server.cli, its faults set through a control file, its calls logged."""
+
+    def __init__(self, tmp_path: Path, *args: str, cache_items: int = 0):
+        self.control = tmp_path / "control.json"
+        self.calls = tmp_path / "calls.txt"
+        self.control.write_text("{}")
+        self.calls.write_text("")
+        super().__init__("--reward-cache-items", str(cache_items), *args,
+                         env={"FAULTY_CONTROL": str(self.control), "FAULTY_CALLS": str(self.calls)})
+        self.args = [sys.executable, str(FAULTY_FIXTURE), *self.args[3:]]  # in place of "-m server.cli"
+
+    def set_faults(self, **control) -> None:
+        self.control.write_text(json.dumps(control))
+
+    def backend_calls(self) -> list[tuple[int, int]]:
+        """(call number, sequences) of every backend call so far."""
+        return [tuple(map(int, line.split())) for line in self.calls.read_text().splitlines()]
+
+    def next_call(self) -> int:
+        return len(self.backend_calls()) + 1
+
+    def score(self, n: int = 1, timeout: float = 120) -> httpx.Response:
+        items = [{"prompt": f"{_FAULTY_ITEM['prompt']} ({k})", "response": _FAULTY_ITEM["response"]}
+                 for k in range(n)]
+        return httpx.post(f"{self.url}/score", json={"items": items}, timeout=timeout)
+
+    def ready(self) -> httpx.Response:
+        return httpx.get(f"{self.url}/health/ready", timeout=10)

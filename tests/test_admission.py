@@ -4,6 +4,8 @@ On a real server: test_admission_e2e.py."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from server.admission import Admission
@@ -34,11 +36,27 @@ def test_work_in_flight_is_bounded_but_a_request_alone_is_always_admitted():
                                              r"\(--max-queue-tokens 1,000\)") as exc, admission.admit(1, 10, lambda: 3):
             pass
         assert exc.value.headers["Retry-After"] == "3"
-    with admission.admit(1, 600, lambda: 3), admission.admit(1, 400, lambda: 3):
-        assert admission.work_in_flight == 1_000
-        with pytest.raises(Overloaded), admission.admit(1, 1, lambda: 3):
+    with admission.admit(1, 600, lambda: 3), admission.admit(1, 300, lambda: 3):
+        assert admission.work_in_flight == 900
+        with pytest.raises(Overloaded), admission.admit(1, 101, lambda: 3):
             pass
     assert (admission.in_flight, admission.work_in_flight, admission.requests) == (0, 0, 0)
+
+
+def test_a_tenth_of_each_bound_is_kept_for_small_requests():
+    # A flood of large requests fills nine tenths of the queue; a single item still gets in.
+    admission = Admission(max_items=2048, max_work=4_000_000)
+    with contextlib.ExitStack() as held:
+        for _ in range(7):
+            held.enter_context(admission.admit(256, 100_000, lambda: 1))
+        with pytest.raises(Overloaded, match="a tenth is kept for small requests"), admission.admit(256, 1, lambda: 1):
+            pass
+        with admission.admit(1, 300, lambda: 1):  # small: it may use the reserve
+            assert admission.in_flight == 7 * 256 + 1
+    # A bound too small to split keeps nothing back: two requests of 4 fill a queue of 8.
+    small = Admission(max_items=8, max_work=10**6)
+    with small.admit(4, 10, lambda: 1), small.admit(4, 10, lambda: 1):
+        assert small.in_flight == 8
 
 
 def test_items_and_work_are_released_when_the_request_fails():

@@ -8,52 +8,17 @@ serves afterwards.
 
 from __future__ import annotations
 
-import json
 import signal
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-
-from drlaif.server_process import ServerProcess
+from support import FaultyServer
 
 pytestmark = pytest.mark.slow
 
-FIXTURE = Path(__file__).parent / "fixtures" / "faulty_server.py"
 ITEM = {"prompt": "What is the capital of France?", "response": "Paris."}
-
-
-class FaultyServer(ServerProcess):
-    """A ServerProcess running the fault-injecting fixture instead of server.cli."""
-
-    def __init__(self, tmp_path: Path, *args: str, cache_items: int = 0):
-        self.control = tmp_path / "control.json"
-        self.calls = tmp_path / "calls.txt"
-        self.control.write_text("{}")
-        self.calls.write_text("")
-        super().__init__("--reward-cache-items", str(cache_items), *args,
-                         env={"FAULTY_CONTROL": str(self.control), "FAULTY_CALLS": str(self.calls)})
-        self.args = [sys.executable, str(FIXTURE), *self.args[3:]]  # in place of "-m server.cli"
-
-    def set_faults(self, **control) -> None:
-        self.control.write_text(json.dumps(control))
-
-    def backend_calls(self) -> list[tuple[int, int]]:
-        """(call number, sequences) of every backend call so far."""
-        return [tuple(map(int, line.split())) for line in self.calls.read_text().splitlines()]
-
-    def next_call(self) -> int:
-        return len(self.backend_calls()) + 1
-
-    def score(self, n: int = 1, timeout: float = 120) -> httpx.Response:
-        items = [{"prompt": f"{ITEM['prompt']} ({k})", "response": ITEM["response"]} for k in range(n)]
-        return httpx.post(f"{self.url}/score", json={"items": items}, timeout=timeout)
-
-    def ready(self) -> httpx.Response:
-        return httpx.get(f"{self.url}/health/ready", timeout=10)
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
