@@ -1,8 +1,8 @@
 """Does the over-optimisation alarm fire when a policy games its judge? A demo on a laptop.
 
 Trains the embedded policy (SmolLM2-135M-Instruct) with drlaif's PPO against a deliberately
-gameable proxy (bench/rule_reward_server.py; by default ``shortest``: the shorter the
-answer, the higher the reward, the empty answer best) with the real embedded labeler as a
+gameable proxy (bench/rule_reward_server.py; by default ``terse``: the shorter the
+answer, the higher the reward, one word best) with the real embedded labeler as a
 monitor judge, evaluating every ``--eval-every`` steps on held-out prompts. Prints the step at
 which the alarm fired (or that it did not), the proxy and monitor curves against the KL, and
 where the plot is. ``--control`` also runs the same training with the embedded labeler as both
@@ -10,7 +10,7 @@ proxy and monitor, where no alarm must fire.
 
 Run (20 PPO steps at learning rate 3e-4 without a KL budget, about 10 minutes on 2 CPU cores):
 
-    python bench/overoptimisation.py [--steps 20] [--eval-every 5] [--rule shortest] [--target-kl 0] [--control]
+    python bench/overoptimisation.py [--steps 20] [--eval-every 5] [--rule terse] [--target-kl 0] [--control]
 """
 
 from __future__ import annotations
@@ -70,7 +70,10 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=16)
     parser.add_argument("--eval-samples", type=int, default=2)
     parser.add_argument("--alarm-window", type=int, default=2)
-    parser.add_argument("--rule", default="shortest", choices=["shortest", "keyword"])
+    # terse: the exploit is a one-"word" answer, which the labeler rates below an honest one. (With
+    # shortest the policy learns the empty answer, which the embedded labeler rates as it rates
+    # the starting policy's answers: a monitor it cannot see fall.)
+    parser.add_argument("--rule", default="terse", choices=["terse", "shortest", "keyword"])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--learning-rate", type=float, default=3e-4,
                         help="the trainer's; above its default (1e-4), so that 20 steps go far enough into the "
