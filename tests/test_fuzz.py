@@ -101,8 +101,11 @@ def test_rubric_enums_are_the_loaded_rubrics(openapi):
         string, null = _schema_of(openapi, model)["properties"]["rubric"]["anyOf"]
         assert null == {"type": "null"}
         assert string["enum"] == (pairwise if model == "CompareRequest" else every)
-    (param,) = openapi["paths"]["/get_reward"]["post"]["parameters"]
-    assert param["name"] == "rubric" and param["in"] == "query" and param["schema"]["enum"] == every
+    params = {p["name"]: p for p in openapi["paths"]["/get_reward"]["post"]["parameters"]}
+    assert set(params) == {"rubric", "group_pairwise", "reward_field"}  # the query parameters it takes
+    assert all(p["in"] == "query" for p in params.values())
+    assert params["rubric"]["schema"]["enum"] == every
+    assert params["reward_field"]["schema"]["enum"] == ["reward", "reward_robust", "reward_as_written"]
 
 
 def test_metrics_are_documented_as_prometheus_text(fuzz_server, openapi):
