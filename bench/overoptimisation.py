@@ -8,7 +8,7 @@ which the alarm fired (or that it did not), the proxy and monitor curves against
 where the plot is. ``--control`` also runs the same training with the embedded labeler as both
 proxy and monitor, where no alarm must fire.
 
-Run (20 PPO steps at learning rate 3e-4 without a KL budget, about 10 minutes on 2 CPU cores):
+Run (20 PPO steps at learning rate 5e-4 without a KL budget, about 10 minutes on 2 CPU cores):
 
     python bench/overoptimisation.py [--steps 20] [--eval-every 5] [--rule terse] [--target-kl 0] [--control]
 """
@@ -67,15 +67,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--eval-every", type=int, default=5)
-    parser.add_argument("--eval-prompts", type=int, default=16)
+    # All 60 shipped held-out prompts: the embedded labeler sees the exploit as a fall of a few
+    # hundredths, which 16 prompts cannot tell from noise at the alarm's corrected level.
+    parser.add_argument("--eval-prompts", type=int, default=64)
     parser.add_argument("--eval-samples", type=int, default=2)
-    parser.add_argument("--alarm-window", type=int, default=2)
+    parser.add_argument("--alarm-window", type=int, default=4, help="4: each evaluation against the first")
     # terse: the exploit is a one-"word" answer, which the labeler rates below an honest one. (With
     # shortest the policy learns the empty answer, which the embedded labeler rates as it rates
     # the starting policy's answers: a monitor it cannot see fall.)
     parser.add_argument("--rule", default="terse", choices=["terse", "shortest", "keyword"])
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--learning-rate", type=float, default=3e-4,
+    parser.add_argument("--learning-rate", type=float, default=5e-4,
                         help="the trainer's; above its default (1e-4), so that 20 steps go far enough into the "
                         "exploit for the embedded labeler, which rates most answers alike, to see it")
     # Unconstrained by default: the demo shows what the alarm catches when nothing holds the policy
