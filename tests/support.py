@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -493,3 +494,25 @@ class FaultyServer(ServerProcess):
 
     def ready(self) -> httpx.Response:
         return httpx.get(f"{self.url}/health/ready", timeout=10)
+
+
+# ----------------------------------------------------------------------------- raw HTTP
+
+
+def read_http_response(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
+    """Status code, headers (lower-cased names) and JSON body of one HTTP/1.1 response with a
+    Content-Length, read off a raw socket (for requests an HTTP client will not send: a body
+    announced and never sent, a chunked upload without its last chunk)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, body
+        body += chunk
+    return int(lines[0].split()[1]), headers, json.loads(body)

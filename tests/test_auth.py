@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from starlette.routing import Route
+from support import read_http_response
 
 from drlaif.server_process import ServerProcess, server_env
 from server.app import create_app
@@ -191,23 +192,6 @@ def test_body_within_the_limit_is_served_with_or_without_content_length(keyed_se
     assert first["input_ids"] != second["input_ids"]  # both items, each its own
 
 
-def _read_response(sock: socket.socket) -> tuple[str, dict]:
-    """The status line and JSON body of one HTTP/1.1 response with a Content-Length."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"the server closed the connection after {data!r}"
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    while len(rest) < int(headers["content-length"]):
-        chunk = sock.recv(65536)
-        assert chunk, rest
-        rest += chunk
-    return lines[0], json.loads(rest)
-
-
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 @pytest.mark.slow
 def test_refused_as_soon_as_the_limit_is_passed(keyed_server, framing):
@@ -223,8 +207,8 @@ def test_refused_as_soon_as_the_limit_is_passed(keyed_server, framing):
             b"%x\r\n%s\r\n" % (len(chunk), chunk)) * (LIMIT // len(chunk) + 2)  # no last chunk
     with socket.create_connection(("127.0.0.1", keyed_server.port), timeout=60) as sock:
         sock.sendall(request)
-        status, body = _read_response(sock)
-    assert status.startswith("HTTP/1.1 413"), status
+        status, _, body = read_http_response(sock)
+    assert status == 413, status
     assert body["error"]["type"] == "body_too_large"
     _still_serving(keyed_server)
 

@@ -11,7 +11,6 @@ shows the ingress refusing what it must before it reads a body, and bounding the
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from support import HELD_OUT, OutputReader, metrics, rollouts, train, wait_for_steps
+from support import HELD_OUT, OutputReader, metrics, read_http_response, rollouts, train, wait_for_steps
 
 from drlaif.client import RewardClient, RewardClientConfig
 from drlaif.server_process import free_port
@@ -108,20 +107,10 @@ def _stalled_upload(port: int, path: str, headers: dict[str, str], length: int =
 def _answer(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
     """Status, headers and JSON body of the response to a stalled upload, which must come
     while the body is still unsent."""
-    data = b""
     try:
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            assert chunk, f"the connection closed after {data!r}"
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        while len(body) < int(headers["content-length"]):
-            body += sock.recv(65536)
+        return read_http_response(sock)
     except TimeoutError:
-        pytest.fail(f"no answer within 30 s while the body was unsent (got {data!r}): the ingress waited for it")
-    return int(lines[0].split()[1]), headers, json.loads(body)
+        pytest.fail("no answer within 30 s while the body was unsent: the ingress waited for it")
 
 
 def _until(send: Callable[[], httpx.Response], wanted: Callable[[httpx.Response], bool], what: str,
