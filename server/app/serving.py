@@ -71,7 +71,7 @@ def _read_shape(scorer: Scorer, rubric: Rubric, principles: Sequence[str] | None
         fixed = max(form.fixed_tokens for form in scorer.compiled_principles(rubric, pairwise=pairwise).values())
     else:
         fixed = (scorer.compiled_comparison(rubric) if pairwise else scorer.compiled(rubric)).fixed_tokens
-    spec = (rubric.compare.reasoning or rubric.reasoning) if pairwise and rubric.compare else rubric.reasoning
+    spec = rubric.pairwise_reasoning if pairwise else rubric.reasoning
     return ReadShape(fixed, max(1, len(chosen)), spec.samples if spec else 0, spec.max_tokens if spec else 0)
 
 
@@ -402,7 +402,7 @@ class ScoringService:
                                 f"lab takes at most {LAB_MAX_PRINCIPLES} (a rubrics file may have more)")
         principles = len(rubric.principles or ()) or 1
         # The rating form's reasoning and the pairwise form's (its own, or the rating form's).
-        forms = [rubric.reasoning, rubric.compare and (rubric.compare.reasoning or rubric.reasoning)]
+        forms = [rubric.reasoning, rubric.pairwise_reasoning]
         for spec in filter(None, forms):
             reads, tokens = principles * spec.samples, principles * spec.samples * spec.max_tokens
             if reads > LAB_MAX_READS:

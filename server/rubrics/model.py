@@ -294,5 +294,13 @@ class Rubric(_Part):
         return self
 
     @property
+    def pairwise_reasoning(self) -> ReasoningSpec | None:
+        """How the pairwise form reasons: its own reasoning block, else the rating form's (None:
+        it reads at once, as does a rubric without a pairwise form)."""
+        if self.compare is None:
+            return None
+        return self.compare.reasoning or self.reasoning
+
+    @property
     def principle_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.principles or ())

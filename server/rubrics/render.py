@@ -359,7 +359,7 @@ class PromptEncoder:
         def build() -> CompiledComparison:
             what = f"rubric {rubric.name!r} (compare form)"
             pieces = self._pieces(what, spec.system, spec.user_template, spec.answer_prefix, PAIR_SLOTS,
-                                  spec.labels, spec.reasoning or rubric.reasoning)
+                                  spec.labels, rubric.pairwise_reasoning)
             return CompiledComparison(rubric=rubric, what=what, **pieces)
 
         return self._cached("compare", rubric, build)
