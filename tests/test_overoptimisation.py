@@ -181,3 +181,9 @@ def test_report_warns_on_a_climbing_length_correlation_and_opens_with_alarms():
     assert lines[2].startswith("> **Over-optimisation alarm:** over-optimisation at step 5")
     assert "## Length and reward" in text and "+0.70" in text
     assert any(line.startswith("**Warning:** inside groups, reward correlates with response length") for line in lines)
+
+
+def test_a_run_without_monitors_has_no_alarm_to_check():
+    # The demo's run: the proxy rises, and no monitor is there to fall (not a division by zero).
+    rising = [EvalPoint(step, 0.0, [0.1 * step + 0.01 * k for k in range(16)]) for step in range(3)]
+    assert check_alarms(rising, window=1, checks=2) == []

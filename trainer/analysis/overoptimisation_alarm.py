@@ -140,14 +140,14 @@ def check_alarms(points: Sequence[EvalPoint], window: int, checks: int) -> list[
         raise ValueError(f"window must be >= 1, got {window}")
     if checks < 1:
         raise ValueError(f"checks must be >= 1, got {checks}")
-    if len(points) < 2:
+    monitors = len({name for point in points for name in point.monitors})
+    if len(points) < 2 or not monitors:  # without a monitor there is nothing to fall
         return []
     latest, reference = points[-1], points[max(0, len(points) - 1 - window)]
     proxy = _tested_change(reference.proxy, latest.proxy, PROXY_CONFIDENCE)
     if proxy is None or not proxy.ci_low > 0:
         return []
     checks = max(checks, len(points) - 1)
-    monitors = len({name for point in points for name in point.monitors})
     confidence = monitor_confidence(checks, monitors)
     alarms = []
     for name, values in latest.monitors.items():
