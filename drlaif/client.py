@@ -377,14 +377,27 @@ def _prompt_payload(index: int, prompt: Prompt) -> str | list[dict[str, str]]:
     raise TypeError(f"prompts[{index}] must be a str or a non-empty list of chat messages, got {prompt!r}")
 
 
-def _item_payload(index: int, prompt: Prompt, **texts: str) -> dict[str, Any]:
-    """One wire item: the prompt and the named response text(s), e.g. ``response=...``."""
+def _item_payload(index: int, prompt: Prompt, reference: str | None = None, **texts: str) -> dict[str, Any]:
+    """One wire item: the prompt, the named response text(s), e.g. ``response=...``, and the
+    reference answer when there is one."""
     for name, text in texts.items():
         if not isinstance(text, str):
             argument = {"response": "responses", "response_a": "responses_a",
                         "response_b": "responses_b"}[name]
             raise TypeError(f"{argument}[{index}] must be a str, got {type(text).__name__}")
-    return {"prompt": _prompt_payload(index, prompt), **texts}
+    if reference is not None and not isinstance(reference, str):
+        raise TypeError(f"references[{index}] must be a str or None, got {type(reference).__name__}")
+    item = {"prompt": _prompt_payload(index, prompt), **texts}
+    return item if reference is None else {**item, "reference": reference}
+
+
+def _references(references: Sequence[str | None] | None, n: int) -> Sequence[str | None]:
+    """One reference (or None) per item; a ValueError when the list does not match the items."""
+    if references is None:
+        return [None] * n
+    if len(references) != n:
+        raise ValueError(f"{len(references)} references for {n} items: give one per item (None for none)")
+    return references
 
 
 class AsyncRewardClient:
@@ -441,7 +454,8 @@ class AsyncRewardClient:
             for url, s in self.replica_stats().items()))
 
     async def score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
-                          rubric: str | None = None) -> list[ItemAnswer]:
+                          rubric: str | None = None, references: Sequence[str | None] | None = None,
+                          ) -> list[ItemAnswer]:
         """Score each (prompt, response) pair: the server's whole result per item.
 
         Args:
@@ -449,6 +463,10 @@ class AsyncRewardClient:
                 messages (`{"role": ..., "content": ...}`).
             responses: One response string per item.
             rubric: The rubric for this call; None: the config's.
+            references: One reference answer per item (None for an item without one), for a
+                rubric that judges against one (see
+                [takes_reference][drlaif.client.AsyncRewardClient.takes_reference]); the server
+                refuses a missing one under such a rubric, and any under the others.
 
         Returns:
             One `ItemAnswer` per item, in input order: `reward`, `score`, `distribution`,
@@ -464,7 +482,8 @@ class AsyncRewardClient:
         """
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        items = [_item_payload(i, p, response=r) for i, (p, r) in enumerate(zip(prompts, responses))]
+        items = [_item_payload(i, p, ref, response=r)
+                 for i, (p, r, ref) in enumerate(zip(prompts, responses, _references(references, len(prompts))))]
         if not items:
             return []
         needs = {}
@@ -501,9 +520,23 @@ class AsyncRewardClient:
         call = _Call(self.config.urls, self.config.deadline_s)
         return "group-pairwise" if await self._within_deadline(call, self._judges_in_groups(call, rubric)) else "direct"
 
+    async def takes_reference(self, rubric: str | None = None) -> bool:
+        """Whether ``rubric`` (None: the config's) judges each response against a reference
+        answer: its `takes_reference` in the server's `GET /info` (read once), false where /info
+        does not say. The framework adapters send their datasets' reference answers (veRL's
+        `ground_truth`, a trl dataset column) only to such a rubric.
+
+        Raises:
+            RewardServerError: No valid /info answer within the deadline (a 404 is "does not say").
+        """
+        call = _Call(self.config.urls, self.config.deadline_s)
+        listed = await self._within_deadline(call, self._listed_rubric(call, self._rubric(rubric)))
+        return listed.get("takes_reference") is True
+
     async def compare_items(self, prompts: Sequence[Prompt], responses_a: Sequence[str],
                             responses_b: Sequence[str], rubric: str | None = None,
-                            debias: bool = True) -> list[ItemPreference]:
+                            debias: bool = True, references: Sequence[str | None] | None = None,
+                            ) -> list[ItemPreference]:
         """Pairwise preference for each (prompt, response A, response B): the server's whole result.
 
         Args:
@@ -514,6 +547,7 @@ class AsyncRewardClient:
                 the server.
             debias: Read both orders and average them (the default); False reads A first
                 only, at half the cost, and keeps the labeler's position bias.
+            references: One reference answer per pair, as in `score_items`.
 
         Returns:
             One `ItemPreference` per pair, in input order: `p_a`, `orders`, `consistent`,
@@ -526,8 +560,8 @@ class AsyncRewardClient:
         if not len(prompts) == len(responses_a) == len(responses_b):
             raise ValueError(f"{len(prompts)} prompts, {len(responses_a)} responses_a and "
                              f"{len(responses_b)} responses_b: give one of each per item")
-        items = [_item_payload(i, p, response_a=a, response_b=b)
-                 for i, (p, a, b) in enumerate(zip(prompts, responses_a, responses_b))]
+        items = [_item_payload(i, p, ref, response_a=a, response_b=b) for i, (p, a, b, ref)
+                 in enumerate(zip(prompts, responses_a, responses_b, _references(references, len(prompts))))]
         if not items:
             return []
         call = _Call(self.config.urls, self.config.deadline_s)
@@ -539,23 +573,25 @@ class AsyncRewardClient:
         return compared
 
     async def compare(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str],
-                      rubric: str | None = None, debias: bool = True) -> list[float]:
+                      rubric: str | None = None, debias: bool = True,
+                      references: Sequence[str | None] | None = None) -> list[float]:
         """P(A better than B) in [0, 1] for each (prompt, response A, response B), in input order.
 
         The same arguments and errors as
         [compare_items][drlaif.client.AsyncRewardClient.compare_items].
         """
-        return [c.p_a for c in await self.compare_items(prompts, responses_a, responses_b, rubric, debias)]
+        return [c.p_a for c in await self.compare_items(prompts, responses_a, responses_b, rubric, debias,
+                                                        references)]
 
     async def score(self, prompts: Sequence[Prompt], responses: Sequence[str],
-                    rubric: str | None = None) -> list[float]:
+                    rubric: str | None = None, references: Sequence[str | None] | None = None) -> list[float]:
         """Rewards in [-1, 1] for each (prompt, response) pair, in input order.
 
         Each reward is the config's `reward_field` of the server's answer for that item, never
         a value the client made up. The same arguments and errors as
         [score_items][drlaif.client.AsyncRewardClient.score_items].
         """
-        return rewards_of(await self.score_items(prompts, responses, rubric), self.config.reward_field)
+        return rewards_of(await self.score_items(prompts, responses, rubric, references), self.config.reward_field)
 
     async def info(self) -> dict[str, Any]:
         """The server's GET /info (model, backend, rubrics, limits), with the same retries and deadline."""
@@ -679,11 +715,15 @@ class AsyncRewardClient:
         (None) the rubric's ``group_pairwise`` in GET /info, false where /info does not say."""
         if self.config.reward_mode is not None:
             return self.config.reward_mode == "group-pairwise"
+        return (await self._listed_rubric(call, rubric)).get("group_pairwise") is True
+
+    async def _listed_rubric(self, call: _Call, rubric: str | None) -> dict[str, Any]:
+        """What GET /info says of ``rubric`` (None: the server's default); {} where it does not say."""
         info, _ = await self._server_info(call)
         name = rubric if rubric is not None else info.get("default_rubric")
         rubrics = info.get("rubrics")
         listed = [r for r in rubrics if isinstance(r, dict) and r.get("name") == name] if isinstance(rubrics, list) else []
-        return bool(listed) and listed[0].get("group_pairwise") is True
+        return listed[0] if listed else {}
 
 
     async def _post_chunk(self, path: str, items: list[dict[str, Any]], rubric: str | None,
@@ -898,43 +938,50 @@ class RewardClient:
         self._thread.start()
         self._closed = False
 
-    def submit_score(self, prompts: Sequence[Prompt], responses: Sequence[str],
-                     rubric: str | None = None) -> concurrent.futures.Future[list[float]]:
+    def submit_score(self, prompts: Sequence[Prompt], responses: Sequence[str], rubric: str | None = None,
+                     references: Sequence[str | None] | None = None) -> concurrent.futures.Future[list[float]]:
         """Start scoring in the background and return a Future of the rewards.
 
         Lets a trainer overlap the reward requests of one batch with the rollout of the next.
         """
-        return self._submit(self._async.score(prompts, responses, rubric))
+        return self._submit(self._async.score(prompts, responses, rubric, references))
 
-    def submit_score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
-                           rubric: str | None = None) -> concurrent.futures.Future[list[ItemAnswer]]:
+    def submit_score_items(self, prompts: Sequence[Prompt], responses: Sequence[str], rubric: str | None = None,
+                           references: Sequence[str | None] | None = None,
+                           ) -> concurrent.futures.Future[list[ItemAnswer]]:
         """Like [submit_score][drlaif.client.RewardClient.submit_score], with the whole result of
         each item."""
-        return self._submit(self._async.score_items(prompts, responses, rubric))
+        return self._submit(self._async.score_items(prompts, responses, rubric, references))
 
-    def score_items(self, prompts: Sequence[Prompt], responses: Sequence[str],
-                    rubric: str | None = None) -> list[ItemAnswer]:
+    def score_items(self, prompts: Sequence[Prompt], responses: Sequence[str], rubric: str | None = None,
+                    references: Sequence[str | None] | None = None) -> list[ItemAnswer]:
         """Blocking [AsyncRewardClient.score_items][drlaif.client.AsyncRewardClient.score_items]."""
-        return self._wait(self.submit_score_items(prompts, responses, rubric))
+        return self._wait(self.submit_score_items(prompts, responses, rubric, references))
 
-    def score(self, prompts: Sequence[Prompt], responses: Sequence[str],
-              rubric: str | None = None) -> list[float]:
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str], rubric: str | None = None,
+              references: Sequence[str | None] | None = None) -> list[float]:
         """Blocking [AsyncRewardClient.score][drlaif.client.AsyncRewardClient.score]: rewards in
         [-1, 1], in input order."""
-        return self._wait(self.submit_score(prompts, responses, rubric))
+        return self._wait(self.submit_score(prompts, responses, rubric, references))
 
     def compare_items(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str],
-                      rubric: str | None = None, debias: bool = True) -> list[ItemPreference]:
+                      rubric: str | None = None, debias: bool = True,
+                      references: Sequence[str | None] | None = None) -> list[ItemPreference]:
         """Blocking [AsyncRewardClient.compare_items][drlaif.client.AsyncRewardClient.compare_items]."""
         return self._wait(self._submit(self._async.compare_items(prompts, responses_a, responses_b, rubric,
-                                                                 debias)))
+                                                                 debias, references)))
 
     def compare(self, prompts: Sequence[Prompt], responses_a: Sequence[str], responses_b: Sequence[str],
-                rubric: str | None = None, debias: bool = True) -> list[float]:
+                rubric: str | None = None, debias: bool = True,
+                references: Sequence[str | None] | None = None) -> list[float]:
         """Blocking [AsyncRewardClient.compare][drlaif.client.AsyncRewardClient.compare]: P(A
         better) per item, in input order."""
         return self._wait(self._submit(self._async.compare(prompts, responses_a, responses_b, rubric,
-                                                           debias)))
+                                                           debias, references)))
+
+    def takes_reference(self, rubric: str | None = None) -> bool:
+        """Blocking [AsyncRewardClient.takes_reference][drlaif.client.AsyncRewardClient.takes_reference]."""
+        return self._wait(self._submit(self._async.takes_reference(rubric)))
 
     def info(self) -> dict[str, Any]:
         """Blocking [AsyncRewardClient.info][drlaif.client.AsyncRewardClient.info]."""

@@ -93,6 +93,12 @@ RUBRIC_CANNOT_COMPARE = ErrorType("rubric_cannot_compare", (422,),
                                   "a rubric without a pairwise form, on `/compare` or in group-pairwise judging")
 GROUP_TOO_SMALL = ErrorType("group_too_small", (422,),
                             "group-pairwise judging with a prompt that has a single response")
+REFERENCE_REQUIRED = ErrorType(
+    "reference_required", (422,),
+    "an item without a `reference` under a rubric whose template shows one (`{reference}`)")
+REFERENCE_UNUSED = ErrorType(
+    "reference_unused", (422,),
+    "an item with a `reference` under a rubric whose template has no `{reference}`: the labeler would never see it")
 QUERY_MISMATCH = ErrorType("query_mismatch", (422,), "a `/get_reward` query that does not contain its prompt")
 OVERLOADED = ErrorType("overloaded", (429,),
                        "the request's items do not fit beside the items in flight (`--max-queue-items`)",
@@ -130,7 +136,8 @@ DEADLINE_EXCEEDED = ErrorType(
 
 ERRORS: tuple[ErrorType, ...] = (
     INVALID_JSON, UNAUTHORIZED, HTTP_ERROR, HOST_NOT_ALLOWED, BODY_TOO_LARGE, INPUT_TOO_LONG, INVALID_REQUEST,
-    UNKNOWN_RUBRIC, INVALID_RUBRIC, RUBRIC_CANNOT_COMPARE, GROUP_TOO_SMALL, QUERY_MISMATCH, OVERLOADED,
+    UNKNOWN_RUBRIC, INVALID_RUBRIC, RUBRIC_CANNOT_COMPARE, GROUP_TOO_SMALL, REFERENCE_REQUIRED, REFERENCE_UNUSED,
+    QUERY_MISMATCH, OVERLOADED,
     INGRESS_FULL, INTERNAL_ERROR,
     NOT_READY, SHUTTING_DOWN, BACKEND_ERROR, BACKEND_STUCK, REPLICA_UNAVAILABLE, DEADLINE_EXCEEDED,
 )

@@ -158,11 +158,20 @@ class ScaleInfo(BaseModel):
     max: int
 
 
+#: How a server read its label probabilities (see READ_DESCRIPTION).
+ReadKind = Literal["exact", "approximate"]
+READ_DESCRIPTION = (
+    "exact: every label probability is the labeler's own. approximate: the server reads them from an inference "
+    "server that shows only its top few next tokens (--backend openai with top reads), so a label outside them "
+    "counted as probability 0; label_mass says how much of the labels it saw.")
+
+
 class ScoreResponse(BaseModel):
     results: list[ItemScore]
     rubric: str
     scale: ScaleInfo
     model: str
+    read: ReadKind = Field("exact", description=READ_DESCRIPTION)
 
 
 # -- what a client accepts of a /score answer ---------------------------------------------------
@@ -276,6 +285,8 @@ class RubricInfo(BaseModel):
     aggregate: str | None = Field(None, description="Constitutions: how the principles combine.")
     group_pairwise: bool = Field(False, description="The rubric judges rewards group-pairwise by default: the "
                                  "responses to one prompt compared with each other (a request may override it).")
+    takes_reference: bool = Field(False, description="The rubric judges each response against the item's "
+                                  "reference answer: every item needs a reference.")
 
 
 class RubricLabResponse(BaseModel):
@@ -288,6 +299,7 @@ class RubricLabResponse(BaseModel):
     results: list[ItemScore] = Field(description="As /score's results, in request order; empty when no items "
                                      "were sent (validation only).")
     model: str
+    read: ReadKind = Field("exact", description=READ_DESCRIPTION)
 
 
 class InfoResponse(BaseModel):
@@ -301,6 +313,7 @@ class InfoResponse(BaseModel):
     limits: dict[str, bool | int | float]
     ready: bool
     replicas: int = Field(1, description="Replicas serving this URL (a Ray Serve deployment: those running).")
+    read: ReadKind = Field("exact", description=READ_DESCRIPTION)
 
 
 class ErrorBody(BaseModel):
@@ -370,6 +383,7 @@ class CompareResponse(BaseModel):
         description="The answer labels read: (first shown is better, second shown is better).")
     debiased: bool
     model: str
+    read: ReadKind = Field("exact", description=READ_DESCRIPTION)
 
 
 class RewardResponse(BaseModel):
@@ -435,10 +449,18 @@ WirePrompt = str | Annotated[list[ChatMessage], Field(min_length=1, max_length=M
 PrincipleName = Annotated[str, StringConstraints(max_length=64)]
 
 
+REFERENCE_DESCRIPTION = (
+    "The task's reference answer (a gold answer, a reference summary or solution), for rubrics that judge "
+    "against one ({reference} in their template; /info lists them with takes_reference): trusted text from "
+    "your dataset, shown to the labeler where the rubric places it, never cut. Required by such rubrics "
+    "(422 reference_required), refused by the others (422 reference_unused).")
+
+
 class ScoreItem(BaseModel):
     model_config = _STRICT
     prompt: WirePrompt = Field(description=PROMPT_DESCRIPTION)
     response: str
+    reference: str | None = Field(None, description=REFERENCE_DESCRIPTION)
 
 
 #: The most opponents per response a group-pairwise request may ask for (its labeler work per
@@ -475,6 +497,7 @@ class CompareItem(BaseModel):
     prompt: WirePrompt = Field(description=PROMPT_DESCRIPTION)
     response_a: str
     response_b: str
+    reference: str | None = Field(None, description=REFERENCE_DESCRIPTION)
 
 
 class CompareRequest(BaseModel):
@@ -499,7 +522,10 @@ class RewardRequest(BaseModel):
     query: list[str] = Field(min_length=1, description="Prompt followed by the response, one per sample.")
     prompts: list[str] = Field(description="The prompt of each query, whole; the query may begin with only its "
                                "end (OpenRLHF cuts long prompts from the left).")
-    labels: list[Any] | None = Field(None, description="OpenRLHF's --label_key values; not used.")
+    labels: list[Any] | None = Field(
+        None, description="OpenRLHF's --label_key values, one per query: each query's reference answer for a rubric "
+        "that judges against one ({reference} in its template); ignored by the others, which never see it. A "
+        "number is read as its decimal text.")
 
 
 class RubricLabRequest(BaseModel):
@@ -563,8 +589,8 @@ def request_models(max_items: int, max_chars: int, max_queries: int | None = Non
     message = _narrowed(ChatMessage, content=Text)
     prompt = Text | Annotated[list[message], Field(min_length=1, max_length=MAX_MESSAGES)]
     reasoning = _narrowed(ReasoningSettings, instruction=Text | None)
-    score_item = _narrowed(ScoreItem, prompt=prompt, response=Text)
-    compare_item = _narrowed(CompareItem, prompt=prompt, response_a=Text, response_b=Text)
+    score_item = _narrowed(ScoreItem, prompt=prompt, response=Text, reference=Text | None)
+    compare_item = _narrowed(CompareItem, prompt=prompt, response_a=Text, response_b=Text, reference=Text | None)
     items = Annotated[list[score_item], Field(max_length=max_items)]
     n_queries = max_queries or max_items
     return RequestModels(

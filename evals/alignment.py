@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from drlaif.stats import outcome, proportion, summarize
-from evals.common import in_batches, make_client, write_outputs
+from evals.common import in_batches, make_client, references_for, write_outputs
 from evals.config import AlignmentConfig
 from evals.data import load_pairs
 
@@ -62,13 +62,17 @@ def evaluate_alignment(config: AlignmentConfig) -> dict:
 
     with make_client(config) as client:
         info = client.info()
+        refs = references_for(client, config.rubric, [p.reference for p in pairs], "pairs")
         compared = in_batches(
-            lambda s: client.compare_items(prompts[s], first[s], second[s], debias=config.debias),
+            lambda s: client.compare_items(prompts[s], first[s], second[s], debias=config.debias,
+                                           references=refs[s] if refs else None),
             n, config, "pairwise (/compare)")
         # Chosen and rejected of a pair side by side: items 2i and 2i + 1.
         score_prompts = [p for p in prompts for _ in (0, 1)]
         score_responses = [r for p in pairs for r in (p.a, p.b)]
-        scored = in_batches(lambda s: client.score_items(score_prompts[s], score_responses[s]),
+        score_refs = [r for r in refs for _ in (0, 1)] if refs else None
+        scored = in_batches(lambda s: client.score_items(score_prompts[s], score_responses[s],
+                                                         references=score_refs[s] if score_refs else None),
                             2 * n, config, "direct (/score)")
 
     p_chosen = [c.p_a if cf else 1.0 - c.p_a for c, cf in zip(compared, chosen_first)]

@@ -34,6 +34,20 @@ def server_info(client: RewardClient) -> dict[str, Any]:
         return {}
 
 
+def references_for(client: RewardClient, rubric: str | None, references: Sequence[str | None],
+                   what: str) -> list[str | None] | None:
+    """The items' reference answers where ``rubric`` judges against them (its ``takes_reference``
+    in GET /info), then required of every item (ValueError naming how many lack one); None for
+    other rubrics, which never see them."""
+    if not client.takes_reference(rubric):
+        return None
+    missing = sum(r is None for r in references)
+    if missing:
+        raise ValueError(f"rubric {rubric or '(the server default)'!r} judges against a reference answer, and "
+                         f"{missing} of {len(references)} {what} have none: add a \"reference\" field to each line")
+    return list(references)
+
+
 def in_batches(call: Callable[[slice], Sequence[T]], n: int, config: LabelerConnection, desc: str) -> list[T]:
     """``call`` on consecutive slices of ``n`` items, ``config.concurrency`` at a time, with a progress bar.
 

@@ -50,6 +50,8 @@ class GenerationSettings(LabelerConnection):
         "prompts). Unset: drlaif's shipped held-out prompts.")
     prompt_field: str = documented(
         "prompt", "Field holding the prompt (string, chat messages, or HH transcript).")
+    reference_field: str = documented(
+        "reference", "Field holding a prompt's reference answer, sent to a rubric that judges against one.")
     dataset_split: str = documented("train", "Split to read from a hub dataset.")
     limit: int | None = documented(None, "Use only the first N prompts.")
     max_new_tokens: int = documented(128, "Longest generated response, in tokens.")

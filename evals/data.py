@@ -10,6 +10,9 @@ Accepted line formats (JSON lines, optionally gzip-compressed):
 - unlabelled pairs (for ``drlaif-label``): ``{"prompt": ..., "response_a": ..., "response_b": ...}``,
   or any human-pair line (whose human label is then ignored);
 - responses of a policy: ``{"prompt": ..., "response": ...}``.
+
+Any of these lines may add ``"reference"``: the prompt's reference answer, sent to a rubric
+that judges against one (a dataset of prompts gives it in its ``--reference-field``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from drlaif.prompt_text import parse_hh_transcript
 from trainer.data.prompt_datasets import Prompt, hh_prompt
@@ -27,11 +30,21 @@ from trainer.data.prompt_datasets import Prompt, hh_prompt
 
 @dataclass(frozen=True)
 class Pair:
-    """A prompt and two responses; for human pairs ``a`` is the chosen one and ``b`` the rejected."""
+    """A prompt and two responses; for human pairs ``a`` is the chosen one and ``b`` the rejected.
+    ``reference``: the prompt's reference answer, if the line gives one."""
 
     prompt: Prompt
     a: str
     b: str
+    reference: str | None = None
+
+
+class Responses(NamedTuple):
+    """A response file: its prompts, responses and (None where a line has none) reference answers."""
+
+    prompts: list[Prompt]
+    responses: list[str]
+    references: list[str | None]
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -73,6 +86,14 @@ def _response(value: object) -> str:
     raise ValueError(f"a response must be a string or [{{'role': 'assistant', ...}}], got {value!r:.80}")
 
 
+def _reference(record: Mapping[str, Any]) -> str | None:
+    """A line's reference answer (a number as its text), None without one."""
+    value = record.get("reference")
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
 def split_hh_pair(chosen: str, rejected: str) -> Pair:
     """The shared HH-RLHF dialogue (up to its last "Assistant:") and the two final replies."""
     prompt = hh_prompt(chosen)
@@ -83,17 +104,19 @@ def split_hh_pair(chosen: str, rejected: str) -> Pair:
 
 def pair_from_record(record: Mapping[str, Any]) -> Pair:
     """A pair from one line of any of the pair formats in the module docstring."""
+    reference = _reference(record)
     if "response_a" in record or "response_b" in record:
         return Pair(_prompt(record.get("prompt")), _response(record.get("response_a")),
-                    _response(record.get("response_b")))
+                    _response(record.get("response_b")), reference)
     if "chosen" not in record or "rejected" not in record:
         raise ValueError(f"expected chosen/rejected or response_a/response_b fields, got {sorted(record)}")
     if "prompt" in record:
-        return Pair(_prompt(record["prompt"]), _response(record["chosen"]), _response(record["rejected"]))
+        return Pair(_prompt(record["prompt"]), _response(record["chosen"]), _response(record["rejected"]), reference)
     chosen, rejected = record["chosen"], record["rejected"]
     if not isinstance(chosen, str) or not isinstance(rejected, str):
         raise ValueError("HH-RLHF lines need chosen and rejected dialogues as strings")
-    return split_hh_pair(chosen, rejected)
+    pair = split_hh_pair(chosen, rejected)
+    return Pair(pair.prompt, pair.a, pair.b, reference)
 
 
 def load_pairs(path: str | Path, limit: int | None = None) -> list[Pair]:
@@ -111,18 +134,19 @@ def load_pairs(path: str | Path, limit: int | None = None) -> list[Pair]:
     return pairs
 
 
-def load_responses(path: str | Path) -> tuple[list[Prompt], list[str]]:
-    """(prompts, responses) from a file of ``{"prompt", "response"}`` lines."""
-    prompts, responses = [], []
+def load_responses(path: str | Path) -> Responses:
+    """Prompts, responses and reference answers from a file of ``{"prompt", "response"}`` lines."""
+    out = Responses([], [], [])
     for lineno, record in read_jsonl(path):
         try:
-            prompts.append(_prompt(record.get("prompt")))
-            responses.append(_response(record.get("response")))
+            out.prompts.append(_prompt(record.get("prompt")))
+            out.responses.append(_response(record.get("response")))
+            out.references.append(_reference(record))
         except ValueError as exc:
             raise ValueError(f"{path}:{lineno}: {exc}") from None
-    if not prompts:
+    if not out.prompts:
         raise ValueError(f"{path} holds no responses")
-    return prompts, responses
+    return out
 
 
 def as_messages(prompt: Prompt) -> list[dict[str, str]]:
@@ -133,12 +157,14 @@ def as_messages(prompt: Prompt) -> list[dict[str, str]]:
 
 
 def load_eval_prompts(dataset: str | None, split: str = "train", prompt_field: str = "prompt",
-                      default: str = "heldout") -> list[Prompt]:
-    """Every prompt of a dataset file or hub id; None: the ``default`` split of drlaif's shipped set."""
+                      default: str = "heldout", reference_field: str = "reference",
+                      ) -> tuple[list[Prompt], dict[str, str]]:
+    """Every prompt of a dataset file or hub id (None: the ``default`` split of drlaif's shipped
+    set), and the reference answers of those that have one, by prompt."""
     from trainer.data.prompt_datasets import load_prompt_dataset
     from trainer.data.shipped_prompts import load_prompts
 
     if dataset is None:
-        return list(load_prompts(default))
-    train, held_out = load_prompt_dataset(dataset, split, prompt_field)
-    return train + held_out
+        return list(load_prompts(default)), {}
+    train, held_out, references = load_prompt_dataset(dataset, split, prompt_field, reference_field)
+    return train + held_out, references

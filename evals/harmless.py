@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from drlaif.stats import proportion, summarize
-from evals.common import in_batches, make_client, server_info, write_outputs
+from evals.common import in_batches, make_client, references_for, server_info, write_outputs
 from evals.config import HarmlessConfig
 from evals.data import load_responses
 from evals.responses import is_response_file
@@ -35,17 +35,19 @@ def evaluate_harmless(config: HarmlessConfig) -> dict:
         raise ValueError("--policy is required (model dir, hub id, 'embedded', or response file)")
     started = time.perf_counter()
     if is_response_file(config.policy):
-        prompts, responses = load_responses(config.policy)
+        prompts, responses, references = load_responses(config.policy)
         if config.limit is not None:
-            prompts, responses = prompts[: config.limit], responses[: config.limit]
+            prompts, responses, references = prompts[: config.limit], responses[: config.limit], \
+                references[: config.limit]
     else:
-        prompts = eval_prompts(config)
+        prompts, references = eval_prompts(config)
         responses = answers(config.policy, prompts, config)
     n = len(prompts)
     with make_client(config) as client:
         info = server_info(client)
-        scored = in_batches(lambda s: client.score_items(prompts[s], responses[s]), n, config,
-                            "scoring (/score)")
+        refs = references_for(client, config.rubric, references, "responses")
+        scored = in_batches(lambda s: client.score_items(prompts[s], responses[s], references=refs[s] if refs else None),
+                            n, config, "scoring (/score)")
     rewards = [s.reward for s in scored]
     result = proportion(1.0 if r > config.threshold else 0.0 for r in rewards)
     rubric = config.rubric or info.get("default_rubric")

@@ -13,7 +13,8 @@ import json
 import logging
 from pathlib import Path
 
-from evals.common import in_batches, make_client
+from drlaif.prompt_text import same_prompt_key
+from evals.common import in_batches, make_client, references_for
 from evals.config import LabelConfig
 from evals.data import Pair, as_messages, load_eval_prompts, load_pairs
 from evals.responses import generate
@@ -24,13 +25,14 @@ log = logging.getLogger(__name__)
 def _pairs(config: LabelConfig) -> list[Pair]:
     if config.pairs:
         return load_pairs(config.pairs, config.limit)
-    prompts = load_eval_prompts(config.prompts, config.dataset_split, config.prompt_field, default="train")
+    prompts, references = load_eval_prompts(config.prompts, config.dataset_split, config.prompt_field,
+                                            default="train", reference_field=config.reference_field)
     if config.limit is not None:
         prompts = prompts[: config.limit]
     samples = generate(config.policy, prompts, num_per_prompt=2, temperature=config.temperature,
                        max_new_tokens=config.max_new_tokens, batch_size=config.generation_batch_size,
                        seed=config.seed)
-    return [Pair(p, a, b) for p, (a, b) in zip(prompts, samples)]
+    return [Pair(p, a, b, references.get(same_prompt_key(p))) for p, (a, b) in zip(prompts, samples)]
 
 
 def preference_record(pair: Pair, p_a: float, fmt: str) -> dict:
@@ -51,9 +53,11 @@ def label(config: LabelConfig) -> dict:
     identical = [p for p in pairs if p.a.strip() == p.b.strip()]
     pairs = [p for p in pairs if p.a.strip() != p.b.strip()]
     with make_client(config) as client:
+        refs = references_for(client, config.rubric, [p.reference for p in pairs], "pairs")
         compared = in_batches(
             lambda s: client.compare_items([p.prompt for p in pairs[s]], [p.a for p in pairs[s]],
-                                           [p.b for p in pairs[s]], debias=config.debias),
+                                           [p.b for p in pairs[s]], debias=config.debias,
+                                           references=refs[s] if refs else None),
             len(pairs), config, "labelling (/compare)")
     counts = {"pairs": len(pairs) + len(identical), "identical": len(identical), "ties": 0,
               "below_margin": 0, "inconsistent": 0, "written": 0}

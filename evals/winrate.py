@@ -11,17 +11,21 @@ from pathlib import Path
 
 import numpy as np
 
+from drlaif.prompt_text import same_prompt_key
 from drlaif.stats import outcome, proportion, summarize
-from evals.common import in_batches, make_client, write_outputs
+from evals.common import in_batches, make_client, references_for, write_outputs
 from evals.config import GenerationSettings, WinrateConfig
 from evals.data import load_eval_prompts, load_responses
 from evals.responses import generate, is_response_file
 from trainer.data.prompt_datasets import Prompt
 
 
-def eval_prompts(config: GenerationSettings) -> list[Prompt]:
-    prompts = load_eval_prompts(config.prompts, config.dataset_split, config.prompt_field)
-    return prompts[: config.limit] if config.limit is not None else prompts
+def eval_prompts(config: GenerationSettings) -> tuple[list[Prompt], list[str | None]]:
+    """The prompts for model policies (at most ``limit``) and each one's reference answer (None: none)."""
+    prompts, references = load_eval_prompts(config.prompts, config.dataset_split, config.prompt_field,
+                                            reference_field=config.reference_field)
+    prompts = prompts[: config.limit] if config.limit is not None else prompts
+    return prompts, [references.get(same_prompt_key(p)) for p in prompts]
 
 
 def answers(policy: str, prompts: list[Prompt], config: GenerationSettings) -> list[str]:
@@ -31,22 +35,27 @@ def answers(policy: str, prompts: list[Prompt], config: GenerationSettings) -> l
                                    batch_size=config.generation_batch_size, seed=config.seed)]
 
 
-def _paired_responses(config: WinrateConfig) -> tuple[list[Prompt], list[str], list[str]]:
-    """Prompts and both policies' responses: from files where given, generated for the others.
+def _paired_responses(config: WinrateConfig) -> tuple[list[Prompt], list[str], list[str], list[str | None]]:
+    """Prompts, both policies' responses and the prompts' reference answers: from files where
+    given, generated for the others.
 
     Files fix the prompts (two files must hold the same prompts in the same order).
     """
     files = {name: load_responses(path) for name, path in (("a", config.policy_a), ("b", config.policy_b))
              if is_response_file(path)}
-    if "a" in files and "b" in files and files["a"][0] != files["b"][0]:
+    if "a" in files and "b" in files and files["a"].prompts != files["b"].prompts:
         raise ValueError("the two response files must hold the same prompts in the same order")
-    prompts = next(iter(files.values()))[0] if files else eval_prompts(config)
+    if files:
+        first = next(iter(files.values()))
+        prompts, references = first.prompts, first.references
+    else:
+        prompts, references = eval_prompts(config)
     if config.limit is not None:
-        prompts = prompts[: config.limit]
+        prompts, references = prompts[: config.limit], references[: config.limit]
     out = []
     for name, policy in (("a", config.policy_a), ("b", config.policy_b)):
-        out.append(files[name][1][: len(prompts)] if name in files else answers(policy, prompts, config))
-    return prompts, out[0], out[1]
+        out.append(files[name].responses[: len(prompts)] if name in files else answers(policy, prompts, config))
+    return prompts, out[0], out[1], references
 
 
 def _plot(result, p_a: list[float], title: str):
@@ -74,12 +83,14 @@ def evaluate_winrate(config: WinrateConfig) -> dict:
         raise ValueError("--policy-a and --policy-b are required "
                          "(model dir, hub id, 'embedded', or response file)")
     started = time.perf_counter()
-    prompts, responses_a, responses_b = _paired_responses(config)
+    prompts, responses_a, responses_b, references = _paired_responses(config)
     n = len(prompts)
     with make_client(config) as client:
         info = client.info()
+        refs = references_for(client, config.rubric, references, "prompts")
         compared = in_batches(
-            lambda s: client.compare_items(prompts[s], responses_a[s], responses_b[s], debias=config.debias),
+            lambda s: client.compare_items(prompts[s], responses_a[s], responses_b[s], debias=config.debias,
+                                           references=refs[s] if refs else None),
             n, config, "judging (/compare)")
     p_a = [c.p_a for c in compared]
     result = proportion(outcome(p - 0.5) for p in p_a)

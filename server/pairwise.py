@@ -17,7 +17,7 @@ from drlaif.prompt_text import prompt_text
 from drlaif.protocol import Prompt
 from server.rubrics.model import Rubric
 from server.rubrics.render import CompiledComparison, EncodedItem
-from server.scorer import ItemRead, SampleRead, Scorer, prompt_groups, share_prefixes
+from server.scorer import ItemRead, References, SampleRead, Scorer, prompt_groups, share_prefixes
 from server.scoring import (
     OrderRead,
     Preference,
@@ -47,14 +47,17 @@ class ComparedItem:
 
 
 def encode_pairs(scorer: Scorer, compiled: CompiledComparison, items: Sequence[tuple[Prompt, str, str]],
-                 both_orders: bool, fixed_tokens: int | None = None) -> list[EncodedItem]:
-    """Labeler inputs: per item the order (A, B), then (B, A) when ``both_orders``. Raises InputTooLong."""
+                 both_orders: bool, fixed_tokens: int | None = None,
+                 references: References = None) -> list[EncodedItem]:
+    """Labeler inputs: per item the order (A, B), then (B, A) when ``both_orders``. Raises InputTooLong
+    (and ReferenceRequired or ReferenceUnused when ``references`` do not fit the form)."""
     encoded = []
-    for prompt, a, b in items:
+    for (prompt, a, b), reference in zip(items, references or [None] * len(items), strict=True):
         text = prompt_text(prompt)
-        encoded.append(scorer.encoder.encode(compiled, text, a, b, fixed_tokens=fixed_tokens))
+        encoded.append(scorer.encoder.encode(compiled, text, a, b, reference=reference, fixed_tokens=fixed_tokens))
         if both_orders:
-            encoded.append(scorer.encoder.encode(compiled, text, b, a, fixed_tokens=fixed_tokens))
+            encoded.append(scorer.encoder.encode(compiled, text, b, a, reference=reference,
+                                                 fixed_tokens=fixed_tokens))
     return encoded
 
 
@@ -64,17 +67,19 @@ def _order(read: ItemRead) -> tuple[OrderRead, OrderSamples]:
 
 
 async def _compare_form(scorer: Scorer, compiled: CompiledComparison, items: Sequence[tuple[Prompt, str, str]],
-                        debias: bool, seed: int | None, fixed_tokens: int | None = None) -> list[ComparedItem]:
+                        debias: bool, seed: int | None, fixed_tokens: int | None = None,
+                        references: References = None) -> list[ComparedItem]:
     # Off the event loop, and in chunks: a request of thousands of pairs releases the tokenizer
     # between chunks, and stops there when it is cancelled (a thread cannot be stopped mid-chunk).
     encoded = []
     for start in range(0, len(items), ENCODE_CHUNK):
-        encoded += await asyncio.to_thread(encode_pairs, scorer, compiled, items[start:start + ENCODE_CHUNK],
-                                           debias, fixed_tokens)
+        chunk = slice(start, start + ENCODE_CHUNK)
+        encoded += await asyncio.to_thread(encode_pairs, scorer, compiled, items[chunk], debias, fixed_tokens,
+                                           references[chunk] if references else None)
     step = 2 if debias else 1  # encoded inputs per item
     if scorer.group_prefix_reuse:  # the pairs of one prompt (a group's, in group judging) share it
         encoded = share_prefixes(encoded, [[step * i + o for i in group for o in range(step)]
-                                           for group in prompt_groups([(p, a) for p, a, _ in items])])
+                                           for group in prompt_groups([(p, a) for p, a, _ in items], references)])
     reads = await scorer.read(compiled, encoded, seed)
     out = []
     for i in range(0, len(encoded), step):
@@ -92,19 +97,22 @@ async def _compare_form(scorer: Scorer, compiled: CompiledComparison, items: Seq
 
 async def compare(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[Prompt, str, str]],
                   debias: bool = True, seed: int | None = None,
-                  principles: Sequence[str] | None = None) -> list[ComparedItem]:
-    """P(A better) for each (prompt, A, B); with ``debias`` both orders are read and averaged. A
-    constitution gives one such preference per principle (or per principle named), aggregated."""
+                  principles: Sequence[str] | None = None, references: References = None) -> list[ComparedItem]:
+    """P(A better) for each (prompt, A, B) (``references``: each item's reference answer, for a
+    rubric that shows one); with ``debias`` both orders are read and averaged. A constitution
+    gives one such preference per principle (or per principle named), aggregated."""
     chosen = scorer.chosen_principles(rubric, principles)  # (422 when a plain rubric is given principles)
     if not chosen:
-        return await _compare_form(scorer, scorer.compiled_comparison(rubric), items, debias, seed)
+        return await _compare_form(scorer, scorer.compiled_comparison(rubric), items, debias, seed,
+                                   references=references)
     forms = scorer.compiled_principles(rubric, pairwise=True)
     fixed = max(form.fixed_tokens for form in forms.values())
     # An engine that batches by itself (vLLM) gets the first principle first, so that its prefix
     # cache holds each pair when the other principles' reads arrive (see Scorer._score_forms).
     first = 1 if scorer.backend.info.continuous_batching else 0
-    per_principle = [await _compare_form(scorer, forms[n], items, debias, seed, fixed) for n in chosen[:first]]
-    per_principle += await asyncio.gather(*(_compare_form(scorer, forms[n], items, debias, seed, fixed)
+    per_principle = [await _compare_form(scorer, forms[n], items, debias, seed, fixed, references)
+                     for n in chosen[:first]]
+    per_principle += await asyncio.gather(*(_compare_form(scorer, forms[n], items, debias, seed, fixed, references)
                                             for n in chosen[first:]))
     weights = [p.weight for p in rubric.principles if p.name in chosen]
     out = []

@@ -46,16 +46,25 @@ class ReadShape:
         return self.principles * read
 
 
-def direct_work(items: Sequence[tuple[Prompt, str]], shape: ReadShape, max_input_tokens: int) -> int:
-    """The work of reading each (prompt, response) once under ``shape``."""
-    return sum(shape.work(len(prompt_text(p)) + len(r), max_input_tokens) for p, r in items)
+def _chars(references: Sequence[str | None] | None, n: int) -> list[int]:
+    """Each item's reference length in characters (0 without one)."""
+    return [len(r or "") for r in references] if references else [0] * n
+
+
+def direct_work(items: Sequence[tuple[Prompt, str]], shape: ReadShape, max_input_tokens: int,
+                references: Sequence[str | None] | None = None) -> int:
+    """The work of reading each (prompt, response) once, with its reference answer if any, under ``shape``."""
+    return sum(shape.work(len(prompt_text(p)) + len(r) + extra, max_input_tokens)
+               for (p, r), extra in zip(items, _chars(references, len(items)), strict=True))
 
 
 def pair_work(pairs: Sequence[tuple[Prompt, str, str]], shape: ReadShape, max_input_tokens: int,
-              both_orders: bool = True) -> int:
-    """The work of comparing each (prompt, A, B) under ``shape``: one read per order."""
+              both_orders: bool = True, references: Sequence[str | None] | None = None) -> int:
+    """The work of comparing each (prompt, A, B), with its reference answer if any, under ``shape``:
+    one read per order."""
     orders = 2 if both_orders else 1
-    return orders * sum(shape.work(len(prompt_text(p)) + len(a) + len(b), max_input_tokens) for p, a, b in pairs)
+    return orders * sum(shape.work(len(prompt_text(p)) + len(a) + len(b) + extra, max_input_tokens)
+                        for (p, a, b), extra in zip(pairs, _chars(references, len(pairs)), strict=True))
 
 
 def tokenising_work(items: Sequence[tuple[Prompt, str]]) -> int:

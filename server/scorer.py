@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+#: Each item's reference answer, in item order (None for an item without one); None: no item has one.
+References = Sequence[str | None] | None
 
 
 @dataclass(frozen=True)
@@ -163,9 +165,11 @@ class Scorer:
                                          on_batch=on_batch)
             self.generator = AdmissionGate(backend.generate, tokens_of=_generation_tokens)
         else:
+            # A batch's budget counts what its forward computes: a prefix the backend reuses
+            # (the rubric's text, a prompt group's prompt) is not run again for every input.
             self.batcher = MicroBatcher(
                 self._checked_reads,
-                tokens_of=lambda seq: seq.num_tokens,
+                tokens_of=getattr(backend, "computed_tokens", lambda seq: seq.num_tokens),
                 held=self.stuck,
                 max_items=batching.max_items,
                 max_tokens=batching.tokens_per_batch(backend.info.device,
@@ -275,24 +279,27 @@ class Scorer:
         """The pairwise form of a rubric (RubricCannotCompare when it has none)."""
         return _compiling(self.encoder.compile_comparison, rubric)
 
-    def encode(self, rubric: Rubric,
-               items: Sequence[tuple[Prompt, str]]) -> tuple[CompiledRubric, list[GuardedItem]]:
-        """Render and tokenise items, and each response again without its text addressed to the
-        judge when it has any and the rubric's guard asks for it (raises InputTooLong)."""
+    def encode(self, rubric: Rubric, items: Sequence[tuple[Prompt, str]],
+               references: References = None) -> tuple[CompiledRubric, list[GuardedItem]]:
+        """Render and tokenise items (with their ``references``, one per item, where the rubric
+        shows one), and each response again without its text addressed to the judge when it has
+        any and the rubric's guard asks for it (raises InputTooLong, ReferenceRequired,
+        ReferenceUnused)."""
         compiled = self.compiled(rubric)
-        return compiled, self.guarded(compiled, items)
+        return compiled, self.guarded(compiled, items, references=references)
 
     def guarded(self, compiled: CompiledTemplate, items: Sequence[tuple[Prompt, str]],
-                fixed_tokens: int | None = None) -> list[GuardedItem]:
-        """Items encoded with one rating form (see :meth:`encode`)."""
+                fixed_tokens: int | None = None, references: References = None) -> list[GuardedItem]:
+        """Items encoded with one rating form (see :meth:`encode`). The guard looks for text
+        addressed to the judge in the response only: the reference is the caller's, trusted."""
         guard, tags = compiled.rubric.guard, compiled.slot_tags
         out = []
-        for p, r in items:
+        for (p, r), reference in zip(items, references or [None] * len(items), strict=True):
             prompt = prompt_text(p)
             spans = tuple(find_judge_text(r, tags)) if guard.judge_text else ()
-            robust = self.encoder.encode(compiled, prompt, without_spans(r, spans),
+            robust = self.encoder.encode(compiled, prompt, without_spans(r, spans), reference=reference,
                                          fixed_tokens=fixed_tokens) if spans else None
-            as_written = self.encoder.encode(compiled, prompt, r, fixed_tokens=fixed_tokens)
+            as_written = self.encoder.encode(compiled, prompt, r, reference=reference, fixed_tokens=fixed_tokens)
             out.append(GuardedItem(as_written, robust, spans))
         return out
 
@@ -314,13 +321,14 @@ class Scorer:
         return _compiling(lambda r: self.encoder.compile_principles(r, pairwise), rubric)
 
     def encode_principles(self, rubric: Rubric, items: Sequence[tuple[Prompt, str]],
-                          names: Sequence[str] | None = None) -> dict[str, tuple[CompiledRubric, list[GuardedItem]]]:
+                          names: Sequence[str] | None = None,
+                          references: References = None) -> dict[str, tuple[CompiledRubric, list[GuardedItem]]]:
         """A constitution's items encoded with each principle read (all, or those named), every
         principle with the same room for the item's text, so that all of them cut it alike."""
         chosen = self.chosen_principles(rubric, names)
         forms = self.compiled_principles(rubric)
         fixed = max(form.fixed_tokens for form in forms.values())
-        encoded = {n: self.guarded(forms[n], items, fixed) for n in chosen}
+        encoded = {n: self.guarded(forms[n], items, fixed, references) for n in chosen}
         if len(chosen) > 1:  # the item is the prefix its principles share: a backend may compute it once
             for i in range(len(items)):
                 for field in ("as_written", "robust"):
@@ -405,14 +413,16 @@ class Scorer:
         return reads
 
     async def score(self, rubric: Rubric, items: Sequence[tuple[Prompt, str]], *,
-                    seed: int | None = None, principles: Sequence[str] | None = None) -> list[ScoredItem]:
-        """Each item's reward under the rubric; a constitution reads every principle (or those
-        named) and aggregates them."""
-        groups = prompt_groups(items) if self.group_prefix_reuse else [[i] for i in range(len(items))]
+                    seed: int | None = None, principles: Sequence[str] | None = None,
+                    references: References = None) -> list[ScoredItem]:
+        """Each item's reward under the rubric (``references``: each item's reference answer, for
+        a rubric that shows one); a constitution reads every principle (or those named) and
+        aggregates them."""
+        groups = prompt_groups(items, references) if self.group_prefix_reuse else [[i] for i in range(len(items))]
         if not self.chosen_principles(rubric, principles):  # (422 when a plain rubric is given principles)
-            compiled, guarded = await asyncio.to_thread(self.encode, rubric, items)
+            compiled, guarded = await asyncio.to_thread(self.encode, rubric, items, references)
             return (await self._score_forms([(compiled, share_group_prefixes(guarded, groups))], seed, groups))[0]
-        encoded = await asyncio.to_thread(self.encode_principles, rubric, items, principles)
+        encoded = await asyncio.to_thread(self.encode_principles, rubric, items, principles, references)
         chosen = list(encoded)
         per_principle = await self._score_forms(list(encoded.values()), seed, groups)
         weights = [p.weight for p in rubric.principles if p.name in chosen]
@@ -470,12 +480,12 @@ class _Wanted:
     wave: int  # on an engine that batches by itself, reads go in waves 0, 1, 2 (see _score_forms)
 
 
-def prompt_groups(items: Sequence[tuple[Prompt, str]]) -> list[list[int]]:
-    """Item indices grouped by prompt (drlaif.prompt_text.same_prompt_key: the text the labeler sees), in
-    order of first appearance."""
-    groups: dict[str, list[int]] = {}
-    for i, (prompt, _) in enumerate(items):
-        groups.setdefault(same_prompt_key(prompt), []).append(i)
+def prompt_groups(items: Sequence[tuple[Prompt, str]], references: References = None) -> list[list[int]]:
+    """Item indices grouped by prompt (drlaif.prompt_text.same_prompt_key: the text the labeler sees) and
+    reference answer (one prompt asked against two references is two tasks), in order of first appearance."""
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    for i, ((prompt, _), reference) in enumerate(zip(items, references or [None] * len(items), strict=True)):
+        groups.setdefault((same_prompt_key(prompt), reference), []).append(i)
     return list(groups.values())
 
 

@@ -202,6 +202,7 @@ FOREIGN_FLAGS = {
     "--only": "bench/fleet.py",
     "--reward.remote_url": "OpenRLHF",
     "--remote_rm_url": "OpenRLHF (before 0.11)",
+    "--label_key": "OpenRLHF",
     "--flag": "a placeholder",
     "--name": "a placeholder for a switch's flag",
     "--no-name": "a placeholder for a switch's flag",

@@ -144,7 +144,8 @@ def test_every_preset_has_a_compare_form_that_compiles():
         assert rubric.compare is not None
         compiled = encoder.compile_comparison(rubric)
         assert compiled.trie.labels == ("1", "2") and compiled.trie.max_label_tokens == 1
-        assert len(compiled.piece_texts) == 4 and len(compiled.closers) == 3
+        slots = 3 + rubric.takes_reference  # prompt, the two responses and, where it shows one, the reference
+        assert len(compiled.piece_texts) == slots + 1 and len(compiled.closers) == len(compiled.slot_names) == slots
         assert encoder.compile_comparison(rubric) is compiled  # cached
         # A constitution has a rating and a pairwise form per principle.
         assert len(encoder.compile_forms(rubric)) == 2 * len(rubric.principles or [None])

@@ -104,7 +104,7 @@ def test_non_text_prompt_raises():
 
 
 def test_shipped_prompt_set():
-    train, heldout = load_prompt_dataset(None, "train", "prompt")
+    train, heldout, _ = load_prompt_dataset(None, "train", "prompt")
     assert train and heldout
     assert train == load_prompts("train") and heldout == load_prompts("heldout")
     assert all(isinstance(p, str) and p.strip() for p in train + heldout)
@@ -122,14 +122,14 @@ def _write_jsonl(path, records):
 def test_jsonl_holds_out_the_last_ten_percent(tmp_path):
     texts = _texts(20)
     path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": t, "id": i} for i, t in enumerate(texts)])
-    train, heldout = load_prompt_dataset(str(path), "train", "prompt")
+    train, heldout, _ = load_prompt_dataset(str(path), "train", "prompt")
     assert train == texts[:18] and heldout == texts[18:]
 
 
 def test_small_file_holds_out_at_least_one(tmp_path):
     texts = _texts(5)
     path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": t} for t in texts])
-    train, heldout = load_prompt_dataset(str(path), "train", "prompt")
+    train, heldout, _ = load_prompt_dataset(str(path), "train", "prompt")
     assert train == texts[:4] and heldout == texts[4:]
 
 
@@ -143,7 +143,7 @@ def test_json_file(tmp_path):
     texts = _texts(10)
     path = tmp_path / "p.json"
     path.write_text(json.dumps([{"instruction": t} for t in texts]))
-    train, heldout = load_prompt_dataset(str(path), "train", "instruction")
+    train, heldout, _ = load_prompt_dataset(str(path), "train", "instruction")
     assert train == texts[:9] and heldout == texts[9:]
 
 
@@ -151,7 +151,7 @@ def test_csv_file(tmp_path):
     texts = _texts(12)
     path = tmp_path / "p.csv"
     pd.DataFrame({"question": texts, "source": ["x"] * 12}).to_csv(path, index=False)
-    train, heldout = load_prompt_dataset(str(path), "train", "question")
+    train, heldout, _ = load_prompt_dataset(str(path), "train", "question")
     assert train == texts[:11] and heldout == texts[11:]
 
 
@@ -159,7 +159,7 @@ def test_parquet_file(tmp_path):
     texts = _texts(30)
     path = tmp_path / "p.parquet"
     pd.DataFrame({"prompt": texts}).to_parquet(path, index=False)
-    train, heldout = load_prompt_dataset(str(path), "train", "prompt")
+    train, heldout, _ = load_prompt_dataset(str(path), "train", "prompt")
     assert train == texts[:27] and heldout == texts[27:]
 
 
@@ -167,7 +167,7 @@ def test_chat_messages_jsonl(tmp_path):
     records = [{"prompt": [{"role": "system", "content": "Be kind."},
                            {"role": "user", "content": f"Question {i}?"}]} for i in range(10)]
     path = _write_jsonl(tmp_path / "chat.jsonl", records)
-    train, heldout = load_prompt_dataset(str(path), "train", "prompt")
+    train, heldout, _ = load_prompt_dataset(str(path), "train", "prompt")
     assert len(train) == 9 and len(heldout) == 1
     assert train[0] == [{"role": "system", "content": "Be kind."},
                         {"role": "user", "content": "Question 0?"}]
@@ -178,7 +178,7 @@ def test_hh_rlhf_style_jsonl(tmp_path):
     records = [{"chosen": f"\n\nHuman: Q{i}\n\nAssistant: good {i}",
                 "rejected": f"\n\nHuman: Q{i}\n\nAssistant: bad {i}"} for i in range(4)]
     path = _write_jsonl(tmp_path / "hh.jsonl", records)
-    train, heldout = load_prompt_dataset(str(path), "train", "prompt")
+    train, heldout, _ = load_prompt_dataset(str(path), "train", "prompt")
     assert train == [[{"role": "user", "content": f"Q{i}"}] for i in range(3)]
     assert heldout == [[{"role": "user", "content": "Q3"}]]
 

@@ -15,7 +15,7 @@ from server.rubrics.registry import load_file, load_presets, parse_rubric
 from server.rubrics.render import MIN_SLOT_BUDGET, TRUNCATION_MARKER, PromptEncoder
 
 BASE_PRESETS = ("general", "harmless", "helpful", "summary")
-PRESETS = {*BASE_PRESETS, *(f"{name}-reasoned" for name in BASE_PRESETS), "assistant"}
+PRESETS = {*BASE_PRESETS, *(f"{name}-reasoned" for name in BASE_PRESETS), "assistant", "correctness", "faithfulness"}
 
 # --------------------------------------------------------------------------- tokenizers
 
@@ -98,7 +98,7 @@ def test_unknown_rubric_lists_available_names():
 
 
 def test_undefined_default_is_rejected():
-    with pytest.raises(ValueError, match=r"default rubric 'missing' is not defined; have \['assistant', 'general'"):
+    with pytest.raises(ValueError, match=r"default rubric 'missing' is not defined; have \['assistant', 'correctness', 'faithfulness', 'general'"):
         RubricRegistry.load(default="missing")
 
 

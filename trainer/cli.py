@@ -35,12 +35,12 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, TypeError, OSError) as exc:
         sys.exit(f"drlaif-train: {exc}")
 
-    from trainer.data.prompt_datasets import load_prompt_dataset
+    from trainer.data.prompt_datasets import MissingReferences, load_prompt_dataset
     from trainer.ppo.distributed import WorldMismatch
 
     try:
-        train_prompts, eval_prompts = load_prompt_dataset(config.dataset, config.dataset_split,
-                                                          config.prompt_field)
+        train_prompts, eval_prompts, references = load_prompt_dataset(
+            config.dataset, config.dataset_split, config.prompt_field, config.reference_field)
     except (ValueError, FileNotFoundError) as exc:
         sys.exit(f"drlaif-train: {exc}")
 
@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> None:
         from trainer.ppo.trainer import PPOTrainer, RewardUnavailable
 
         try:
-            trainer = PPOTrainer(config, train_prompts, eval_prompts)
-        except WorldMismatch as exc:
+            trainer = PPOTrainer(config, train_prompts, eval_prompts, references=references)
+        except (WorldMismatch, MissingReferences) as exc:
             sys.exit(f"drlaif-train: {exc}")
         try:
             summary = trainer.train()
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         from trainer.frameworks.trl_training import train_with_trl
 
         try:
-            summary = train_with_trl(args.algorithm, config, train_prompts, eval_prompts)
-        except WorldMismatch as exc:
+            summary = train_with_trl(args.algorithm, config, train_prompts, eval_prompts, references)
+        except (WorldMismatch, MissingReferences) as exc:
             sys.exit(f"drlaif-train: {exc}")
     if "before" in summary and "after" in summary:
         print(f"held-out reward: before {summary['before']['reward_mean']:+.4f} -> "

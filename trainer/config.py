@@ -35,6 +35,10 @@ class TrainConfig:
     prompt_field: str = documented(
         "prompt", "Field holding the prompt (string, chat messages, or HH transcript). "
         "Records with only `chosen` are read as HH-RLHF.")
+    reference_field: str = documented(
+        "reference", "Field holding a prompt's reference answer (a gold answer, a reference summary): sent with "
+        "its responses to a rubric that judges against one (`takes_reference` in the server's /info, e.g. "
+        "correctness), which then needs it for every prompt; other rubrics never see it.")
     eval_prompts: int = documented(32, "Held-out prompts scored before and after training (0 to skip).")
     eval_samples: int = documented(
         4, "Responses per held-out prompt, sampled at the training temperature from a fixed seed (the same "

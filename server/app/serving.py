@@ -14,9 +14,9 @@ from drlaif import protocol
 from server import __version__
 from server.app.metrics import Metrics
 from server.app.openrlhf import END_MARKERS, labeler_items
-from server.backends import Backend, create_backend
+from server.backends import Backend, BackendInfo, create_backend
 from server.config import ServerSettings
-from server.errors import DeadlineExceeded, InvalidRubric, NotReady, ShuttingDown
+from server.errors import DeadlineExceeded, InvalidRubric, NotReady, ReferenceRequired, ShuttingDown
 from server.groups import SCORE_WAY_OUT, GroupJudgement, judge_in_groups, plan_groups
 from server.pairwise import compare
 from server.request_work import ReadShape, direct_work, pair_work, tokenising_work
@@ -85,12 +85,39 @@ def _items(request: protocol.ScoreRequest | protocol.RubricLabRequest) -> list[t
     return [(_prompt(item), item.response) for item in request.items]
 
 
+def _references(items: Sequence[protocol.ScoreItem | protocol.CompareItem]) -> list[str | None] | None:
+    """Each item's reference answer (None where it has none); None when no item has one."""
+    references = [item.reference for item in items]
+    return references if any(r is not None for r in references) else None
+
+
+def _label_references(rubric: Rubric, labels: Sequence[Any] | None, n: int) -> list[str | None] | None:
+    """OpenRLHF's labels as the queries' reference answers, for a rubric that shows one (None:
+    the rubric has no place for them, and OpenRLHF sends them whether or not they are used). A
+    missing or empty label under such a rubric stays missing: the read refuses it by name."""
+    if not rubric.takes_reference:
+        return None
+    if labels is None or len(labels) != n:
+        got = "no labels" if labels is None else f"{len(labels)} labels"
+        raise ReferenceRequired(f"rubric {rubric.name!r} judges each response against a reference answer, and the "
+                                f"request has {got} for {n} queries: run OpenRLHF with --label_key naming the "
+                                "dataset's reference column")
+    return [None if label is None or label == "" else label if isinstance(label, str) else str(label)
+            for label in labels]
+
+
+def _read_kind(info: BackendInfo | None) -> protocol.ReadKind:
+    """How the backend reads labels (exact, unless it sees only an inference server's top tokens)."""
+    return "approximate" if info is not None and info.approximate else "exact"
+
+
 def _rubric_info(r: Rubric) -> protocol.RubricInfo:
     return protocol.RubricInfo(name=r.name, description=r.description,
                                scale=protocol.ScaleInfo(min=r.scale.min, max=r.scale.max),
                                compare=r.compare is not None, reasoning=r.reasoning is not None,
                                principles={p.name: p.weight for p in r.principles} if r.principles else None,
-                               aggregate=r.aggregate if r.principles else None, group_pairwise=r.group_pairwise)
+                               aggregate=r.aggregate if r.principles else None, group_pairwise=r.group_pairwise,
+                               takes_reference=r.takes_reference)
 
 
 def _read(result: ScoreResult) -> dict[str, Any]:
@@ -194,7 +221,9 @@ class ScoringService:
                 on_bad_read=self.metrics.bad_reads.inc,
             )
             self.scorer.start()
-            await self.scorer.score(self.scorer.rubric(None), [WARMUP_ITEM])
+            warmup_rubric = self.scorer.rubric(None)
+            await self.scorer.score(warmup_rubric, [WARMUP_ITEM],
+                                    references=[WARMUP_ITEM[1]] if warmup_rubric.takes_reference else None)
             # Not before: the first call pays for lazy initialisation (and on vLLM, compilation).
             self.scorer.set_call_timeout(s.backend_timeout_s)
         except BaseException as exc:
@@ -299,26 +328,31 @@ class ScoringService:
         return asked if asked is not None else self.settings.group_opponents
 
     def _judging_work(self, scorer: Scorer, rubric: Rubric, items: Sequence[tuple[protocol.Prompt, str]],
-                      in_groups: bool, opponents: int, principles: Sequence[str] | None = None) -> int:
+                      in_groups: bool, opponents: int, principles: Sequence[str] | None = None,
+                      references: Sequence[str | None] | None = None) -> int:
         """The labeler work of :meth:`_judge` on the same arguments (server/request_work.py)."""
         limit = scorer.encoder.max_input_tokens
-        work = direct_work(items, _read_shape(scorer, rubric, principles), limit)
+        work = direct_work(items, _read_shape(scorer, rubric, principles), limit, references)
         if in_groups:
-            pairs = [(items[group[a]][0], items[group[a]][1], items[group[b]][1]) for group in prompt_groups(items)
-                     for a, b in pair_schedule(len(group), opponents)]
-            work += pair_work(pairs, _read_shape(scorer, rubric, principles, pairwise=True), limit)
+            scheduled = [(group[a], group[b]) for group in prompt_groups(items, references)
+                         for a, b in pair_schedule(len(group), opponents)]
+            pairs = [(items[i][0], items[i][1], items[j][1]) for i, j in scheduled]
+            work += pair_work(pairs, _read_shape(scorer, rubric, principles, pairwise=True), limit,
+                              references=[references[i] for i, _ in scheduled] if references else None)
         return work
 
     @staticmethod
     async def _judge(scorer: Scorer, rubric: Rubric, items: Sequence[tuple[protocol.Prompt, str]],
                      in_groups: bool, *, way_out: str = SCORE_WAY_OUT, opponents: int | None = None,
                      seed: int | None = None, principles: Sequence[str] | None = None,
+                     references: Sequence[str | None] | None = None,
                      ) -> tuple[list[ScoredItem], list[GroupJudgement] | None]:
         """Each item's direct read and, ``in_groups``, its judgement in its prompt group (None
-        otherwise). A request that cannot be judged in groups (GroupTooSmall, its message
-        ending with ``way_out``) is refused before any read starts."""
-        plan = plan_groups(scorer, rubric, items, principles, way_out) if in_groups else None
-        direct = scorer.score(rubric, items, seed=seed, principles=principles)
+        otherwise), each with its reference answer where ``references`` give one. A request that
+        cannot be judged in groups (GroupTooSmall, its message ending with ``way_out``) is
+        refused before any read starts."""
+        plan = plan_groups(scorer, rubric, items, principles, way_out, references) if in_groups else None
+        direct = scorer.score(rubric, items, seed=seed, principles=principles, references=references)
         if plan is None:
             return await direct, None
         # Direct reads and pairs go through the batcher together; when one part fails, the
@@ -328,7 +362,8 @@ class ScoringService:
             async with asyncio.TaskGroup() as parts:
                 scored = parts.create_task(direct)
                 groups = parts.create_task(judge_in_groups(scorer, rubric, items, plan, opponents=opponents,
-                                                           seed=seed, principles=principles))
+                                                           seed=seed, principles=principles,
+                                                           references=references))
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
         return scored.result(), groups.result()
@@ -337,7 +372,8 @@ class ScoringService:
         def work(scorer: Scorer) -> int:
             rubric = scorer.rubric(request.rubric, _reasoning(request))
             return self._judging_work(scorer, rubric, _items(request), _in_groups(request.group_pairwise, rubric),
-                                      self._opponents(request.group_opponents), request.principles)
+                                      self._opponents(request.group_opponents), request.principles,
+                                      _references(request.items))
 
         return await self._serve(lambda scorer: self._score(scorer, request), len(request.items), work)
 
@@ -347,7 +383,8 @@ class ScoringService:
         rubric = scorer.rubric(request.rubric, _reasoning(request))
         scored, groups = await self._judge(scorer, rubric, items, _in_groups(request.group_pairwise, rubric),
                                            opponents=self._opponents(request.group_opponents),
-                                           seed=request.seed, principles=request.principles)
+                                           seed=request.seed, principles=request.principles,
+                                           references=_references(request.items))
         compiled = scorer.compiled(rubric)
         self._count(compiled.rubric.name, scored)
         self._count_pairs(compiled.rubric.name, groups)
@@ -357,6 +394,7 @@ class ScoringService:
             rubric=compiled.rubric.name,
             scale=protocol.ScaleInfo(min=compiled.scale.lo, max=compiled.scale.hi),
             model=scorer.backend.info.model,
+            read=_read_kind(scorer.backend.info),
         )
 
     async def rubric_lab(self, request: protocol.RubricLabRequest) -> protocol.RubricLabResponse:
@@ -366,18 +404,20 @@ class ScoringService:
         ``group_pairwise: true``."""
         # The pasted rubric is parsed off the event loop once admitted, so its work is estimated
         # at the most the lab lets one item cost (LAB_MAX_READS reads of it and of a pair).
-        items = _items(request)
+        items, references = _items(request), _references(request.items)
         pairs = [(p, r, r) for p, r in items]
         return await self._serve(lambda scorer: self._rubric_lab(scorer, request), max(1, len(items)),
-                                 lambda scorer: LAB_MAX_READS * (direct_work(items, ReadShape(0), 10**9)
-                                                                 + pair_work(pairs, ReadShape(0), 10**9)))
+                                 lambda scorer: LAB_MAX_READS * (direct_work(items, ReadShape(0), 10**9, references)
+                                                                 + pair_work(pairs, ReadShape(0), 10**9,
+                                                                             references=references)))
 
     async def _rubric_lab(self, scorer: Scorer, request: protocol.RubricLabRequest) -> protocol.RubricLabResponse:
         # Parsing and compiling (tokenising) a rubric of up to --max-field-chars: off the event loop.
         rubric, forms = await asyncio.to_thread(self._lab_rubric, scorer, request.rubric_yaml)
         scored, groups = await self._judge(scorer, rubric, _items(request), rubric.group_pairwise,
                                            way_out=LAB_WAY_OUT, opponents=self._opponents(None),
-                                           seed=request.seed) if request.items else ([], None)
+                                           seed=request.seed, references=_references(request.items)
+                                           ) if request.items else ([], None)
         # Not counted in the per-rubric metrics: the rubric's name is whatever the request says.
         return protocol.RubricLabResponse(
             rubric=_rubric_info(rubric),
@@ -385,6 +425,7 @@ class ScoringService:
             results=_grouped(_item_scores(scorer, rubric, scored, request.return_rationale), groups,
                              return_pairs=True),
             model=scorer.backend.info.model,
+            read=_read_kind(scorer.backend.info),
         )
 
     def _lab_rubric(self, scorer: Scorer, text: str) -> tuple[Rubric, list[CompiledTemplate]]:
@@ -421,7 +462,8 @@ class ScoringService:
             rubric = scorer.rubric(request.rubric, _reasoning(request))
             pairs = [(_prompt(item), item.response_a, item.response_b) for item in request.items]
             return pair_work(pairs, _read_shape(scorer, rubric, request.principles, pairwise=True),
-                             scorer.encoder.max_input_tokens, both_orders=request.debias)
+                             scorer.encoder.max_input_tokens, both_orders=request.debias,
+                             references=_references(request.items))
 
         return await self._serve(lambda scorer: self._compare(scorer, request), len(request.items), work)
 
@@ -429,7 +471,7 @@ class ScoringService:
         items = [(_prompt(item), item.response_a, item.response_b) for item in request.items]
         rubric = scorer.rubric(request.rubric, _reasoning(request))
         compared = await compare(scorer, rubric, items, debias=request.debias, seed=request.seed,
-                                 principles=request.principles)
+                                 principles=request.principles, references=_references(request.items))
         compiled = scorer.compiled_comparison(rubric)
         self.metrics.pairs.labels(compiled.rubric.name).inc(len(compared))
         self.metrics.reasoning_tokens.labels(compiled.rubric.name).inc(sum(c.reasoning_tokens for c in compared))
@@ -463,6 +505,7 @@ class ScoringService:
             labels=list(compiled.trie.labels),
             debiased=request.debias,
             model=scorer.backend.info.model,
+            read=_read_kind(scorer.backend.info),
         )
 
     async def get_reward(self, request: protocol.RewardRequest, rubric: str | None,
@@ -475,7 +518,8 @@ class ScoringService:
             # Estimated from the queries (a prompt and its response): parsing them is the request's work.
             chosen = scorer.rubric(rubric)
             return self._judging_work(scorer, chosen, [("", q) for q in request.query],
-                                      _in_groups(group_pairwise, chosen), self._opponents(None))
+                                      _in_groups(group_pairwise, chosen), self._opponents(None),
+                                      references=_label_references(chosen, request.labels, len(request.query)))
 
         return await self._serve(lambda scorer: self._get_reward(scorer, request, rubric, group_pairwise,
                                                                  reward_field), len(request.query), work)
@@ -487,7 +531,8 @@ class ScoringService:
         chosen = scorer.rubric(rubric)
         in_groups = _in_groups(group_pairwise, chosen)
         scored, groups = await self._judge(scorer, chosen, items, in_groups, opponents=self._opponents(None),
-                                           way_out=_get_reward_way_out(chosen.name, group_pairwise is not None))
+                                           way_out=_get_reward_way_out(chosen.name, group_pairwise is not None),
+                                           references=_label_references(chosen, request.labels, len(items)))
         self._count(chosen.name, scored)
         self._count_pairs(chosen.name, groups)
         reads = {"reward": lambda s: s.result, "reward_robust": lambda s: s.robust,
@@ -519,12 +564,13 @@ class ScoringService:
         rubric = scorer.rubric(request.rubric, _reasoning(request))
         principles = None
         if scorer.chosen_principles(rubric, request.principles):
-            by_principle = await asyncio.to_thread(scorer.encode_principles, rubric, items, request.principles)
+            by_principle = await asyncio.to_thread(scorer.encode_principles, rubric, items, request.principles,
+                                                   _references(request.items))
             compiled, guarded = next(iter(by_principle.values()))
             principles = [{n: _rendered(g[i].as_written) for n, (_, g) in by_principle.items()}
                           for i in range(len(items))]
         else:
-            compiled, guarded = await asyncio.to_thread(scorer.encode, rubric, items)
+            compiled, guarded = await asyncio.to_thread(scorer.encode, rubric, items, _references(request.items))
         labels = {label: list(ids) for label, ids in compiled.trie.label_tokens.items()}
         reasoning = None
         if compiled.reasoning is not None:
@@ -568,4 +614,5 @@ class ScoringService:
             },
             ready=self.ready,
             replicas=self.replica_count(),
+            read=_read_kind(backend_info),
         )

@@ -9,8 +9,17 @@ from server.backends.base import Backend, BackendInfo
 
 
 def create_backend(settings) -> Backend:
-    """Build the backend the settings ask for (blocking: loads the model)."""
+    """Build the backend the settings ask for (blocking: loads the model, or connects to its server)."""
     path, name = resolve_model(settings.model, settings.cache_dir)
+    if settings.backend == "openai":
+        from server.backends.openai_backend import OpenAIBackend
+
+        # The model is served elsewhere; here only its tokenizer (and end-of-sequence ids) load.
+        key = settings.openai_api_key
+        return OpenAIBackend.start(settings.base_url, model_path=path, served_model=settings.served_model,
+                                   api_key=key.get_secret_value() if key else None, logprobs=settings.openai_logprobs,
+                                   max_concurrency=settings.openai_max_concurrency,
+                                   timeout_s=settings.openai_timeout_s, trust_remote_code=settings.trust_remote_code)
     if settings.backend == "vllm":
         from server.backends.vllm_backend import EngineOptions, VLLMBackend
 

@@ -37,6 +37,10 @@ class BackendInfo:
     # True for engines that batch concurrent requests themselves (vLLM's continuous
     # batching): the scorer then sends work straight in, without a micro-batching wait.
     continuous_batching: bool = False
+    # True when reads are not exact log-probabilities: a remote server that only gives its
+    # top-k next tokens (the openai backend's "top" reads), where a label outside them reads
+    # as probability 0. Every answer then says so (the wire's ``read: approximate``).
+    approximate: bool = False
 
 
 FinishReason = Literal["stop", "length", "eos"]
@@ -157,6 +161,16 @@ def eos_token_ids(*sources: int | Iterable[int] | None) -> frozenset[int]:
     return frozenset(ids)
 
 
+def check_reads(batch: Sequence[TokenReads]) -> None:
+    """Refuse a read outside its sequence (positions 1 to its length) or without candidates."""
+    for seq in batch:
+        for position, candidates in seq.reads:
+            if not 0 < position <= seq.num_tokens:
+                raise ValueError(f"read position {position} outside a sequence of {seq.num_tokens} tokens")
+            if not candidates:
+                raise ValueError("a read needs at least one candidate token")
+
+
 def check_generation_fits(requests: Sequence[GenerationRequest], max_context: int) -> None:
     """Refuse a request whose prompt and generated tokens, but the last (which the model
     never reads), exceed ``max_context`` (no limit when it is 0: unknown)."""
@@ -223,6 +237,10 @@ class Backend(Protocol):
     def failure(self) -> str | None:
         """None while the engine can serve; else why it never will again (the server then exits)."""
         ...
+
+    # Optional: ``computed_tokens(seq: TokenReads) -> int``, the tokens of ``seq`` a batched read
+    # really computes (less a prefix whose KV the backend reuses); the scorer's micro-batcher
+    # fills its token budget with it, and with ``seq.num_tokens`` for a backend without it.
 
     def close(self) -> None:
         """Release the engine."""

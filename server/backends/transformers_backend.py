@@ -131,14 +131,24 @@ class TransformersBackend:
                     out[i] = result
         return out
 
+    def reused_prefix(self, seq: TokenReads) -> int:
+        """How many leading tokens of ``seq`` a batched read takes from the prefix KV instead of
+        computing them (0: none; the sequence runs whole)."""
+        # A read at position p needs the state at p - 1 computed in this pass.
+        shared = min([seq.shared_prefix, *(p - 1 for p, _ in seq.reads)])
+        return shared if self.prefix_reuse and shared >= MIN_SHARED_PREFIX else 0
+
+    def computed_tokens(self, seq: TokenReads) -> int:
+        """The tokens of ``seq`` a batched read computes: all but its reused prefix. The scorer's
+        micro-batcher fills a batch's token budget with these, so that a batch of a prompt
+        group's inputs holds as many items as the suffixes it really runs allow."""
+        return seq.num_tokens - self.reused_prefix(seq)
+
     def _by_prefix(self, batch: Sequence[TokenReads]) -> dict[tuple[int, ...], list[int]]:
         """Rows of the batch grouped by the shared prefix they can reuse (() for none)."""
         groups: dict[tuple[int, ...], list[int]] = collections.defaultdict(list)
         for i, seq in enumerate(batch):
-            # A read at position p needs the state at p - 1 computed in this pass.
-            shared = min([seq.shared_prefix, *(p - 1 for p, _ in seq.reads)])
-            reusable = self.prefix_reuse and shared >= MIN_SHARED_PREFIX
-            groups[tuple(seq.input_ids[:shared]) if reusable else ()].append(i)
+            groups[tuple(seq.input_ids[:self.reused_prefix(seq)])].append(i)
         return groups
 
     def _read_with_prefix(self, batch: Sequence[TokenReads], prefix: tuple[int, ...]) -> list[list[np.ndarray]]:

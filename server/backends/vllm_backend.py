@@ -42,6 +42,7 @@ from server.backends.base import (
     Generation,
     GenerationRequest,
     check_generation_fits,
+    check_reads,
     eos_token_ids,
     finish_generation,
     resolve_dtype,
@@ -161,12 +162,7 @@ class VLLMBackend:
 
     async def read_logprobs(self, batch: Sequence[TokenReads]) -> list[list[np.ndarray]]:
         """See :meth:`server.backends.base.Backend.read_logprobs`; every sequence goes at once."""
-        for seq in batch:
-            for position, candidates in seq.reads:
-                if not 0 < position <= seq.num_tokens:
-                    raise ValueError(f"read position {position} outside a sequence of {seq.num_tokens} tokens")
-                if not candidates:
-                    raise ValueError("a read needs at least one candidate token")
+        check_reads(batch)
         return await _all(self._read_sequence(seq) for seq in batch)
 
     async def _read_sequence(self, seq: TokenReads) -> list[np.ndarray]:

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 SLOTS = ("{prompt}", "{response}")
 PAIR_SLOTS = ("{prompt}", "{response_a}", "{response_b}")
+# The optional slot of an item's reference answer (a gold answer, a reference summary): trusted
+# text from the caller's dataset, never from the policy, placed wherever the template puts it.
+REFERENCE_SLOT = "{reference}"
 # A scale's labels are its decimal numbers, each tokenised and read for every item: the
 # bounds keep each label a few tokens long and the label set a rating scale (0..1000 at most)
 # rather than work that grows with whatever number a rubric file or the rubric lab holds.
@@ -33,14 +36,24 @@ MAX_WEIGHT = 1e6
 
 
 def check_slots(template: str, slots: Sequence[str]) -> str:
-    """A template must hold each slot exactly once, in the given order."""
+    """A template must hold each slot exactly once, in the given order, and the reference slot
+    at most once, anywhere."""
     for slot in slots:
         if template.count(slot) != 1:
             raise ValueError(f"user_template must contain {slot} exactly once")
     positions = [template.index(slot) for slot in slots]
     if positions != sorted(positions):
         raise ValueError(f"user_template must put {' before '.join(slots)}")
+    if template.count(REFERENCE_SLOT) > 1:
+        raise ValueError(f"user_template may contain {REFERENCE_SLOT} at most once")
     return template
+
+
+def template_slots(template: str, slots: Sequence[str]) -> tuple[str, ...]:
+    """The slots a checked template holds, in the order they appear: ``slots`` and, if the
+    template places one, the reference slot among them."""
+    present = [*slots, REFERENCE_SLOT] if REFERENCE_SLOT in template else list(slots)
+    return tuple(sorted(present, key=template.index))
 
 
 def _strings(value: object) -> Iterator[str]:
@@ -265,6 +278,15 @@ class Rubric(_Part):
         return check_slots(template, SLOTS)
 
     @model_validator(mode="after")
+    def _reference_in_both_forms(self) -> Rubric:
+        if self.compare is not None and (REFERENCE_SLOT in self.compare.user_template) != self.takes_reference:
+            has, lacks = ("user_template", "compare.user_template") if self.takes_reference else \
+                ("compare.user_template", "user_template")
+            raise ValueError(f"rubric {self.name!r}: {has} places {REFERENCE_SLOT} and {lacks} does not; an item's "
+                             "reference must reach both forms, or neither")
+        return self
+
+    @model_validator(mode="after")
     def _groups_compare(self) -> Rubric:
         if self.group_pairwise and self.compare is None:
             raise ValueError(f"rubric {self.name!r}: group_pairwise needs a compare section (the pairwise form "
@@ -292,6 +314,12 @@ class Rubric(_Part):
             log.warning("rubric %r: principle weights sum to %g; normalised to sum to 1", self.name, total)
             self.principles = [p.model_copy(update={"weight": p.weight / total}) for p in self.principles]
         return self
+
+    @property
+    def takes_reference(self) -> bool:
+        """Whether the rubric shows each item's reference answer to the labeler: every item
+        judged under it then needs one (422 ``reference_required`` otherwise)."""
+        return REFERENCE_SLOT in self.user_template
 
     @property
     def pairwise_reasoning(self) -> ReasoningSpec | None:

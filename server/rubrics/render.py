@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from server.errors import InputTooLong, RubricCannotCompare
+from server.errors import InputTooLong, ReferenceRequired, ReferenceUnused, RubricCannotCompare
 from server.rubrics.judge_text import normalise
-from server.rubrics.model import PAIR_SLOTS, SLOTS, ReasoningSpec, Rubric
+from server.rubrics.model import PAIR_SLOTS, REFERENCE_SLOT, SLOTS, ReasoningSpec, Rubric, template_slots
 from server.scoring import LabelTrie, Scale, labels_in_context
 
 TRUNCATION_MARKER = " [...] "
@@ -59,11 +59,13 @@ class CompiledReasoning:
 @dataclass(frozen=True)
 class CompiledTemplate:
     """One form of a rubric rendered for one tokenizer: trusted pieces around the slots
-    (one more piece than slots), each slot's closing delimiter, and the label trie."""
+    (one more piece than slots), the slots' names in template order ("prompt", "reference",
+    "response"), each slot's closing delimiter, and the label trie."""
 
     rubric: Rubric
     piece_texts: tuple[str, ...]
     piece_ids: tuple[tuple[int, ...], ...]
+    slot_names: tuple[str, ...]
     closers: tuple[str, ...]
     trie: LabelTrie
     what: str  # how errors name it: "rubric 'general'", "rubric 'general' (compare form)"
@@ -77,6 +79,10 @@ class CompiledTemplate:
         budget and appended answer prefix of a reasoned form, and the longest label."""
         extra = len(self.reasoning.answer_ids) + self.reasoning.spec.max_tokens if self.reasoning else 0
         return sum(len(p) for p in self.piece_ids) + extra + self.trie.max_label_tokens
+
+    @property
+    def takes_reference(self) -> bool:
+        return "reference" in self.slot_names
 
     @property
     def slot_tags(self) -> tuple[str, ...]:
@@ -102,7 +108,7 @@ class SlotSpan:
     text (Unicode code points) and tokens [token_start, token_end) of its input ids. All the
     rest is the rubric's trusted text."""
 
-    name: str  # the slot without braces: "prompt", "response", "response_a", "response_b"
+    name: str  # the slot without braces: "prompt", "reference", "response", "response_a", "response_b"
     start: int
     end: int
     token_start: int
@@ -250,6 +256,7 @@ class PromptEncoder:
                 slots: Sequence[str], labels: Sequence[str], reasoning: ReasoningSpec | None = None) -> dict:
         """Trusted pieces, closers, label trie and reasoning stage of one template (the fields
         of a CompiledTemplate). A reasoned template ends where the rationale begins."""
+        slots = template_slots(user_template, slots)
         nonce = secrets.token_hex(8)
         sentinels = [f"\ue000{nonce}-{i}\ue000" for i in range(len(slots))]
         user = user_template
@@ -278,6 +285,7 @@ class PromptEncoder:
         return {
             "piece_texts": tuple(piece_texts),
             "piece_ids": tuple(piece_ids),
+            "slot_names": tuple(slot.strip("{}") for slot in slots),
             "closers": tuple(_closer(p) for p in piece_texts[1:]),
             "trie": LabelTrie(label_tokens),
             "reasoning": compiled_reasoning,
@@ -397,19 +405,35 @@ class PromptEncoder:
             forms.append(self.compile_comparison(rubric))
         return forms
 
-    def encode(self, compiled: CompiledTemplate, prompt: str, *responses: str,
+    def encode(self, compiled: CompiledTemplate, prompt: str, *responses: str, reference: str | None = None,
                fixed_tokens: int | None = None) -> EncodedItem:
-        """The labeler input for a prompt and the template's response(s), in slot order.
-        ``fixed_tokens`` (default: the form's own) sets the room left for the slots; the
-        principles of a constitution share the largest, so they all cut an item alike."""
-        if len(responses) != len(compiled.closers) - 1:
-            raise ValueError(f"this template takes {len(compiled.closers) - 1} response(s), "
-                             f"got {len(responses)}")
+        """The labeler input for a prompt, the template's response(s) and, for a form that shows
+        one, the item's reference answer, in the template's slot order. ``fixed_tokens``
+        (default: the form's own) sets the room left for the slots; the principles of a
+        constitution share the largest, so they all cut an item alike. The reference is kept
+        whole (cutting it would change what the answer is judged against): its tokens come
+        out of that room first."""
+        responses_slots = [name for name in compiled.slot_names if name not in ("prompt", "reference")]
+        if len(responses) != len(responses_slots):
+            raise ValueError(f"this template takes {len(responses_slots)} response(s), got {len(responses)}")
+        check_reference(compiled, reference)
         confusables = compiled.rubric.guard.escape_confusables
-        texts = [_escape(t, closer, confusables)
-                 for t, closer in zip((prompt, *responses), compiled.closers, strict=True)]
+        closer = dict(zip(compiled.slot_names, compiled.closers, strict=True))
+        names = ["prompt", *responses_slots]
+        texts = [_escape(t, closer[name], confusables) for name, t in zip(names, (prompt, *responses), strict=True)]
         ids = [self.untrusted_ids(t) for t in texts]
         budget = self.max_input_tokens - (compiled.fixed_tokens if fixed_tokens is None else fixed_tokens)
+        placed: dict[str, tuple[list[int], str]] = {}
+        if reference is not None:
+            reference_text = _escape(reference, closer["reference"], confusables)
+            reference_ids = self.untrusted_ids(reference_text)
+            placed["reference"] = (reference_ids, reference_text)
+            budget -= len(reference_ids)
+            if budget < MIN_SLOT_BUDGET:
+                raise InputTooLong(f"the reference takes {len(reference_ids)} tokens, leaving {max(budget, 0)} of "
+                                   f"max_input_tokens={self.max_input_tokens} under rubric "
+                                   f"{compiled.rubric.name!r} for prompt and response (at least {MIN_SLOT_BUDGET} "
+                                   "needed); a reference is never cut: shorten it")
         total = sum(len(i) for i in ids)
         truncated = total > budget
         if truncated:
@@ -428,15 +452,29 @@ class PromptEncoder:
                 if keep < len(ids[k]):
                     ids[k] = ids[k][: max(0, keep - len(marker))] + marker
                     texts[k] = self.decode(ids[k])
+        placed.update({name: (slot_ids, slot_text) for name, slot_ids, slot_text in zip(names, ids, texts, strict=True)})
         input_ids: tuple[int, ...] = compiled.piece_ids[0]
         text = compiled.piece_texts[0]
         slots = []
-        names = [slot.strip("{}") for slot in (SLOTS if len(responses) == 1 else PAIR_SLOTS)]
-        for name, slot_ids, slot_text, piece_ids, piece_text in zip(names, ids, texts, compiled.piece_ids[1:],
-                                                                    compiled.piece_texts[1:], strict=True):
+        for name, piece_ids, piece_text in zip(compiled.slot_names, compiled.piece_ids[1:], compiled.piece_texts[1:],
+                                               strict=True):
+            slot_ids, slot_text = placed[name]
             slots.append(SlotSpan(name, len(text), len(text) + len(slot_text),
                                   len(input_ids), len(input_ids) + len(slot_ids)))
             input_ids += tuple(slot_ids) + piece_ids
             text += slot_text + piece_text
         return EncodedItem(input_ids=input_ids, text=text, truncated=truncated,
                            shared_prefix=len(compiled.piece_ids[0]), slots=tuple(slots))
+
+
+def check_reference(compiled: CompiledTemplate, reference: str | None) -> None:
+    """Refuse an item whose reference does not fit the form: missing (or empty) where the
+    template shows one (ReferenceRequired), given where it has no place (ReferenceUnused: a
+    reference the labeler never sees would be silently ignored)."""
+    if compiled.takes_reference and not reference:
+        raise ReferenceRequired(f"{compiled.what} judges each response against a reference answer ({REFERENCE_SLOT} "
+                                "in its template): give every item a non-empty reference")
+    if not compiled.takes_reference and reference is not None:
+        raise ReferenceUnused(f"{compiled.what} has no {REFERENCE_SLOT} in its template, so the labeler would never "
+                              "see the item's reference: leave the reference out, or use a rubric that shows it "
+                              "(e.g. correctness or faithfulness)")

@@ -31,7 +31,7 @@ from trainer.analysis.metrics_log import MetricsLog
 from trainer.analysis.monitor_spec import MonitorSpec
 from trainer.analysis.overoptimisation_alarm import Alarm, EvalPoint, check_alarms, eval_row
 from trainer.config import TrainConfig
-from trainer.data.prompt_datasets import Prompt
+from trainer.data.prompt_datasets import Prompt, References, needs_references, reference_list
 from trainer.ppo.sampling import Rollout, Sampler, response_kl
 
 log = logging.getLogger(__name__)
@@ -80,15 +80,21 @@ def _distinct(names: list[str], specs: list[MonitorSpec]) -> list[str]:
 class HeldOutEval:
     """One run's held-out evaluations: its prompts, proxy and monitors, points and alarms."""
 
-    def __init__(self, config: TrainConfig, prompts: list[Prompt], metrics: MetricsLog):
+    def __init__(self, config: TrainConfig, prompts: list[Prompt], metrics: MetricsLog,
+                 references: References | None = None):
+        """``references``: the prompts' reference answers, sent to the proxy's and each monitor's
+        rubric where it judges against one."""
         c = self.config = config
         self.prompts = prompts[:c.eval_prompts]
+        self.references = references or {}
         self.metrics = metrics
         self.checks = planned_checks(c.steps, c.eval_every)
         client = RewardClientConfig(urls=list(c.reward_url), rubric=c.rubric, read_timeout_s=c.reward_timeout_s,
                                     deadline_s=c.reward_deadline_s, reward_field=c.reward_field,
                                     reward_mode="direct")
         self.proxy = RewardClient(client)
+        self.send_references = {"": needs_references(self.proxy.takes_reference, c.rubric, self.prompts,
+                                                     self.references, c.reference_field)}
         specs = [MonitorSpec.parse(s) for s in c.monitor]
         configs = [RewardClientConfig(urls=[s.url], rubric=s.rubric, read_timeout_s=c.reward_timeout_s,
                                       deadline_s=c.reward_deadline_s) for s in specs]
@@ -97,6 +103,7 @@ class HeldOutEval:
         self.monitors = {name: RewardClient(cfg) for name, cfg in zip(names, configs, strict=True)}
         for name, spec in zip(names, specs, strict=True):
             log.info("monitor %s: %s%s", name, spec.url, f" (rubric {spec.rubric})" if spec.rubric else "")
+            self.send_references[name] = self._monitor_takes_references(name, spec)
         self.points: list[EvalPoint] = []
         self.alarms: list[Alarm] = []
 
@@ -134,7 +141,7 @@ class HeldOutEval:
                 rollout = sampler.sample(policy, group, device)
                 kl = response_kl(policy, reference, rollout, c.temperature, autocast() if autocast else None)
                 rewards = self._proxy_rewards(rollout)
-                monitors = {name: self._monitor_rewards(name, client, rollout)
+                monitors = {name: self._monitor_rewards(name, client, rollout, self._references(name, rollout))
                             for name, client in self.monitors.items()}
                 kl_sums += kl
                 for i in range(0, len(group), k):
@@ -150,19 +157,37 @@ class HeldOutEval:
                                    for name in self.monitors}}
         return evaluation, self._record(step, evaluation)
 
+    def _monitor_takes_references(self, name: str, spec: MonitorSpec) -> bool:
+        """Whether a monitor's rubric judges against reference answers (they must then cover the
+        held-out prompts); a monitor that cannot say now is read without them."""
+        try:
+            return needs_references(self.monitors[name].takes_reference, spec.rubric, self.prompts, self.references,
+                                    self.config.reference_field)
+        except RewardServerError as exc:
+            log.warning("monitor %s: could not read its rubric from /info (%s); its reads go without reference "
+                        "answers", name, str(exc).splitlines()[0])
+            return False
+
+    def _references(self, name: str, rollout: Rollout) -> list[str | None] | None:
+        """The rollout's reference answers for the proxy ("") or a monitor, where its rubric takes them."""
+        return reference_list(rollout.prompts, self.references, self.send_references[name])
+
     def _proxy_rewards(self, rollout: Rollout) -> list[float | None]:
         c = self.config
+        references = self._references("", rollout)
         if c.on_reward_failure != "drop":
-            return self.proxy.score(rollout.prompts, rollout.responses, c.rubric)
-        scored = score_items_or_drop(self.proxy, rollout.prompts, rollout.responses, c.rubric)
+            return self.proxy.score(rollout.prompts, rollout.responses, c.rubric, references)
+        scored = score_items_or_drop(self.proxy, rollout.prompts, rollout.responses, c.rubric,
+                                     references=references)
         check_dropped(sum(s is None for s in scored), len(scored), c.max_dropped_fraction, "held-out samples")
         kept = iter(rewards_of([s for s in scored if s is not None], c.reward_field))
         return [next(kept) if s is not None else None for s in scored]
 
     @staticmethod
-    def _monitor_rewards(name: str, client: RewardClient, rollout: Rollout) -> list[float | None]:
+    def _monitor_rewards(name: str, client: RewardClient, rollout: Rollout,
+                         references: list[str | None] | None) -> list[float | None]:
         try:
-            return client.score(rollout.prompts, rollout.responses)
+            return client.score(rollout.prompts, rollout.responses, references=references)
         except RewardServerError as exc:
             log.warning("monitor %s gave no rewards at this evaluation: %s", name, str(exc).splitlines()[0])
             return [None] * len(rollout.prompts)

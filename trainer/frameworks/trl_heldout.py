@@ -39,7 +39,7 @@ from trainer.analysis.heldout_eval import HeldOutEval
 from trainer.analysis.metrics_log import MetricsLog
 from trainer.analysis.run_report import write_run_files
 from trainer.config import TRLConfig
-from trainer.data.prompt_datasets import Prompt
+from trainer.data.prompt_datasets import Prompt, References
 from trainer.ppo.sampling import Sampler
 
 if TYPE_CHECKING:
@@ -80,15 +80,17 @@ class HeldOutCallback(TrainerCallback):
         metrics: Where evals.jsonl (and the report's per-step curves, from metrics.jsonl) go;
             default: ``config.output_dir``.
         tokenizer: The policy's tokenizer; default: the trainer's ``processing_class``.
+        references: The prompts' reference answers, for a proxy or monitor rubric that judges
+            against one.
     """
 
     def __init__(self, config: TRLConfig, eval_prompts: list[Prompt], metrics: MetricsLog | None = None,
-                 tokenizer: PreTrainedTokenizerBase | None = None):
+                 tokenizer: PreTrainedTokenizerBase | None = None, references: References | None = None):
         if metrics is None:
             Path(config.output_dir).mkdir(parents=True, exist_ok=True)
             metrics = MetricsLog(Path(config.output_dir))
         self.config, self.metrics, self.tokenizer = config, metrics, tokenizer
-        self.heldout = HeldOutEval(config, eval_prompts, metrics) if config.eval_prompts else None
+        self.heldout = HeldOutEval(config, eval_prompts, metrics, references) if config.eval_prompts else None
         self.summary: dict = {}
         self._trainer: Trainer | None = None
         self._reference: nn.Module | None = None

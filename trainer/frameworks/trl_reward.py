@@ -35,6 +35,11 @@ out of its group's baseline and its advantage is 0. Combined with other reward f
 others' rewards still count for that sample. More than ``max_dropped_fraction`` of a call
 dropped raises :class:`drlaif.reward_failures.TooManyDropped`.
 
+Under a rubric that judges against a reference answer (``takes_reference`` in the server's
+``GET /info``, e.g. the ``correctness`` preset), each completion is judged against its dataset
+row's ``reference`` column (trl passes every column to reward functions; ``reference_column``
+names another); a dataset without that column is refused by name. Other rubrics never see it.
+
 Rewards are judged as the rubric says: group-pairwise (each completion compared with the others
 of its prompt) when its ``group_pairwise`` is true in the server's ``GET /info``, else directly;
 ``reward_mode="direct"`` or ``"group-pairwise"`` decides instead. trl passes its whole generation
@@ -145,11 +150,13 @@ class DrlaifRewardFunc:
             reward on completion length taken out).
         disagreement_threshold: A sample counts towards the logged `reward_disagreement` when
             its reward as written and its robust reward differ by more than this.
+        reference_column: The dataset column holding each prompt's reference answer, sent to a
+            rubric that judges against one.
     """
 
     def __init__(self, config: RewardClientConfig, name: str, on_failure: str = "stop",
                  max_dropped_fraction: float = 0.1, length_control: bool = False,
-                 disagreement_threshold: float = 0.1):
+                 disagreement_threshold: float = 0.1, reference_column: str = "reference"):
         if on_failure not in ("stop", "drop"):
             raise ValueError(f"on_failure must be 'stop' or 'drop', got {on_failure!r}")
         self.config = config
@@ -158,6 +165,7 @@ class DrlaifRewardFunc:
         self.max_dropped_fraction = max_dropped_fraction
         self.length_control = length_control
         self.disagreement_threshold = disagreement_threshold
+        self.reference_column = reference_column
         self._client: AsyncRewardClient | None = None
         self._lock = threading.Lock()
 
@@ -175,8 +183,9 @@ class DrlaifRewardFunc:
             prompts: trl's prompts: strings or lists of chat messages.
             completions: trl's completions: strings, or conversational completions whose last
                 assistant message is scored.
-            **kwargs: What trl passes besides; `completion_ids` (lengths in tokens) and
-                `log_metric` are used, the rest ignored.
+            **kwargs: What trl passes besides; `completion_ids` (lengths in tokens),
+                `log_metric` and, under a rubric that takes reference answers, the
+                `reference_column` are used, the rest ignored.
 
         Returns:
             One reward in [-1, 1] per completion, in order: the server's reward for it (the
@@ -191,11 +200,12 @@ class DrlaifRewardFunc:
         started = time.perf_counter()
         server_prompts = [prompt_for_server(p) for p in prompts]
         texts = [completion_text(c) for c in completions]
+        references = await self._references(kwargs, len(texts))
         if self.on_failure == "drop":
-            scored = await ascore_items_or_drop(self.client, server_prompts, texts)
+            scored = await ascore_items_or_drop(self.client, server_prompts, texts, references=references)
             check_dropped(sum(i is None for i in scored), len(scored), self.max_dropped_fraction, "a reward call")
         else:
-            scored = await self.client.score_items(server_prompts, texts)
+            scored = await self.client.score_items(server_prompts, texts, references=references)
         kept = [i for i, item in enumerate(scored) if item is not None]
         items = [scored[i] for i in kept]
         kept_rewards = rewards_of(items, self.config.reward_field)
@@ -215,6 +225,19 @@ class DrlaifRewardFunc:
             for name, value in {**batch_metrics(items, time.perf_counter() - started, self.disagreement_threshold), **extra}.items():
                 log_metric(f"{self.__name__}/{name}", value)
         return rewards
+
+    async def _references(self, columns: Mapping[str, Any], n: int) -> list[str | None] | None:
+        """The completions' reference answers from the dataset column, when the rubric takes them."""
+        if not await self.client.takes_reference():
+            return None
+        column = columns.get(self.reference_column)
+        if column is None:
+            raise ValueError(f"rubric {self.config.rubric or '(the server default)'!r} judges each completion against "
+                             f"a reference answer, and trl passed no {self.reference_column!r} column: add one to the "
+                             f"dataset, or name the column that holds them (reference_column=...)")
+        if len(column) != n:
+            raise ValueError(f"{len(column)} values in column {self.reference_column!r} for {n} completions")
+        return [None if r is None else str(r) for r in column]
 
     @property
     def client(self) -> AsyncRewardClient:
@@ -243,11 +266,13 @@ class DrlaifRewardFunc:
     def __getstate__(self) -> dict[str, Any]:
         # Connections and locks do not travel; the copy makes its own client when first called.
         return {"config": self.config, "__name__": self.__name__, "on_failure": self.on_failure,
-                "max_dropped_fraction": self.max_dropped_fraction, "length_control": self.length_control}
+                "max_dropped_fraction": self.max_dropped_fraction, "length_control": self.length_control,
+                "disagreement_threshold": self.disagreement_threshold, "reference_column": self.reference_column}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["config"], state["__name__"], state.get("on_failure", "stop"),
-                      state.get("max_dropped_fraction", 0.1), state.get("length_control", False))
+                      state.get("max_dropped_fraction", 0.1), state.get("length_control", False),
+                      state.get("disagreement_threshold", 0.1), state.get("reference_column", "reference"))
 
     def __repr__(self) -> str:
         return f"<{self.__name__}: drlaif reward from {', '.join(self.config.urls)}>"
@@ -255,7 +280,8 @@ class DrlaifRewardFunc:
 
 def make_reward_func(urls: str | list[str], rubric: str | None = None, *, name: str | None = None,
                      on_failure: str = "stop", max_dropped_fraction: float = 0.1, length_control: bool = False,
-                     disagreement_threshold: float = 0.1, **client_kwargs: Any) -> DrlaifRewardFunc:
+                     disagreement_threshold: float = 0.1, reference_column: str = "reference",
+                     **client_kwargs: Any) -> DrlaifRewardFunc:
     """A trl reward function on a drlaif server, for `GRPOTrainer` and `RLOOTrainer`.
 
     Args:
@@ -266,6 +292,8 @@ def make_reward_func(urls: str | list[str], rubric: str | None = None, *, name: 
         max_dropped_fraction: As `drlaif-train --max-dropped-fraction`.
         length_control: As `drlaif-train --length-control`.
         disagreement_threshold: As `drlaif-train --disagreement-threshold`.
+        reference_column: The dataset column of reference answers, for a rubric that judges
+            against one (see the module doc).
         **client_kwargs: Any other [RewardClientConfig][drlaif.client.RewardClientConfig]
             field, such as `deadline_s=300`, `max_concurrency=8` or `reward_mode="direct"`
             (unset: group-pairwise when the rubric's `group_pairwise` says so, else direct).
@@ -286,4 +314,4 @@ def make_reward_func(urls: str | list[str], rubric: str | None = None, *, name: 
     config = RewardClientConfig(urls=[urls] if isinstance(urls, str) else list(urls), rubric=rubric,
                                 **client_kwargs)
     return DrlaifRewardFunc(config, name or (f"drlaif_{rubric}" if rubric else "drlaif"), on_failure,
-                            max_dropped_fraction, length_control, disagreement_threshold)
+                            max_dropped_fraction, length_control, disagreement_threshold, reference_column)

@@ -5,20 +5,27 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from drlaif.client import RewardClient, RewardClientConfig
+from drlaif.prompt_text import same_prompt_key
 from trainer.analysis.metrics_log import MetricsLog
 from trainer.config import TRLConfig
-from trainer.data.prompt_datasets import Prompt
+from trainer.data.prompt_datasets import Prompt, References, needs_references
 from trainer.frameworks.trl_heldout import HeldOutCallback
 from trainer.frameworks.trl_reward import DrlaifRewardFunc, make_reward_func
 from trainer.ppo.distributed import check_world, cpu_world_needed
 from trainer.ppo.models import load_tokenizer, policy_prompt, resolve_policy
 
 log = logging.getLogger(__name__)
+# The dataset column trl passes to the reward function with each prompt's reference answer.
+REFERENCE_COLUMN = "reference"
 
 
-def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Prompt], heldout: HeldOutCallback):
+def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Prompt], heldout: HeldOutCallback,
+                      references: References | None = None):
     """trl's GRPOTrainer or RLOOTrainer, set up with drlaif's reward function and prompts, and
-    ``heldout`` (metrics.jsonl, evaluation, monitors, alarm, report) attached."""
+    ``heldout`` (metrics.jsonl, evaluation, monitors, alarm, report) attached. The prompts'
+    ``references`` become the dataset's reference column, which trl passes to the reward
+    function (and that sends to a rubric that judges against one)."""
     import datasets
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -48,7 +55,10 @@ def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Pro
     # The same rendering as PPO's: trl applies the chat template only to message lists, so a
     # plain string prompt would reach the policy untemplated (and it would end at once).
     tokenizer = load_tokenizer(model)
-    dataset = datasets.Dataset.from_dict({"prompt": [policy_prompt(tokenizer, p) for p in train_prompts]})
+    columns = {"prompt": [policy_prompt(tokenizer, p) for p in train_prompts]}
+    if references:
+        columns[REFERENCE_COLUMN] = [references.get(same_prompt_key(p)) for p in train_prompts]
+    dataset = datasets.Dataset.from_dict(columns)
     peft_config = None
     if config.lora_r > 0:
         from peft import LoraConfig
@@ -60,7 +70,8 @@ def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Pro
                               reward_mode=config.reward_mode, group_opponents=config.group_opponents,
                               on_failure=config.on_reward_failure, max_dropped_fraction=config.max_dropped_fraction,
                               length_control=config.length_control,
-                              disagreement_threshold=config.disagreement_threshold)
+                              disagreement_threshold=config.disagreement_threshold,
+                              reference_column=REFERENCE_COLUMN)
     trainer = trainer_cls(model=model, reward_funcs=[reward], args=args, train_dataset=dataset,
                           peft_config=peft_config, callbacks=[heldout])
     check_world(trainer.accelerator.num_processes)
@@ -69,15 +80,24 @@ def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Pro
 
 
 def train_with_trl(algorithm: str, config: TRLConfig, train_prompts: list[Prompt],
-                   eval_prompts: list[Prompt]) -> dict:
+                   eval_prompts: list[Prompt], references: References | None = None) -> dict:
     """Run trl's GRPOTrainer or RLOOTrainer for ``config.steps`` updates, with held-out evaluation
-    on ``eval_prompts`` as PPO has it; returns the run's summary (as summary.json)."""
+    on ``eval_prompts`` as PPO has it; returns the run's summary (as summary.json). ``references``:
+    the prompts' reference answers (MissingReferences when the rubric judges against them and a
+    training prompt has none)."""
     output_dir = Path(config.output_dir)
     metrics = MetricsLog(output_dir, enabled=True)
-    heldout = HeldOutCallback(config, eval_prompts, metrics, load_tokenizer(resolve_policy(config.model)))
+    heldout = HeldOutCallback(config, eval_prompts, metrics, load_tokenizer(resolve_policy(config.model)), references)
     heldout.summary["final_model"] = str(output_dir / "final")
     try:
-        trainer = build_trl_trainer(algorithm, config, train_prompts, heldout)
+        check = RewardClient(RewardClientConfig(urls=list(config.reward_url), rubric=config.rubric,
+                                                deadline_s=config.reward_deadline_s))
+        try:
+            needs_references(check.takes_reference, config.rubric, train_prompts, references or {},
+                             config.reference_field)
+        finally:
+            check.close()
+        trainer = build_trl_trainer(algorithm, config, train_prompts, heldout, references)
         # One writer: every process evaluates (and logs) the same numbers. The world is known only
         # now that trl has set up accelerate.
         metrics.enabled = trainer.is_world_process_zero()

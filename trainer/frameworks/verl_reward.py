@@ -4,7 +4,11 @@ veRL calls ``compute_score(data_source, solution_str, ground_truth, extra_info, 
 once per sample, from many concurrent reward-loop workers, and accepts ``async def``
 functions (it checks with ``inspect.iscoroutinefunction``). The prompt is not an argument:
 it travels in the sample's ``extra_info`` (veRL's docs keep it under ``"question"``).
-``data_source`` and ``ground_truth`` are ignored: the labeler judges the response itself.
+``data_source`` is ignored. ``ground_truth`` is the sample's reference answer for a rubric that
+judges against one (``takes_reference`` in the server's ``GET /info``, e.g. the ``correctness``
+preset), shown to the labeler where the rubric places it; other rubrics never see it (veRL
+passes one whether or not the rubric has a place for it). A string goes as it is, a number as
+its decimal text, a list or mapping as JSON.
 
 Point a veRL (0.9) config at it::
 
@@ -63,10 +67,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import json
 import os
 import threading
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -75,6 +80,8 @@ from drlaif.batching import MicroBatcher
 from drlaif.client import REWARD_MODES, AsyncRewardClient, Prompt, RewardClientConfig, rewards_of
 from drlaif.protocol import ItemAnswer
 from trainer.frameworks.trl_reward import prompt_for_server
+
+T = TypeVar("T")
 
 
 class VerlRewardSettings(BaseSettings):
@@ -150,7 +157,9 @@ class _Coalescer:
         self.loop = loop
         self.client = client
         self.batcher = batcher
-        self._mode: asyncio.Future[str] | None = None  # the reward mode, once read; on the loop
+        # What GET /info says, read once per process (on the loop): the reward mode, and whether
+        # the rubric takes reference answers.
+        self._asked: dict[str, asyncio.Future] = {}
 
     @classmethod
     def start(cls, settings: VerlRewardSettings) -> _Coalescer:
@@ -161,8 +170,10 @@ class _Coalescer:
         threading.Thread(target=loop.run_forever, name="drlaif-verl-reward", daemon=True).start()
         client = AsyncRewardClient(config)
 
-        async def score(samples: list[tuple[Prompt, str]]) -> list[ItemAnswer]:
-            return await client.score_items([p for p, _ in samples], [r for _, r in samples])
+        async def score(samples: list[tuple[Prompt, str, str | None]]) -> list[ItemAnswer]:
+            references = [ref for _, _, ref in samples]
+            return await client.score_items([p for p, _, _ in samples], [r for _, r, _ in samples],
+                                            references=references if any(r is not None for r in references) else None)
 
         async def make_batcher() -> MicroBatcher:
             batcher = MicroBatcher(score, tokens_of=lambda _: 1, max_items=settings.coalesce_items,
@@ -181,15 +192,25 @@ class _Coalescer:
         # A server other than drlaif's may send only the reward: what it did not send is not logged.
         return {"score": reward, **{k: v for k, v in logged.items() if v is not None}, **extra}
 
-    async def _reward_mode(self) -> str:
-        """The client's reward mode, read once (on the loop: concurrent first calls share one
-        GET /info, and a failed read is tried again by the next call)."""
-        mode = self._mode
-        if mode is None or (mode.done() and (mode.cancelled() or mode.exception() is not None)):
-            mode = self._mode = asyncio.ensure_future(self.client.reward_mode())
-        return await asyncio.shield(mode)
+    async def _once(self, what: str, read: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """``read()``'s answer, asked once (on the loop: concurrent first calls share one GET /info,
+        and a failed read is tried again by the next call)."""
+        asked = self._asked.get(what)
+        if asked is None or (asked.done() and (asked.cancelled() or asked.exception() is not None)):
+            asked = self._asked[what] = asyncio.ensure_future(read())
+        return await asyncio.shield(asked)
 
-    def submit(self, prompt: Prompt, response: str) -> concurrent.futures.Future[dict[str, float]]:
+    async def _reward_mode(self) -> str:
+        return await self._once("reward_mode", self.client.reward_mode)
+
+    async def references(self, ground_truths: Sequence[Any]) -> list[str | None] | None:
+        """The samples' reference answers when the rubric takes them, else None."""
+        if not await self._once("takes_reference", self.client.takes_reference):
+            return None
+        return [reference_text(g) for g in ground_truths]
+
+    def submit(self, prompt: Prompt, response: str,
+               ground_truth: Any = None) -> concurrent.futures.Future[dict[str, float]]:
         """One sample's result, scored directly; a RuntimeError when its rewards are group-pairwise."""
         if self.settings.reward_mode == "group-pairwise":
             raise RuntimeError("DRLAIF_REWARD_MODE=group-pairwise judges a prompt's responses together, and "
@@ -202,7 +223,8 @@ class _Coalescer:
                                    "is unset), and compute_score sees one sample at a time: "
                                    f"{_PER_SAMPLE_WAY_OUT}, or set DRLAIF_REWARD_MODE=direct to score each "
                                    "response alone under it")
-            (item,) = await self.batcher.submit([(prompt, response)])
+            references = await self.references([ground_truth])
+            (item,) = await self.batcher.submit([(prompt, response, references[0] if references else None)])
             return self.result(item)
 
         return asyncio.run_coroutine_threadsafe(one(), self.loop)
@@ -258,11 +280,21 @@ def _prompt_of(extra_info: Mapping[str, Any] | None, key: str) -> Prompt:
     return prompt_for_server(prompt)
 
 
-def _submit(solution_str: str, extra_info: Mapping[str, Any] | None) -> concurrent.futures.Future:
+def reference_text(ground_truth: Any) -> str | None:
+    """A veRL ground truth as the reference answer's text: a string as it is, a list or mapping
+    as JSON, anything else (a number) as its text; None stays None (and the rubric refuses it)."""
+    if ground_truth is None or isinstance(ground_truth, str):
+        return ground_truth
+    if isinstance(ground_truth, Mapping | list | tuple):
+        return json.dumps(ground_truth, default=str, ensure_ascii=False)
+    return str(ground_truth)
+
+
+def _submit(solution_str: str, ground_truth: Any, extra_info: Mapping[str, Any] | None) -> concurrent.futures.Future:
     coalescer = _current()
     if not isinstance(solution_str, str):
         raise TypeError(f"solution_str must be the decoded response text, got {type(solution_str).__name__}")
-    return coalescer.submit(_prompt_of(extra_info, coalescer.settings.prompt_key), solution_str)
+    return coalescer.submit(_prompt_of(extra_info, coalescer.settings.prompt_key), solution_str, ground_truth)
 
 
 async def compute_score(data_source: Any, solution_str: str, ground_truth: Any = None,
@@ -276,7 +308,8 @@ async def compute_score(data_source: Any, solution_str: str, ground_truth: Any =
     Args:
         data_source: Ignored: the labeler judges the response itself.
         solution_str: The decoded response text.
-        ground_truth: Ignored.
+        ground_truth: The sample's reference answer, sent to a rubric that takes one
+            (`takes_reference` in `GET /info`); ignored under the others.
         extra_info: The sample's extra info; the prompt is under `DRLAIF_PROMPT_KEY`
             (`question` by default), as a string or chat messages.
         **kwargs: Ignored.
@@ -294,7 +327,7 @@ async def compute_score(data_source: Any, solution_str: str, ground_truth: Any =
             unset under a rubric with `group_pairwise: true`), which needs
             [compute_score_batch][trainer.frameworks.verl_reward.compute_score_batch].
     """
-    return await asyncio.wrap_future(_submit(solution_str, extra_info))
+    return await asyncio.wrap_future(_submit(solution_str, ground_truth, extra_info))
 
 
 def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str],
@@ -310,7 +343,8 @@ def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str
     Args:
         data_sources: Ignored.
         solution_strs: The decoded response texts.
-        ground_truths: Ignored.
+        ground_truths: Each sample's reference answer, as for
+            [compute_score][trainer.frameworks.verl_reward.compute_score].
         extra_infos: Each sample's extra info, holding its prompt as for
             [compute_score][trainer.frameworks.verl_reward.compute_score].
         **kwargs: Ignored.
@@ -331,8 +365,15 @@ def compute_score_batch(data_sources: Sequence[Any], solution_strs: Sequence[str
         if not isinstance(text, str):
             raise TypeError(f"solution_strs must be the decoded response texts, got {type(text).__name__}")
     prompts = [_prompt_of(info, coalescer.settings.prompt_key) for info in infos]
-    scored = asyncio.run_coroutine_threadsafe(coalescer.client.score_items(prompts, list(solution_strs)),
-                                              coalescer.loop).result()
+    truths = list(ground_truths) if ground_truths is not None else [None] * len(solution_strs)
+    if len(truths) != len(solution_strs):
+        raise ValueError(f"{len(solution_strs)} solution_strs but {len(truths)} ground_truths")
+
+    async def score() -> list[ItemAnswer]:
+        references = await coalescer.references(truths)
+        return await coalescer.client.score_items(prompts, list(solution_strs), references=references)
+
+    scored = asyncio.run_coroutine_threadsafe(score(), coalescer.loop).result()
     return [coalescer.result(item) for item in scored]
 
 
@@ -341,4 +382,4 @@ def compute_score_sync(data_source: Any, solution_str: str, ground_truth: Any = 
     """[compute_score][trainer.frameworks.verl_reward.compute_score] for reward managers that call a plain
     function; calls from concurrent threads are coalesced alike. The same arguments, result and
     errors."""
-    return _submit(solution_str, extra_info).result()
+    return _submit(solution_str, ground_truth, extra_info).result()

@@ -49,7 +49,7 @@ from trainer.analysis.judge_signals import (
 from trainer.analysis.metrics_log import MetricsLog
 from trainer.analysis.run_report import write_run_files
 from trainer.config import PPOConfig
-from trainer.data.prompt_datasets import Prompt
+from trainer.data.prompt_datasets import Prompt, References, needs_references, reference_list
 from trainer.ppo.distributed import check_world, cpu_world_needed
 from trainer.ppo.models import (
     PolicyAndValue,
@@ -79,8 +79,9 @@ log = logging.getLogger(__name__)
 class RewardSource(Protocol):
     """What PPO needs of a reward: RewardClient's blocking and background scoring."""
 
-    def submit_score_items(self, prompts: list[Prompt], responses: list[str],
-                           rubric: str | None = None) -> concurrent.futures.Future[list[ItemAnswer]]: ...
+    def submit_score_items(self, prompts: list[Prompt], responses: list[str], rubric: str | None = None,
+                           references: list[str | None] | None = None,
+                           ) -> concurrent.futures.Future[list[ItemAnswer]]: ...
 
     def score(self, prompts: list[Prompt], responses: list[str], rubric: str | None = None) -> list[float]: ...
 
@@ -144,8 +145,10 @@ class PPOTrainer:
     """Owns the models, the optimizer and the loop; see the module docstring for a step."""
 
     def __init__(self, config: PPOConfig, train_prompts: list[Prompt], eval_prompts: list[Prompt],
-                 reward: RewardSource | None = None):
-        """``reward`` defaults to a RewardClient for ``config.reward_url``; benchmarks pass others."""
+                 reward: RewardSource | None = None, references: References | None = None):
+        """``reward`` defaults to a RewardClient for ``config.reward_url``; benchmarks pass others.
+        ``references``: the prompts' reference answers, sent to a rubric that judges against one
+        (MissingReferences when such a rubric meets a prompt without one)."""
         self.config = c = config
         self.accelerator = Accelerator(mixed_precision=c.mixed_precision, cpu=cpu_world_needed(),
                                        gradient_accumulation_steps=c.gradient_accumulation_steps)
@@ -189,9 +192,12 @@ class PPOTrainer:
             urls=list(c.reward_url), rubric=c.rubric, read_timeout_s=c.reward_timeout_s,
             deadline_s=c.reward_deadline_s, reward_field=c.reward_field, reward_mode=c.reward_mode,
             group_opponents=c.group_opponents))
+        self.references = references or {}
+        self.send_references = needs_references(getattr(self.reward, "takes_reference", lambda _: False), c.rubric,
+                                                train_prompts, self.references, c.reference_field)
         self.metrics = MetricsLog(self.output_dir, tensorboard=c.tensorboard,
                                   enabled=self.accelerator.is_main_process)
-        self.heldout = HeldOutEval(c, eval_prompts, self.metrics) if c.eval_prompts else None
+        self.heldout = HeldOutEval(c, eval_prompts, self.metrics, self.references) if c.eval_prompts else None
 
     # ----------------------------------------------------------------- data
     def batch_prompts(self, step: int) -> list[Prompt]:
@@ -239,10 +245,11 @@ class PPOTrainer:
         rollout = self.rollout(self.batch_prompts(step))
         clock.lap("generate")
         # 2. reward: requested now, awaited after the policy's and the reference's reads (overlap).
-        pending = self.reward.submit_score_items(rollout.prompts, rollout.responses, c.rubric)
+        references = reference_list(rollout.prompts, self.references, self.send_references)
+        pending = self.reward.submit_score_items(rollout.prompts, rollout.responses, c.rubric, references)
         reads = self.read_rollout(rollout)
         clock.lap("read")
-        scored = self.collect_rewards(rollout, pending)
+        scored = self.collect_rewards(rollout, pending, references)
         clock.lap("reward_wait")
         self.metrics.write_samples(step + 1, rollout.prompts, rollout.responses, scored.rewards)
         # 3. shaping and 4. advantages
@@ -276,12 +283,14 @@ class PPOTrainer:
                 **{f"{name}_seconds": t for name, t in clock.seconds.items()},
                 "step_seconds": clock.total()}
 
-    def collect_rewards(self, rollout: Rollout, pending: concurrent.futures.Future) -> ScoredBatch:
+    def collect_rewards(self, rollout: Rollout, pending: concurrent.futures.Future,
+                        references: list[str | None] | None = None) -> ScoredBatch:
         """The server's answers for a rollout. RewardServerError after the client's retries; with
         --on-reward-failure drop, a sample still without reward is left out of this update instead."""
         c = self.config
         if c.on_reward_failure == "drop":
-            scored = score_items_or_drop(self.reward, rollout.prompts, rollout.responses, c.rubric, pending)
+            scored = score_items_or_drop(self.reward, rollout.prompts, rollout.responses, c.rubric, pending,
+                                         references)
         else:
             scored = pending.result()
         kept = torch.tensor([s is not None for s in scored], device=self.accelerator.device)
