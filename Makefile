@@ -41,10 +41,12 @@ $(CLIENTS_STAMP): $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-# The linter first (ruff, pinned in the test extra; settings in pyproject.toml), then the suite.
+# The linter first (ruff, pinned in the test extra; settings in pyproject.toml), then the suite on
+# two workers, a test file at a time each (much of an end-to-end test is waiting on a process;
+# more workers would each start their own servers and models).
 test: $(VLLM_STAMP) $(CLIENTS_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 bench: $(VLLM_STAMP)
 	$(BIN)/python bench/score_throughput.py

@@ -43,7 +43,7 @@ class RuleReward:
     def score(self, prompts, responses, rubric=None) -> list[float]:
         return [brevity(r) for r in responses]
 
-    def submit_score_items(self, prompts, responses, rubric=None) -> concurrent.futures.Future:
+    def submit_score_items(self, prompts, responses, rubric=None, references=None) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
         future.set_result([ItemScore(reward=r, score=r, distribution=[1.0], label_mass=1.0, label_entropy=0.0,
                                      reward_as_written=r, reward_robust=r, judge_spans=0, input_tokens=0,

@@ -46,7 +46,7 @@ class InProcessReward:
     def score(self, prompts, responses, rubric=None) -> list[float]:
         return [s.reward for s in self.score_items(prompts, responses, rubric)]
 
-    def submit_score_items(self, prompts, responses, rubric=None) -> concurrent.futures.Future:
+    def submit_score_items(self, prompts, responses, rubric=None, references=None) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
         future.set_result(self.score_items(prompts, responses, rubric))
         return future

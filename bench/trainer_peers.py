@@ -7,7 +7,13 @@ step count and seed, and score against the same deterministic reward server
 the comparison). Prints each trainer's gain (mean reward of the last K steps minus the first
 K), the gain per 100 rollouts, and seconds per step, then PPO's ratio to GRPO on both.
 
-Run: python bench/trainer_peers.py [--steps 20] [--rule second_person] [--only ppo]
+By default PPO runs matched to what GRPO does with its defaults (MATCHED): one optimisation
+pass over each batch (trl's num_iterations 1), a fixed KL coefficient of 0.05 in the loss
+(GRPO's beta, no budget) and no learning-rate warm-up (trl warms up none), so that the
+seconds per step compare the algorithms rather than how much optimisation each does per
+batch. --ppo-defaults runs drlaif-train ppo's own defaults instead (two epochs, a KL budget).
+
+Run: python bench/trainer_peers.py [--steps 20] [--rule second_person] [--only ppo] [--ppo-defaults]
      extra trainer flags: --ppo-arg=--learning-rate=2e-5 --grpo-arg=--beta=0.0
 """
 
@@ -66,6 +72,8 @@ def run_trainer(algorithm: str, url: str, out: Path, args: argparse.Namespace, e
             "kl": [r.get("kl", 0.0) for r in rows]}
 
 
+# drlaif-train ppo flags that do per batch what drlaif-train grpo (trl's GRPO) does by default.
+MATCHED = ["--ppo-epochs", "1", "--target-kl", "0", "--kl-coef", "0.05", "--warmup-steps", "0"]
 # What each trainer logs as "kl": drlaif's PPO the sum over a response, trl a mean per token.
 KL_UNITS = {"ppo": "nats/response", "grpo": "nats/token"}
 
@@ -93,14 +101,17 @@ def main() -> None:
     parser.add_argument("--only", choices=["ppo", "grpo"], help="run one trainer (for tuning)")
     parser.add_argument("--ppo-arg", action="append", default=[], help="extra drlaif-train ppo flag")
     parser.add_argument("--grpo-arg", action="append", default=[], help="extra drlaif-train grpo flag")
+    parser.add_argument("--ppo-defaults", action="store_true",
+                        help="PPO with drlaif-train's defaults instead of matched to GRPO's (see MATCHED)")
     args = parser.parse_args()
+    ppo_args = ([] if args.ppo_defaults else MATCHED) + args.ppo_arg
 
     rollouts = args.steps * args.batch_size
     rows = []
     with RuleServer(args.rule) as server, tempfile.TemporaryDirectory(prefix="drlaif-peers-") as tmp:
         print(f"[bench] rule {args.rule!r}; {args.steps} steps x {args.batch_size} rollouts, "
               f"{args.max_new_tokens} new tokens, seed {args.seed}", flush=True)
-        for name, extra in (("ppo", args.ppo_arg), ("grpo", args.grpo_arg)):
+        for name, extra in (("ppo", ppo_args), ("grpo", args.grpo_arg)):
             if args.only and name != args.only:
                 continue
             run = run_trainer(name, server.url, Path(tmp) / name, args, extra)

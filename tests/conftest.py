@@ -12,6 +12,16 @@ from drlaif.server_process import INHERITED_DRLAIF, ServerProcess
 
 # DRLAIF_* variables that configure the tests themselves, not the server or the clients.
 TEST_KNOBS = frozenset({"DRLAIF_OPENRLHF_SRC", "DRLAIF_REQUIRE_BROWSER", "DRLAIF_SCREENSHOT_DIR"})
+# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup), one test file at a
+# time on each, so a file's module fixtures (its servers) start once. Files that start a local
+# Ray cluster share one group, so that two clusters never start at once.
+SHARED_WORKER = {"test_ray_serve.py": "ray", "test_verl_own_loop.py": "ray"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each test's xdist group: its file, or the group its file shares (SHARED_WORKER)."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(item.path.name, item.path.name)))
 
 
 @pytest.fixture(scope="session", autouse=True)

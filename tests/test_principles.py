@@ -727,7 +727,10 @@ def test_alignment_eval_reports_each_principles_accuracy(tmp_path, monkeypatch):
         def info(self):
             return {"default_rubric": "assistant", "model": "fake"}
 
-        def compare_items(self, prompts, first, second, debias=True):
+        def takes_reference(self, rubric=None):
+            return False
+
+        def compare_items(self, prompts, first, second, debias=True, references=None):
             out = []
             for a in first:
                 agree = 0.9 if a.startswith("chosen") else 0.1  # P(first better), right about chosen
@@ -738,7 +741,7 @@ def test_alignment_eval_reports_each_principles_accuracy(tmp_path, monkeypatch):
                                    "honest": preference(1.0 - agree, 1.0 - agree, 1.0 - agree if debias else None)}}))
             return out
 
-        def score_items(self, prompts, responses):
+        def score_items(self, prompts, responses, references=None):
             return [item(0.0, {"helpful": 0.5 if r.startswith("chosen") else -0.5,
                                "honest": -0.5 if r.startswith("chosen") else 0.5}) for r in responses]
 

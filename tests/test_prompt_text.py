@@ -107,7 +107,7 @@ class FailingBatch:
         self.config = config
         self.calls: list[list[str]] = []
 
-    def submit_score_items(self, prompts, responses, rubric=None):
+    def submit_score_items(self, prompts, responses, rubric=None, references=None):
         self.calls.append(list(responses))
         future: concurrent.futures.Future = concurrent.futures.Future()
         if len(self.calls) == 1:

@@ -26,7 +26,7 @@ class ItemRefusing:
     def __init__(self):
         self.calls: list[list[str]] = []
 
-    def submit_score_items(self, prompts, responses, rubric=None):
+    def submit_score_items(self, prompts, responses, rubric=None, references=None):
         self.calls.append(list(responses))
         future: concurrent.futures.Future = concurrent.futures.Future()
         if any("x" in r for r in responses):

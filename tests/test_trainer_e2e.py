@@ -223,7 +223,7 @@ def test_resume_restores_step_and_optimizer_state(length_server, tmp_path):
                 "value_head": {k: v.detach().clone() for k, v in model.value_head.state_dict().items()},
                 "optimizer": copy.deepcopy(trainer.optimizer.state_dict())}
 
-    train_prompts, eval_prompts = load_prompt_dataset(None, "train", "prompt")
+    train_prompts, eval_prompts, _ = load_prompt_dataset(None, "train", "prompt")
     config = PPOConfig(reward_url=[length_server.url], output_dir=str(tmp_path / "run"), batch_size=4,
                        minibatch_size=4, ppo_epochs=1, max_new_tokens=8, eval_prompts=0, steps=2)
     first = PPOTrainer(config, train_prompts, eval_prompts)

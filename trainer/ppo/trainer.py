@@ -10,6 +10,12 @@ One step, as in Ziegler et al. 2019 / Lee et al. 2023:
   4. advantage: GAE from the critic's values (gae), or the KL-shaped return to go (group);
   5. optimise:  several epochs of clipped policy and value losses over minibatches.
 
+When nothing before step 5 needs the policy's own reads (the group estimator, the KL in the
+loss) and its first epoch is one minibatch over the whole batch, that epoch's forward pass
+is the policy that sampled (no dropout: train mode reads as eval mode does). Its log-probs,
+values and entropy, detached, are then the rollout's old ones, and the separate read of the
+policy in step 2 is skipped: the step runs one policy forward fewer, with the same numbers.
+
 Around the steps, evaluations on held-out prompts (before, every ``eval_every`` steps, after)
 score the same sampled responses with the proxy (the optimised judge) and with each monitor
 judge, log the KL to the reference, and check the over-optimisation alarm
@@ -188,6 +194,9 @@ class PPOTrainer:
         self.step_done = 0
 
         self.sampler = Sampler.for_policy(policy, self.tokenizer, c.temperature, c.max_new_tokens)
+        # See the module docstring: the first epoch's forward doubles as the rollout's policy read.
+        self.fused_read = (c.advantage_estimator == "group" and c.kl_penalty == "loss"
+                           and c.minibatch_size >= c.batch_size and not _has_dropout(policy))
         self.reward = reward or RewardClient(RewardClientConfig(
             urls=list(c.reward_url), rubric=c.rubric, read_timeout_s=c.reward_timeout_s,
             deadline_s=c.reward_deadline_s, reward_field=c.reward_field, reward_mode=c.reward_mode,
@@ -222,12 +231,16 @@ class PPOTrainer:
     # ----------------------------------------------------------------- model reads
     @torch.no_grad()
     def read_rollout(self, rollout: Rollout) -> dict[str, torch.Tensor]:
-        """Old log-probs, reference log-probs, values and entropy of the sampled tokens."""
+        """Old log-probs, reference log-probs, values and entropy of the sampled tokens; with the
+        fused read, the reference's only (the first epoch of :meth:`optimise` adds the rest)."""
         c, model = self.config, self.accelerator.unwrap_model(self.model)
         # With dropout on, these would be one noisy draw rather than the policy that sampled.
         model.eval()
         ids, att, last = rollout.input_ids, rollout.attention_mask, rollout.response_len
         with self.accelerator.autocast():
+            if self.fused_read:
+                return {"ref_logprobs": token_logprobs(reference_logits(model.policy, self.reference, rollout),
+                                                       rollout.response_ids, c.temperature)}
             logits, values = model(ids, att, last)
             logprobs = token_logprobs(logits, rollout.response_ids, c.temperature)
             entropy = token_entropy(logits, c.temperature)
@@ -255,15 +268,18 @@ class PPOTrainer:
         # 3. shaping and 4. advantages
         shaped = self.shape_scores(rollout, scored)
         mask = rollout.mask * scored.kept.unsqueeze(-1)
-        baseline = torch.zeros_like(reads["values"]) if c.advantage_estimator == "group" else reads["values"]
+        baseline = torch.zeros_like(reads["ref_logprobs"]) if c.advantage_estimator == "group" else reads["values"]
         in_reward = self.kl.value if c.kl_penalty == "reward" else 0.0
-        rewards, kl = kl_shaped_rewards(shaped, reads["logprobs"], reads["ref_logprobs"], mask, in_reward)
+        # (With the fused read the policy's log-probs come in step 5; the KL term is not in the reward then.)
+        rewards, _ = kl_shaped_rewards(shaped, reads.get("logprobs", reads["ref_logprobs"]), reads["ref_logprobs"],
+                                       mask, in_reward)
         advantages, returns = generalized_advantages(rewards, baseline, mask, c.gamma, c.lam)
         if c.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         # 5. optimise
         losses = self.optimise(rollout, reads, advantages, returns, mask)
         clock.lap("optimise")
+        kl = (reads["logprobs"] - reads["ref_logprobs"]) * mask
         # The KL controller follows the KL the batch was sampled at.
         all_kept = self.accelerator.gather(scored.kept)
         kl_per_sequence = self.accelerator.gather(kl.sum(-1))[all_kept].mean().item()
@@ -329,7 +345,7 @@ class PPOTrainer:
         stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [],
                                          "value_clipfrac": [], "approx_kl": []}
         self.model.train()  # the rollout and its reads ran in eval mode
-        for _ in range(c.ppo_epochs):
+        for epoch in range(c.ppo_epochs):
             order = torch.randperm(c.batch_size, device=mask.device)
             for start in range(0, c.batch_size, c.minibatch_size):
                 rows = order[start:start + c.minibatch_size]
@@ -337,6 +353,11 @@ class PPOTrainer:
                     logits, new_values = self.model(rollout.input_ids[rows], rollout.attention_mask[rows],
                                                     rollout.response_len)
                     new_logprobs = token_logprobs(logits, rollout.response_ids[rows], c.temperature)
+                    if self.fused_read and epoch == 0:  # the policy that sampled: the rollout's old reads
+                        back = torch.argsort(rows)
+                        with torch.no_grad():
+                            reads["entropy"] = token_entropy(logits, c.temperature)[back]
+                        reads["logprobs"], reads["values"] = new_logprobs.detach()[back], new_values.detach()[back]
                     del logits
                     pg = clipped_policy_loss(new_logprobs, reads["logprobs"][rows], advantages[rows], mask[rows],
                                              c.clip_range)
@@ -497,3 +518,11 @@ class PPOTrainer:
     def _say(self, text: str) -> None:
         if self.accelerator.is_main_process:
             tqdm.write(text)
+
+
+def _has_dropout(model: torch.nn.Module) -> bool:
+    """Whether a forward in train mode can differ from one in eval mode: a dropout layer, or an
+    attention dropout (Hugging Face models apply it inside attention, from their config)."""
+    config = getattr(model, "config", None)
+    attention = getattr(config, "attention_dropout", 0.0) or 0.0
+    return attention > 0 or any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
