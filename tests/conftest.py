@@ -18,6 +18,17 @@ TEST_KNOBS = frozenset({"DRLAIF_OPENRLHF_SRC", "DRLAIF_REQUIRE_BROWSER", "DRLAIF
 SHARED_WORKER = {"test_ray_serve.py": "ray", "test_verl_own_loop.py": "ray"}
 
 
+def pytest_configure(config):
+    """Under xdist, one thread per process for torch and its BLAS (in the workers and every
+    server, trainer and engine they start, which inherit it). Each worker's test already runs
+    a client and a server or trainer side by side; with each process spinning up a thread per
+    core, the two workers' processes oversubscribe the cores and the OpenMP threads spin
+    against each other instead of computing."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
+
+
 def pytest_collection_modifyitems(config, items):
     """Each test's xdist group: its file, or the group its file shares (SHARED_WORKER)."""
     for item in items:
