@@ -200,6 +200,8 @@ FOREIGN_FLAGS = {
     "--strict": "mkdocs build",
     "--rule": "bench/rule_reward_server.py",
     "--only": "bench/fleet.py",
+    "--ppo-defaults": "bench/trainer_peers.py",
+    "--dist": "pytest-xdist",
     "--reward.remote_url": "OpenRLHF",
     "--remote_rm_url": "OpenRLHF (before 0.11)",
     "--label_key": "OpenRLHF",
