@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from drlaif.prompt_text import parse_hh_transcript
-from trainer.data.prompt_datasets import Prompt, hh_prompt
+from trainer.data.prompt_datasets import Prompt, hh_prompt, record_reference
 
 
 @dataclass(frozen=True)
@@ -86,14 +86,6 @@ def _response(value: object) -> str:
     raise ValueError(f"a response must be a string or [{{'role': 'assistant', ...}}], got {value!r:.80}")
 
 
-def _reference(record: Mapping[str, Any]) -> str | None:
-    """A line's reference answer (a number as its text), None without one."""
-    value = record.get("reference")
-    if value is None or value == "":
-        return None
-    return value if isinstance(value, str) else str(value)
-
-
 def split_hh_pair(chosen: str, rejected: str) -> Pair:
     """The shared HH-RLHF dialogue (up to its last "Assistant:") and the two final replies."""
     prompt = hh_prompt(chosen)
@@ -104,7 +96,7 @@ def split_hh_pair(chosen: str, rejected: str) -> Pair:
 
 def pair_from_record(record: Mapping[str, Any]) -> Pair:
     """A pair from one line of any of the pair formats in the module docstring."""
-    reference = _reference(record)
+    reference = record_reference(record, "reference")
     if "response_a" in record or "response_b" in record:
         return Pair(_prompt(record.get("prompt")), _response(record.get("response_a")),
                     _response(record.get("response_b")), reference)
@@ -141,7 +133,7 @@ def load_responses(path: str | Path) -> Responses:
         try:
             out.prompts.append(_prompt(record.get("prompt")))
             out.responses.append(_response(record.get("response")))
-            out.references.append(_reference(record))
+            out.references.append(record_reference(record, "reference"))
         except ValueError as exc:
             raise ValueError(f"{path}:{lineno}: {exc}") from None
     if not out.prompts:

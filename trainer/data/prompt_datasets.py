@@ -83,16 +83,25 @@ def load_prompt_dataset(dataset: str | None, split: str, prompt_field: str,
     return PromptDataset(prompts[:-held], prompts[-held:], collect_references(prompts, records, reference_field))
 
 
+def record_reference(record: Mapping[str, Any], field: str) -> str | None:
+    """A record's reference answer in ``field`` (a number as its text); None when it has none
+    (missing or empty)."""
+    value = record.get(field)
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
 def collect_references(prompts: Sequence[Prompt], records: Sequence[Mapping[str, Any]],
                        reference_field: str) -> dict[str, str]:
     """The reference answer of each prompt whose record has one (a number as its text); a
     ValueError when one prompt appears with two different references."""
     out: dict[str, str] = {}
     for prompt, record in zip(prompts, records, strict=True):
-        value = record.get(reference_field)
-        if value is None or value == "":
+        text = record_reference(record, reference_field)
+        if text is None:
             continue
-        key, text = same_prompt_key(prompt), value if isinstance(value, str) else str(value)
+        key = same_prompt_key(prompt)
         if out.setdefault(key, text) != text:
             raise ValueError(f"the prompt {key[:60]!r} appears with two different {reference_field!r} values; a "
                              "prompt's reference answer must be one")
