@@ -59,6 +59,10 @@ def item_score(reward: float, **fields) -> ItemScore:
     return ItemScore(**{**values, **fields})
 
 
+# The same item read in two different batches: padding changes the float32 reduction
+# order, which moves probabilities and rewards by a few 1e-6 (2.6e-6 seen under load).
+ACROSS_BATCHES = 1e-5
+
 HELD_OUT = [
     {"prompt": "What is the capital of France?", "response": "Paris."},
     {"prompt": "What is the capital of France?", "response": "The capital of France is Berlin."},
