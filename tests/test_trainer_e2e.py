@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -53,14 +54,38 @@ def length_server():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def stopping_policy_dir(tiny_policy_dir, tmp_path_factory) -> Path:
+    """The tiny random policy, able to end its answers. Its answers run to --max-new-tokens (EOS is 1
+    token in 49k), so a length rule has nothing it can learn in a few steps; here every embedding
+    shares one direction, as a trained model's do, and EOS's leans far along it: EOS then takes
+    about 5% a token, and its answers end anywhere, the policy's to shorten."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = tmp_path_factory.mktemp("stopping-policy") / "policy"
+    shutil.copytree(tiny_policy_dir, path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
+    with torch.no_grad():
+        embeddings = model.get_input_embeddings().weight  # tied: also the output layer
+        shared = torch.randn(embeddings.shape[1], generator=torch.Generator().manual_seed(0))
+        shared *= embeddings.norm(dim=1).mean() / shared.norm()  # as long as a typical embedding
+        embeddings += shared
+        embeddings[model.config.eos_token_id] += 18 * shared
+    model.save_pretrained(path)
+    return path
+
+
 @pytest.mark.compat("drlaif-train ppo", "plain", "works")
-def test_ppo_raises_a_deterministic_reward(length_server, tmp_path):
+def test_ppo_raises_a_deterministic_reward(length_server, stopping_policy_dir, tmp_path):
     out = tmp_path / "run"
-    # The length rule pays for any distance from the reference, and 8 steps leave no room for a
-    # warm-up: this is PPO without the default KL budget (4 nats, set for a labeler's reward,
-    # which over-optimisation spends; with it this run gains +0.073 [-0.015, +0.183]).
-    result = train(length_server.url, out, "--steps", "8", "--eval-prompts", "8",
-                   "--target-kl", "0", "--kl-coef", "0.05", "--warmup-steps", "0")
+    # A tiny policy learns in seconds what the 135M default took minutes to: to end its answers
+    # sooner, which the length rule pays for. Its learning rate is a tiny model's, not the 135M
+    # default's 1e-4, and 8 steps leave no room for the default warm-up; the KL budget is the
+    # default's (the held-out KL stays near 2 of its 4 nats). Seeds 1, 2 and 3 gained +0.77
+    # [+0.66, +0.89], +0.81 [+0.72, +0.89] and +0.80 [+0.58, +0.94].
+    result = train(length_server.url, out, "--model", str(stopping_policy_dir), "--steps", "8",
+                   "--eval-prompts", "8", "--learning-rate", "3e-3", "--warmup-steps", "0")
     assert result.returncode == 0, result.stdout + result.stderr
     rows = metrics(out)
     assert [r["step"] for r in rows] == list(range(1, 9))
@@ -211,7 +236,7 @@ def _optimizer_differences(got: dict, want: dict) -> list[str]:
 
 
 @pytest.mark.usefixtures("fresh_accelerate_state")
-def test_resume_restores_step_and_optimizer_state(length_server, tmp_path):
+def test_resume_restores_step_and_optimizer_state(length_server, tiny_policy_dir, tmp_path):
     from trainer.config import PPOConfig
     from trainer.data.prompt_datasets import load_prompt_dataset
     from trainer.ppo.trainer import PPOTrainer
@@ -224,8 +249,9 @@ def test_resume_restores_step_and_optimizer_state(length_server, tmp_path):
                 "optimizer": copy.deepcopy(trainer.optimizer.state_dict())}
 
     train_prompts, eval_prompts, _ = load_prompt_dataset(None, "train", "prompt")
-    config = PPOConfig(reward_url=[length_server.url], output_dir=str(tmp_path / "run"), batch_size=4,
-                       minibatch_size=4, ppo_epochs=1, max_new_tokens=8, eval_prompts=0, steps=2)
+    # The tiny random policy: what a checkpoint must restore does not depend on the model's size.
+    config = PPOConfig(reward_url=[length_server.url], output_dir=str(tmp_path / "run"), model=str(tiny_policy_dir),
+                       batch_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=8, eval_prompts=0, steps=2)
     first = PPOTrainer(config, train_prompts, eval_prompts)
     try:
         first.step_done = 1
@@ -271,7 +297,7 @@ def test_ppo_on_the_real_labeler_logs_the_servers_rewards(server, tiny_policy_di
     # Under a constitution, so that each principle's reward mean is logged too. The tiny random
     # policy: what is tested is which reward the trainer logs, not what the policy learns.
     result = train(server.url, out, "--model", str(tiny_policy_dir), "--steps", "2", "--batch-size", "4",
-                   "--max-new-tokens", "8", "--eval-prompts", "4", "--rubric", "assistant",
+                   "--max-new-tokens", "8", "--eval-prompts", "2", "--eval-samples", "2", "--rubric", "assistant",
                    "--reward-field", "reward_robust")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = metrics(out)
