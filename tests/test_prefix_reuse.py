@@ -207,3 +207,40 @@ def test_a_transient_failure_after_the_check_fails_the_batch_and_reuse_stays_on(
     assert backend.prefix_reuse  # a transient failure says nothing about the model
     monkeypatch.setattr(backend, "_read", real_read)
     assert max_prob_diff(backend.forward(batch), expected) < 1e-6
+
+
+def test_new_prompt_groups_are_prefilled_in_one_pass_each_row_as_if_alone(labeler):
+    """A request's prompt groups of different lengths: their prompt KVs come from one batched
+    pass (right-padded) that keeps each row's own tokens, equal to computing each alone."""
+    encoder = PromptEncoder(labeler.tokenizer, 4096, True)
+    compiled = encoder.compile(RubricRegistry.load().get("harmless"))
+    prompts = [ITEMS[0][0], ITEMS[2][0] + " Please explain in detail, step by step.", ITEMS[3][0]]
+    batch, prefixes = [], []
+    for prompt in prompts:
+        encoded = [encoder.encode(compiled, prompt, response) for _, response in ITEMS]
+        ids = [e.input_ids for e in encoded]
+        shared = next(i for i in range(min(map(len, ids))) if len({seq[i] for seq in ids}) > 1)
+        prefixes.append(tuple(ids[0][:shared]))
+        for e in encoded:
+            batch += compiled.trie.plan(e.input_ids, shared)
+    assert len(set(map(len, prefixes))) == 3
+    labeler.forward(batch)  # the rubric's own prefix kept, and reuse checked
+    labeler._prefix_kv = type(labeler._prefix_kv)(
+        (p, kv) for p, kv in labeler._prefix_kv.items() if p not in prefixes)
+    passes = []
+    model = labeler.model
+    labeler.model = lambda **kw: passes.append(kw["input_ids"].shape) or model(**kw)
+    try:
+        reused = labeler.forward(batch)
+    finally:
+        labeler.model = model
+    assert passes[0][0] == 3  # the three prompts in one pass, then one read per group
+    assert len(passes) == 1 + 3
+    assert max_prob_diff(reused, plain(labeler, batch)) < 1e-5
+    for prefix in prefixes:
+        batched = labeler._prefix_kv.pop(prefix)
+        with torch.inference_mode():
+            alone = labeler._kv_of(prefix)
+        worst = max(float((a - b).abs().max() / b.abs().max()) for (ka, va), (kb, vb) in zip(batched, alone, strict=True)
+                    for a, b in ((ka, kb), (va, vb)))
+        assert worst < 1e-5, worst  # float rounding, relative to the layer's largest entry

@@ -62,6 +62,9 @@ MIN_SHARED_PREFIX = 16
 # Prefix KV kept, in tokens (each prefix counted whole): the rubric forms in use and a request's
 # prompt groups (8 groups of 500-token prompts: 4,000); about 0.4 GB for the embedded labeler.
 PREFIX_CACHE_TOKENS = 8192
+# Padded tokens per batched pass over new prefixes (a request's prompt groups), at most half
+# the LRU so that the rows a pass computes are still kept when their suffixes are read.
+PREFILL_BATCH_TOKENS = PREFIX_CACHE_TOKENS // 2
 # How far the prefix path's probabilities may sit from the plain path's on the first
 # check before it is turned off: float rounding, far below anything a reward shows.
 _CHECK_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
@@ -123,7 +126,9 @@ class TransformersBackend:
         out: list[list[np.ndarray] | None] = [None] * len(batch)
         with self._lock:
             groups = self._by_prefix(batch)
-            self._share_common_prefix([p for p in groups if p])
+            prefixes = [p for p in groups if p]
+            self._share_common_prefix(prefixes)
+            self._prefill_prefixes(prefixes)
             for prefix, rows in groups.items():
                 sub = [batch[i] for i in rows]
                 results = self._read_with_prefix(sub, prefix) if prefix else self._read(sub, ())
@@ -192,6 +197,62 @@ class TransformersBackend:
             with contextlib.suppress(Exception):
                 self._kv_of(prefixes[0][:common])
 
+    def _prefill_prefixes(self, prefixes: list[tuple[int, ...]]) -> None:
+        """The KV of several new prefixes (a GRPO step's prompt groups) in batched passes instead
+        of one batch-1 pass each: rows right-padded, so that a row's own tokens never attend to
+        its padding, each on the kept prefix they all extend; each row's KV is then kept as
+        :meth:`_kv_of` would have computed it alone (equal to float rounding)."""
+        if not (self.prefix_reuse and self._prefix_checked):
+            return  # the first use goes through _kv_of and its check against the plain path
+        missing = [p for p in prefixes if p not in self._prefix_kv]
+        by_base: dict[tuple[int, ...], list[tuple[int, ...]]] = collections.defaultdict(list)
+        for prefix in missing:
+            by_base[self._longest_kept(prefix)].append(prefix)
+        for base, group in by_base.items():
+            group.sort(key=len)
+            chunk: list[tuple[int, ...]] = []
+            for prefix in group:
+                # A pass and everything it keeps must fit the prefix LRU, or it would evict its own rows.
+                if chunk and (len(chunk) + 1) * len(prefix) > PREFILL_BATCH_TOKENS:
+                    self._prefill_chunk(base, chunk)
+                    chunk = []
+                chunk.append(prefix)
+            self._prefill_chunk(base, chunk)
+
+    def _prefill_chunk(self, base: tuple[int, ...], prefixes: list[tuple[int, ...]]) -> None:
+        if len(prefixes) < 2:
+            return  # _kv_of computes a lone prefix
+        from transformers import DynamicCache
+
+        width = max(map(len, prefixes)) - len(base)
+        input_ids = torch.full((len(prefixes), width), self.pad_id, dtype=torch.long)
+        for row, prefix in enumerate(prefixes):
+            input_ids[row, : len(prefix) - len(base)] = torch.tensor(prefix[len(base):], dtype=torch.long)
+        past = None
+        if base:
+            self._prefix_kv.move_to_end(base)
+            past = DynamicCache(ddp_cache_data=[(k.expand(len(prefixes), -1, -1, -1), v.expand(len(prefixes), -1, -1, -1))
+                                                for k, v in self._prefix_kv[base]])
+        # _read_with_prefix meets any error here again in _kv_of, and handles it there.
+        with contextlib.suppress(Exception):
+            cache = self.model(input_ids=input_ids.to(self.device),
+                               position_ids=torch.arange(len(base), len(base) + width, device=self.device)[None],
+                               past_key_values=past, use_cache=True, logits_to_keep=1).past_key_values
+            layers = cache.layers
+            for row, prefix in enumerate(prefixes):
+                self._keep(prefix, [(layer.keys[row : row + 1, :, : len(prefix)].clone(),
+                                     layer.values[row : row + 1, :, : len(prefix)].clone()) for layer in layers])
+
+    def _longest_kept(self, prefix: tuple[int, ...]) -> tuple[int, ...]:
+        """The longest kept prefix that ``prefix`` strictly extends (() for none)."""
+        return max((kept for kept in self._prefix_kv if len(kept) < len(prefix) and prefix[: len(kept)] == kept),
+                   key=len, default=())
+
+    def _keep(self, prefix: tuple[int, ...], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self._prefix_kv[prefix] = kv
+        while len(self._prefix_kv) > 1 and sum(map(len, self._prefix_kv)) > PREFIX_CACHE_TOKENS:
+            self._prefix_kv.popitem(last=False)
+
     def _kv_of(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, the keys and values of ``prefix`` alone (batch 1), computed once, and on
         top of the longest kept prefix of it when there is one."""
@@ -200,8 +261,7 @@ class TransformersBackend:
 
         kv = self._prefix_kv.get(prefix)
         if kv is None:
-            base = max((kept for kept in self._prefix_kv if len(kept) < len(prefix) and prefix[: len(kept)] == kept),
-                       key=len, default=())
+            base = self._longest_kept(prefix)
             past = None
             if base:
                 self._prefix_kv.move_to_end(base)
@@ -214,9 +274,7 @@ class TransformersBackend:
             if not layers or any(type(layer) is not DynamicLayer for layer in layers):
                 raise TypeError(f"its KV cache is {type(cache).__name__} with layers other than full attention")
             kv = [(layer.keys, layer.values) for layer in layers]
-            self._prefix_kv[prefix] = kv
-            while len(self._prefix_kv) > 1 and sum(map(len, self._prefix_kv)) > PREFIX_CACHE_TOKENS:
-                self._prefix_kv.popitem(last=False)
+            self._keep(prefix, kv)
         self._prefix_kv.move_to_end(prefix)
         return kv
 
