@@ -46,7 +46,7 @@ demo: $(STAMP)
 # more workers would each start their own servers and models).
 test: $(VLLM_STAMP) $(CLIENTS_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder
 
 bench: $(VLLM_STAMP)
 	$(BIN)/python bench/score_throughput.py

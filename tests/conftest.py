@@ -14,11 +14,22 @@ from drlaif.server_process import INHERITED_DRLAIF, ServerProcess
 
 # DRLAIF_* variables that configure the tests themselves, not the server or the clients.
 TEST_KNOBS = frozenset({"DRLAIF_OPENRLHF_SRC", "DRLAIF_REQUIRE_BROWSER", "DRLAIF_SCREENSHOT_DIR"})
-# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup). Each file is marked
-# as its own group, and the files that start a local Ray cluster as one, meant to keep two
-# clusters from starting at once; under pytest 9.2 the marks do not bind (see
-# pytest_collection_modifyitems).
-SHARED_WORKER = {"test_ray_serve.py": "ray", "test_verl_own_loop.py": "ray"}
+# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup), one test file at a
+# time on each, so that a file's module fixtures (its servers) start once. Files that start a local
+# Ray cluster share one group, so that two clusters never start at once. So do the files that
+# start vLLM engines: vLLM pins each engine's worker to the same core, so two engines on two
+# workers would fight over it; and the group's `drlaif-server --backend vllm` (vllm_server)
+# starts once for the files that read from it.
+SHARED_WORKER = {"test_ray_serve.py": "ray", "test_verl_own_loop.py": "ray",
+                 "test_generation.py": "vllm", "test_openai_backend_e2e.py": "vllm", "test_vllm_backend.py": "vllm",
+                 "test_vllm_reads.py": "vllm"}
+# The groups that take longest (minutes each on two cores), in that order; the rest follow in
+# file order. `make test` passes --no-loadscope-reorder so that xdist hands them out in this
+# order (by default it orders groups by their number of tests), and the last group to start is
+# a short one: neither worker waits long for the other at the end.
+LONGEST_FIRST = ["vllm", "test_compatibility_e2e.py", "test_trainer_e2e.py", "ray", "test_reasoning_e2e.py",
+                 "test_admission_e2e.py", "test_faults.py", "test_overoptimisation_e2e.py", "test_groups.py",
+                 "test_prefix_reuse.py"]
 
 
 def pytest_configure(config):
@@ -32,15 +43,35 @@ def pytest_configure(config):
             os.environ.setdefault(name, "1")
 
 
-def pytest_collection_modifyitems(config, items):
-    """Each test's xdist group: its file, or the group its file shares (SHARED_WORKER).
+def xdist_group(item: pytest.Item) -> str:
+    """A test's xdist group: its file, or the group its file shares (SHARED_WORKER)."""
+    return SHARED_WORKER.get(item.path.name, item.path.name)
 
-    With pytest 9.2 xdist's "@group" node-id suffix does not take (pytest-dev/pytest-xdist#1386),
-    so the groups do not bind tests to one worker. Forcing them to (setting the suffix here) was
-    measured slower: 37 min 50 s for the fresh-clone suite against 25 min 51 s, the workers
-    idling behind whole files."""
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config, items):
+    """Put each test in its xdist group, longest groups first.
+
+    xdist's worker appends "@group" to a marked test's node id, and its scheduler sends a
+    group's tests to one worker by that suffix. It sets ``item._nodeid``, which pytest 9.2 no
+    longer reads (pytest-dev/pytest-xdist#1386): without the suffix set here each test would be
+    a group of its own, and a file's module fixtures (servers, vLLM engines) would start on
+    both workers. A pytest where the suffix cannot be set stops the run rather than ungroup it
+    silently."""
+    items.sort(key=lambda item: LONGEST_FIRST.index(g) if (g := xdist_group(item)) in LONGEST_FIRST
+               else len(LONGEST_FIRST))
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(item.path.name, item.path.name)))
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+    result = yield
+    if config.getoption("loadgroup", False):  # an xdist worker, under --dist loadgroup
+        for item in items:
+            suffix = f"@{xdist_group(item)}"
+            if not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
+                item._id = type(item._id).parse(item.nodeid + suffix)
+            if not item.nodeid.endswith(suffix):
+                raise pytest.UsageError(f"cannot put {item.nodeid} in its xdist group {suffix[1:]}: this pytest "
+                                        "and pytest-xdist do not group tests (tests/conftest.py)")
+    return result
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -129,7 +160,7 @@ def _start_vllm_server(model_dir: Path) -> ServerProcess:
 def vllm_server(embedded_model_dir) -> ServerProcess:
     """One real `drlaif-server --backend vllm --enforce-eager` on the embedded labeler (float32),
     shared by tests/test_vllm_backend.py and tests/test_openai_backend_e2e.py (the in-process
-    reference of the openai backend): one per worker that runs them. Its stop is checked:
+    reference of the openai backend), which share a worker (SHARED_WORKER). Its stop is checked:
     uvicorn's own exit on SIGTERM, and no engine process left behind."""
     import psutil
 
