@@ -106,7 +106,8 @@ def main() -> None:
                         choices=["transformers", "vllm"])
     parser.add_argument("--block-size", type=int, default=32,
                         help="the vllm server's --block-size (vLLM's CPU default is 128: a prefix cached in 128-token "
-                             "blocks re-runs up to 127 tokens of every item for each further principle); 0: vLLM's")
+                             "blocks re-runs up to 127 tokens of every item for each further principle); 0: the server's "
+                             "default (32 on CPU)")
     parser.add_argument("--vllm-arg", action="append", default=[],
                         help="extra drlaif-server flag for the vllm server (repeatable), e.g. --vllm-arg=--enforce-eager")
     args = parser.parse_args()

