@@ -20,6 +20,21 @@ log = logging.getLogger(__name__)
 REFERENCE_COLUMN = "reference"
 
 
+def _trl_trainers() -> tuple[type, type, type, type]:
+    """trl's GRPOConfig, GRPOTrainer, RLOOConfig and RLOOTrainer, imported without vLLM.
+
+    trl imports vLLM whenever it is installed (3.7 s of a 2-core CPU at every start, as on a
+    machine whose labeler runs on vLLM), for its own vLLM generation, which drlaif's trl runs
+    never turn on: they generate with the policy itself. trl is told that vLLM is absent
+    before its trainers are imported."""
+    import importlib
+
+    importlib.import_module("trl.import_utils").is_vllm_available = lambda min_version=None: False
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    return GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+
 def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Prompt], heldout: HeldOutCallback,
                       references: References | None = None):
     """trl's GRPOTrainer or RLOOTrainer, set up with drlaif's reward function and prompts, and
@@ -27,8 +42,8 @@ def build_trl_trainer(algorithm: str, config: TRLConfig, train_prompts: list[Pro
     ``references`` become the dataset's reference column, which trl passes to the reward
     function (and that sends to a rubric that judges against one)."""
     import datasets
-    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
+    GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer = _trl_trainers()
     config_cls, trainer_cls = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[algorithm]
     output_dir = Path(config.output_dir)
     if config.batch_size % config.num_generations:
