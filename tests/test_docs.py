@@ -202,6 +202,7 @@ FOREIGN_FLAGS = {
     "--only": "bench/fleet.py",
     "--ppo-defaults": "bench/trainer_peers.py",
     "--dist": "pytest-xdist",
+    "--no-loadscope-reorder": "pytest-xdist",
     "--reward.remote_url": "OpenRLHF",
     "--remote_rm_url": "OpenRLHF (before 0.11)",
     "--label_key": "OpenRLHF",
