@@ -209,12 +209,11 @@ def test_a_transient_failure_after_the_check_fails_the_batch_and_reuse_stays_on(
     assert max_prob_diff(backend.forward(batch), expected) < 1e-6
 
 
-def test_new_prompt_groups_are_prefilled_in_one_pass_each_row_as_if_alone(labeler):
-    """A request's prompt groups of different lengths: their prompt KVs come from one batched
-    pass (right-padded) that keeps each row's own tokens, equal to computing each alone."""
+def _prompt_groups(labeler, prompts: list[str]) -> tuple[list[TokenReads], list[tuple[int, ...]]]:
+    """Each prompt with every response of ITEMS under `harmless`: the batch's reads, and each
+    prompt group's shared prefix (whose KV is then dropped, so the next forward computes it)."""
     encoder = PromptEncoder(labeler.tokenizer, 4096, True)
     compiled = encoder.compile(RubricRegistry.load().get("harmless"))
-    prompts = [ITEMS[0][0], ITEMS[2][0] + " Please explain in detail, step by step.", ITEMS[3][0]]
     batch, prefixes = [], []
     for prompt in prompts:
         encoded = [encoder.encode(compiled, prompt, response) for _, response in ITEMS]
@@ -223,17 +222,31 @@ def test_new_prompt_groups_are_prefilled_in_one_pass_each_row_as_if_alone(labele
         prefixes.append(tuple(ids[0][:shared]))
         for e in encoded:
             batch += compiled.trie.plan(e.input_ids, shared)
-    assert len(set(map(len, prefixes))) == 3
     labeler.forward(batch)  # the rubric's own prefix kept, and reuse checked
     labeler._prefix_kv = type(labeler._prefix_kv)(
         (p, kv) for p, kv in labeler._prefix_kv.items() if p not in prefixes)
+    return batch, prefixes
+
+
+def _passes(labeler, batch) -> tuple[list[torch.Size], list]:
+    """The input shapes of the model passes a forward of ``batch`` makes, and its reads."""
     passes = []
     model = labeler.model
     labeler.model = lambda **kw: passes.append(kw["input_ids"].shape) or model(**kw)
     try:
-        reused = labeler.forward(batch)
+        return passes, labeler.forward(batch)
     finally:
         labeler.model = model
+
+
+def test_new_prompt_groups_are_prefilled_in_one_pass_each_row_as_if_alone(labeler, monkeypatch):
+    """A request's prompt groups of different lengths: their prompt KVs come from one batched
+    pass (right-padded) that keeps each row's own tokens, equal to computing each alone."""
+    monkeypatch.setattr(transformers_backend, "PREFILL_MAX_PADDING", float("inf"))
+    batch, prefixes = _prompt_groups(labeler, [ITEMS[0][0], ITEMS[2][0] + " Please explain in detail, step by step.",
+                                               ITEMS[3][0]])
+    assert len(set(map(len, prefixes))) == 3
+    passes, reused = _passes(labeler, batch)
     assert passes[0][0] == 3  # the three prompts in one pass, then one read per group
     assert len(passes) == 1 + 3
     assert max_prob_diff(reused, plain(labeler, batch)) < 1e-5
@@ -244,3 +257,19 @@ def test_new_prompt_groups_are_prefilled_in_one_pass_each_row_as_if_alone(labele
         worst = max(float((a - b).abs().max() / b.abs().max()) for (ka, va), (kb, vb) in zip(batched, alone, strict=True)
                     for a, b in ((ka, kb), (va, vb)))
         assert worst < 1e-5, worst  # float rounding, relative to the layer's largest entry
+
+
+def test_prompts_of_far_apart_lengths_are_prefilled_in_passes_of_little_padding(labeler):
+    """Sorted by length, a pass ends where its padding would pass PREFILL_MAX_PADDING of its
+    real tokens: two short prompts share a pass, the long one has its own."""
+    long = ITEMS[2][0] + " Please explain in detail, step by step, with an example of each step." * 3
+    batch, prefixes = _prompt_groups(labeler, [ITEMS[0][0], long, ITEMS[3][0]])
+    passes, reused = _passes(labeler, batch)
+    base = len(labeler._longest_kept(prefixes[0]))
+    short, far = sorted(len(p) - base for p in prefixes[::2]), len(prefixes[1]) - base
+    assert far > 2 * short[-1]
+    # The reads are passes of len(ITEMS) rows, one per group; the long prompt's KV is computed
+    # alone, as a lone new prefix always is.
+    assert sorted(tuple(shape) for shape in passes if shape[0] != len(ITEMS)) == [(1, far), (2, short[-1])]
+    assert 2 * short[-1] <= (1 + transformers_backend.PREFILL_MAX_PADDING) * sum(short)
+    assert max_prob_diff(reused, plain(labeler, batch)) < 1e-5

@@ -65,6 +65,10 @@ PREFIX_CACHE_TOKENS = 8192
 # Padded tokens per batched pass over new prefixes (a request's prompt groups), at most half
 # the LRU so that the rows a pass computes are still kept when their suffixes are read.
 PREFILL_BATCH_TOKENS = PREFIX_CACHE_TOKENS // 2
+# A batched pass over new prefixes computes its padding too. Its rows are sorted by length, and
+# a pass ends where padding would pass this share of its real tokens: prompts of 230-386 tokens
+# in one pass are a fifth padding, and a pass of a few rows costs the same per token.
+PREFILL_MAX_PADDING = 0.1
 # How far the prefix path's probabilities may sit from the plain path's on the first
 # check before it is turned off: float rounding, far below anything a reward shows.
 _CHECK_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
@@ -213,7 +217,10 @@ class TransformersBackend:
             chunk: list[tuple[int, ...]] = []
             for prefix in group:
                 # A pass and everything it keeps must fit the prefix LRU, or it would evict its own rows.
-                if chunk and (len(chunk) + 1) * len(prefix) > PREFILL_BATCH_TOKENS:
+                padded = (len(chunk) + 1) * (len(prefix) - len(base))
+                real = sum(len(p) - len(base) for p in chunk) + len(prefix) - len(base)
+                if chunk and ((len(chunk) + 1) * len(prefix) > PREFILL_BATCH_TOKENS
+                              or padded > (1 + PREFILL_MAX_PADDING) * real):
                     self._prefill_chunk(base, chunk)
                     chunk = []
                 chunk.append(prefix)
