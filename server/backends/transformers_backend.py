@@ -215,15 +215,17 @@ class TransformersBackend:
         for base, group in by_base.items():
             group.sort(key=len)
             chunk: list[tuple[int, ...]] = []
+            real = 0  # the chunk's tokens past base, without padding
             for prefix in group:
-                # A pass and everything it keeps must fit the prefix LRU, or it would evict its own rows.
-                padded = (len(chunk) + 1) * (len(prefix) - len(base))
-                real = sum(len(p) - len(base) for p in chunk) + len(prefix) - len(base)
-                if chunk and ((len(chunk) + 1) * len(prefix) > PREFILL_BATCH_TOKENS
-                              or padded > (1 + PREFILL_MAX_PADDING) * real):
+                width, rows = len(prefix) - len(base), len(chunk) + 1  # sorted: this row is the widest
+                # A pass and everything it keeps must fit the prefix LRU, or it would evict its
+                # own rows; and its padding stays within PREFILL_MAX_PADDING of its real tokens.
+                if chunk and (rows * len(prefix) > PREFILL_BATCH_TOKENS
+                              or rows * width > (1 + PREFILL_MAX_PADDING) * (real + width)):
                     self._prefill_chunk(base, chunk)
-                    chunk = []
+                    chunk, real = [], 0
                 chunk.append(prefix)
+                real += width
             self._prefill_chunk(base, chunk)
 
     def _prefill_chunk(self, base: tuple[int, ...], prefixes: list[tuple[int, ...]]) -> None:
